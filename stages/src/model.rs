@@ -1,0 +1,177 @@
+//! The shared model: what a scan sees of an entry, and listings of trees.
+
+use crate::relpath::RelPath;
+use std::fmt;
+
+/// A point in time with nanoseconds, as the filesystem stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn new(secs: i64, nanos: u32) -> Self {
+        Timestamp { secs, nanos }
+    }
+}
+
+/// What kind of entry a path holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// The link's target, verbatim bytes; links are never followed.
+    Symlink {
+        target: Box<[u8]>,
+    },
+    /// A fifo, socket or device: never mirrored.
+    Special {
+        what: SpecialKind,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    Unknown,
+}
+
+impl SpecialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpecialKind::Fifo => "fifo",
+            SpecialKind::Socket => "socket",
+            SpecialKind::CharDevice => "character device",
+            SpecialKind::BlockDevice => "block device",
+            SpecialKind::Unknown => "unknown file type",
+        }
+    }
+}
+
+impl EntryKind {
+    /// Short name for log reasons and listings.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "folder",
+            EntryKind::Symlink { .. } => "symlink",
+            EntryKind::Special { what } => what.as_str(),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self, EntryKind::Dir)
+    }
+
+    /// Same kind, ignoring a link's target.
+    pub fn same_type(&self, other: &EntryKind) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// A file's identity on its filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Metadata of one entry as `lstat` reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub id: FileId,
+}
+
+/// One scanned entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub meta: Meta,
+    /// Replica side: the path is excluded by the rules in force for it, so
+    /// it is kept unless `--delete-excluded`. Always false on the source
+    /// side, where excluded entries are left out of the listing.
+    pub excluded: bool,
+}
+
+/// The entries of one tree, sorted by path (see `RelPath`'s ordering), the
+/// root (empty path) first when the root exists.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// Folders that could not be listed completely: nothing below them may
+    /// be deleted on the other side (Safety rule 3).
+    pub incomplete: Vec<RelPath>,
+}
+
+impl Listing {
+    /// Sorts entries and incomplete folders into their canonical order.
+    pub fn sort(&mut self) {
+        self.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        self.incomplete.sort_unstable();
+    }
+
+    pub fn root(&self) -> Option<&Entry> {
+        self.entries.first().filter(|e| e.path.is_root())
+    }
+
+    /// Binary search by path; the listing must be sorted.
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// True when `path` lies at or below a folder that was not fully listed.
+    pub fn is_incomplete_at(&self, path: &RelPath) -> bool {
+        self.incomplete.iter().any(|d| path.starts_with(d))
+    }
+}
+
+/// A SHA-1 content digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 20]);
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What a content comparison of a source file and its replica found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    Same,
+    Differs,
+    /// One side could not be read; the Differ treats it as different, so
+    /// the copy is attempted and any real failure is logged there.
+    Unknown,
+}
+
+/// True when metadata alone cannot decide whether two regular files hold
+/// the same content: same size with different mtimes, or `--checksum`.
+/// (Different sizes always differ; same size and mtime count as equal.)
+pub fn needs_content_check(source: &Meta, replica: &Meta, checksum: bool) -> bool {
+    source.size == replica.size && (checksum || source.mtime != replica.mtime)
+}

@@ -1,0 +1,135 @@
+//! Settings the stages need, validated by the binary before they start.
+
+use crate::relpath::RelPath;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The most one tick may delete (Safety rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxDelete {
+    Count(u64),
+    /// Whole percent, 0 to 100.
+    Percent(u32),
+}
+
+impl Default for MaxDelete {
+    fn default() -> Self {
+        MaxDelete::Percent(50)
+    }
+}
+
+impl MaxDelete {
+    /// True when deleting `deletions` of the `managed` non-folder entries
+    /// must be withheld. The percentage form ignores small deletions (ten or
+    /// fewer) so that pruning a tiny replica is not blocked.
+    pub fn trips(self, deletions: u64, managed: u64) -> bool {
+        match self {
+            MaxDelete::Count(n) => deletions > n,
+            MaxDelete::Percent(p) => {
+                deletions > 10 && deletions.saturating_mul(100) > u64::from(p) * managed
+            }
+        }
+    }
+}
+
+impl FromStr for MaxDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("expected a count (e.g. 1000) or a percentage from 0% to 100% (e.g. 50%), got {s:?}")
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u32 = p.parse().map_err(|_| bad())?;
+            if p > 100 {
+                return Err(bad());
+            }
+            Ok(MaxDelete::Percent(p))
+        } else {
+            s.parse().map(MaxDelete::Count).map_err(|_| bad())
+        }
+    }
+}
+
+impl fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxDelete::Count(n) => write!(f, "{n}"),
+            MaxDelete::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Everything the stages need to know about one mirror.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Canonical absolute source root.
+    pub source: PathBuf,
+    /// Canonical absolute replica root (it exists unless `dry_run`).
+    pub replica: PathBuf,
+    /// Compare content by SHA-1 even where size and mtime agree.
+    pub checksum: bool,
+    /// Plan and log only; write nothing under the replica.
+    pub dry_run: bool,
+    /// Also delete replica entries that the rules exclude.
+    pub delete_excluded: bool,
+    pub max_delete: MaxDelete,
+    /// Workers for walking, hashing and copying (at least 1).
+    pub jobs: usize,
+    /// Gitignore lines applied as if in a `.syncignore` at the source root,
+    /// after that file's own lines.
+    pub excludes: Vec<String>,
+    /// Source paths left out silently (the log file when it is inside
+    /// the source): neither copied nor deleted nor reported.
+    pub hidden: Vec<RelPath>,
+    /// Set owner and group from the source (running as root).
+    pub preserve_owner: bool,
+    /// Make each file and its folder durable before reporting it.
+    pub fsync: bool,
+}
+
+impl SyncOptions {
+    /// Defaults for tests: roots as given, everything else off.
+    pub fn new(source: PathBuf, replica: PathBuf) -> Self {
+        SyncOptions {
+            source,
+            replica,
+            checksum: false,
+            dry_run: false,
+            delete_excluded: false,
+            max_delete: MaxDelete::default(),
+            jobs: 2,
+            excludes: Vec::new(),
+            hidden: Vec::new(),
+            preserve_owner: false,
+            fsync: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_percentages() {
+        assert_eq!("0".parse(), Ok(MaxDelete::Count(0)));
+        assert_eq!("50%".parse(), Ok(MaxDelete::Percent(50)));
+        assert_eq!("100%".parse(), Ok(MaxDelete::Percent(100)));
+        assert!("101%".parse::<MaxDelete>().is_err());
+        assert!("-1".parse::<MaxDelete>().is_err());
+        assert!("half".parse::<MaxDelete>().is_err());
+    }
+
+    #[test]
+    fn percentage_trips_only_above_ten_deletions() {
+        let p = MaxDelete::Percent(50);
+        assert!(!p.trips(10, 10));
+        assert!(p.trips(11, 20));
+        assert!(!p.trips(11, 22));
+        assert!(!MaxDelete::Percent(100).trips(1000, 1000));
+        assert!(MaxDelete::Count(0).trips(1, 1000));
+        assert!(!MaxDelete::Count(0).trips(0, 1000));
+    }
+}

@@ -1,0 +1,188 @@
+//! Confined access below a sync root.
+//!
+//! Every entry of either tree is reached from a handle on its root, one
+//! component at a time, never through a symbolic link (Safety rule 2): a
+//! folder that was swapped for a link makes the open fail with `ELOOP` or
+//! `ENOTDIR` instead of leading outside the root. On Linux `openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does the walk in one call; where
+//! the kernel lacks it, or the path is longer than `PATH_MAX`, each
+//! component is opened with `O_NOFOLLOW | O_DIRECTORY`.
+
+use crate::model::{EntryKind, FileId, Meta, SpecialKind, Timestamp};
+use crate::relpath::RelPath;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// An open handle on a root folder.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+    .union(OFlags::RDONLY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+
+impl Root {
+    /// Opens the root itself. The root path was chosen by the user and may
+    /// pass through links; nothing below it may.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rfs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Metadata of the root folder itself.
+    pub fn stat(&self) -> io::Result<rfs::Stat> {
+        Ok(rfs::fstat(&self.fd)?)
+    }
+
+    /// Opens the folder `rel` below the root without following any link.
+    pub fn open_dir(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        if rel.is_root() {
+            return Ok(rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?);
+        }
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rfs::openat2(&self.fd, rel.as_bytes(), DIR_FLAGS, Mode::empty(), resolve) {
+            Ok(fd) => Ok(fd),
+            // No openat2, a path over PATH_MAX, or a concurrent rename that
+            // openat2 refuses to resolve: walk one component at a time.
+            Err(Errno::NOSYS | Errno::NAMETOOLONG | Errno::AGAIN | Errno::PERM) => {
+                self.open_dir_stepwise(rel)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn open_dir_stepwise(&self, rel: &RelPath) -> io::Result<OwnedFd> {
+        let mut fd = rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?;
+        for name in rel.components() {
+            fd = rfs::openat(&fd, name, DIR_FLAGS, Mode::empty())?;
+        }
+        Ok(fd)
+    }
+
+    /// Opens the folder holding `rel` and returns it with `rel`'s last
+    /// component; `rel` must not be the root.
+    pub fn open_parent<'a>(&self, rel: &'a RelPath) -> io::Result<(OwnedFd, &'a [u8])> {
+        let parent = rel
+            .parent()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the root has no parent"))?;
+        Ok((self.open_dir(&parent)?, rel.name()))
+    }
+}
+
+/// `lstat` of `name` in the folder `dir`.
+pub fn stat_at(dir: impl AsFd, name: &[u8]) -> io::Result<rfs::Stat> {
+    Ok(rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// The kind of entry a `stat` describes; reads a link's target through `dir`.
+pub fn kind_of(stat: &rfs::Stat, dir: impl AsFd, name: &[u8]) -> io::Result<EntryKind> {
+    Ok(match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Dir,
+        FileType::Symlink => {
+            let target = rfs::readlinkat(dir, name, Vec::new())?;
+            EntryKind::Symlink {
+                target: target.into_bytes().into_boxed_slice(),
+            }
+        }
+        FileType::Fifo => EntryKind::Special {
+            what: SpecialKind::Fifo,
+        },
+        FileType::Socket => EntryKind::Special {
+            what: SpecialKind::Socket,
+        },
+        FileType::CharacterDevice => EntryKind::Special {
+            what: SpecialKind::CharDevice,
+        },
+        FileType::BlockDevice => EntryKind::Special {
+            what: SpecialKind::BlockDevice,
+        },
+        FileType::Unknown => EntryKind::Special {
+            what: SpecialKind::Unknown,
+        },
+    })
+}
+
+/// The model's view of a `stat`.
+pub fn meta_of(stat: &rfs::Stat) -> Meta {
+    Meta {
+        size: stat.st_size as u64,
+        mtime: Timestamp::new(stat.st_mtime as i64, stat.st_mtime_nsec as u32),
+        ctime: Timestamp::new(stat.st_ctime as i64, stat.st_ctime_nsec as u32),
+        perm: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        id: FileId {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn opens_nested_folders_but_never_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        symlink(&outside, root.join("a/link")).unwrap();
+        let r = Root::open(&root).unwrap();
+        assert!(r.open_dir(&RelPath::from_str_lossy("a/b")).is_ok());
+        assert!(r.open_dir(&RelPath::root()).is_ok());
+        assert!(r.open_dir(&RelPath::from_str_lossy("a/link")).is_err());
+        assert!(r
+            .open_dir_stepwise(&RelPath::from_str_lossy("a/link"))
+            .is_err());
+        assert!(r.open_dir_stepwise(&RelPath::from_str_lossy("a/b")).is_ok());
+        let ab = RelPath::from_str_lossy("a/b");
+        let (_, name) = r.open_parent(&ab).unwrap();
+        assert_eq!(name, b"b");
+    }
+
+    #[test]
+    fn reads_kinds_and_link_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"hello").unwrap();
+        symlink("../nowhere", tmp.path().join("l")).unwrap();
+        let r = Root::open(tmp.path()).unwrap();
+        let st = stat_at(r.fd(), b"f").unwrap();
+        assert_eq!(kind_of(&st, r.fd(), b"f").unwrap(), EntryKind::File);
+        assert_eq!(meta_of(&st).size, 5);
+        let st = stat_at(r.fd(), b"l").unwrap();
+        assert_eq!(
+            kind_of(&st, r.fd(), b"l").unwrap(),
+            EntryKind::Symlink {
+                target: b"../nowhere".to_vec().into_boxed_slice()
+            }
+        );
+    }
+}
