@@ -2,10 +2,22 @@
 //! model they share. The binary (`src/`) assembles them; nothing here knows
 //! about the command line.
 
+pub mod applier;
+pub mod differ;
+pub mod hasher;
+pub mod log_format;
+pub mod logger;
 pub mod messages;
 pub mod model;
 pub mod options;
 pub mod plan;
 pub mod relpath;
+pub mod replica_ops;
 pub mod root;
+pub mod rules;
+pub mod scanner;
+pub mod scheduler;
 pub mod stop;
+#[cfg(test)]
+pub mod testing;
+pub mod walk;

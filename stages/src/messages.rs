@@ -88,6 +88,11 @@ pub struct TicksOver {
     pub last: Option<TickOutcome>,
 }
 
+/// Flush and close the log drains; answered once every entry is written.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FlushLog;
+
 /// Counts of logged operations, per verb.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {

@@ -175,3 +175,19 @@ pub enum Content {
 pub fn needs_content_check(source: &Meta, replica: &Meta, checksum: bool) -> bool {
     source.size == replica.size && (checksum || source.mtime != replica.mtime)
 }
+
+/// The tool's own folder at the replica root (state, lock, caches): never
+/// mirrored, compared or deleted. A source entry of that name at the source
+/// root is skipped.
+pub const STATE_DIR: &[u8] = b".treesync";
+
+/// Names of temporaries start with this; one left by an interrupted run is
+/// removed by the next (unless the source has a file of that very name).
+pub const TEMP_PREFIX: &[u8] = b".treesync-tmp-";
+
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// The per-folder ignore file.
+pub const IGNORE_FILE: &[u8] = b".syncignore";

@@ -1,0 +1,1 @@
+//! Differ (stub)

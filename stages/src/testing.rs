@@ -1,0 +1,42 @@
+//! Test helpers: a collector actor to stand in for a stage's downstream.
+
+use actix::{Actor, Context, Handler, Message};
+use std::sync::{Arc, Mutex};
+
+/// Stores every message it receives; tests read them through `received`.
+pub struct Collector<M> {
+    pub received: Arc<Mutex<Vec<M>>>,
+}
+
+impl<M: Message<Result = ()> + Send + Unpin + 'static> Collector<M> {
+    /// Starts a collector and returns its address with the shared store.
+    pub fn start() -> (actix::Addr<Self>, Arc<Mutex<Vec<M>>>) {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let addr = Collector {
+            received: received.clone(),
+        }
+        .start();
+        (addr, received)
+    }
+}
+
+impl<M: Message<Result = ()> + Send + Unpin + 'static> Actor for Collector<M> {
+    type Context = Context<Self>;
+}
+
+impl<M: Message<Result = ()> + Send + Unpin + 'static> Handler<M> for Collector<M> {
+    type Result = ();
+
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
+        self.received.lock().expect("collector lock").push(msg);
+    }
+}
+
+/// Waits (yielding to the actor system) until `pred` holds, up to 10 s.
+pub async fn wait_until(mut pred: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pred() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
