@@ -1,1 +1,841 @@
-//! Differ (stub)
+//! Differ: takes `TreesHashed`, sends `PlanMade`.
+//!
+//! The plan is a pure function of the two listings, the content
+//! comparisons and a few options (`diff`), so it is tested and snapshotted
+//! without actix or a filesystem. The actor only calls it; it runs on the
+//! async thread since it does no I/O and is linear in the listings.
+//!
+//! Rules, in short: metadata decides where it can, content comparisons
+//! (made by the Hasher) where it cannot; a path whose type changed is
+//! removed and created again; deletions never reach below a source folder
+//! that was not fully listed, never touch excluded entries unless asked,
+//! and are withheld as a whole when they exceed `--max-delete`.
+
+use crate::messages::{LogEvent, PlanMade, TreesHashed};
+use crate::model::{is_temp_name, Content, Entry, EntryKind, Listing, Meta, STATE_DIR};
+use crate::options::{MaxDelete, SyncOptions};
+use crate::plan::{GuardTrip, Op, Plan};
+use crate::relpath::RelPath;
+use actix::{Actor, Context, Handler, Recipient};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The options that shape a plan.
+#[derive(Clone, Copy, Debug)]
+pub struct DiffOptions {
+    pub checksum: bool,
+    pub delete_excluded: bool,
+    pub max_delete: MaxDelete,
+    pub preserve_owner: bool,
+}
+
+impl From<&SyncOptions> for DiffOptions {
+    fn from(o: &SyncOptions) -> Self {
+        DiffOptions {
+            checksum: o.checksum,
+            delete_excluded: o.delete_excluded,
+            max_delete: o.max_delete,
+            preserve_owner: o.preserve_owner,
+        }
+    }
+}
+
+/// Computes the plan that makes `replica` equal to `source`.
+pub fn diff(
+    source: &Listing,
+    replica: &Listing,
+    contents: &HashMap<RelPath, Content>,
+    opts: DiffOptions,
+) -> Plan {
+    let full = Planner::new(source, replica, contents, opts, true).plan();
+    let managed = managed_entries(replica, source, opts);
+    if !opts.max_delete.trips(full.deletions, managed) {
+        return full.plan;
+    }
+    let mut withheld = Planner::new(source, replica, contents, opts, false).plan();
+    withheld.plan.guard = Some(GuardTrip {
+        would_delete: full.deletions,
+        managed,
+        limit: opts.max_delete,
+    });
+    withheld.plan
+}
+
+/// Replica non-folder entries that the mirror manages: the guard's base.
+fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -> u64 {
+    replica
+        .entries
+        .iter()
+        .filter(|e| !e.kind.is_dir() && !e.path.is_root())
+        .filter(|e| opts.delete_excluded || !e.excluded)
+        .filter(|e| !(is_temp_name(e.path.name()) && source.get(&e.path).is_none()))
+        .count() as u64
+}
+
+struct Outcome {
+    plan: Plan,
+    /// Non-folder entries removed for good (not a type change of the path).
+    deletions: u64,
+}
+
+/// What becomes of a replica entry that the source no longer has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Remove,
+    Stale,
+}
+
+struct Planner<'a> {
+    source: &'a Listing,
+    replica: &'a Listing,
+    contents: &'a HashMap<RelPath, Content>,
+    opts: DiffOptions,
+    allow_deletions: bool,
+    report: Vec<Op>,
+    clean: Vec<Op>,
+    mkdir: Vec<Op>,
+    files: Vec<Op>,
+    /// Source folders: metadata, whether it changed, whether created.
+    dirs: Vec<(RelPath, Meta, bool, bool)>,
+    /// Replica folders whose entries the plan changes (their mtime moves).
+    touched: HashSet<RelPath>,
+    /// Replica folders that must stay because something below them stays.
+    blocked: HashSet<RelPath>,
+    deletions: u64,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        source: &'a Listing,
+        replica: &'a Listing,
+        contents: &'a HashMap<RelPath, Content>,
+        opts: DiffOptions,
+        allow_deletions: bool,
+    ) -> Self {
+        Planner {
+            source,
+            replica,
+            contents,
+            opts,
+            allow_deletions,
+            report: Vec::new(),
+            clean: Vec::new(),
+            mkdir: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            touched: HashSet::new(),
+            blocked: HashSet::new(),
+            deletions: 0,
+        }
+    }
+
+    fn plan(mut self) -> Outcome {
+        self.block_kept_entries();
+        let (src, rep) = (&self.source.entries, &self.replica.entries);
+        let (mut i, mut j) = (0, 0);
+        while i < src.len() || j < rep.len() {
+            match (src.get(i), rep.get(j)) {
+                (Some(s), Some(r)) if s.path == r.path => {
+                    self.both(s, r);
+                    i += 1;
+                    j += 1;
+                }
+                (Some(s), Some(r)) if s.path < r.path => {
+                    self.source_only(s);
+                    i += 1;
+                }
+                (Some(s), None) => {
+                    self.source_only(s);
+                    i += 1;
+                }
+                (_, Some(r)) => {
+                    self.replica_only(r);
+                    j += 1;
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        self.assemble()
+    }
+
+    /// Marks the ancestors of every replica entry that stays although the
+    /// source lacks it, so that those folders are not removed.
+    fn block_kept_entries(&mut self) {
+        for r in &self.replica.entries {
+            if r.path.is_root() || self.source.get(&r.path).is_some() {
+                continue;
+            }
+            if self.fate(r) == Fate::Keep {
+                let mut p = r.path.parent();
+                while let Some(dir) = p {
+                    if !self.blocked.insert(dir.clone()) {
+                        break;
+                    }
+                    p = dir.parent();
+                }
+            }
+        }
+    }
+
+    fn fate(&self, r: &Entry) -> Fate {
+        if self.source.is_incomplete_at(&r.path) || self.under_skipped_source(&r.path) {
+            return Fate::Keep;
+        }
+        if !r.kind.is_dir() && is_temp_name(r.path.name()) {
+            return Fate::Stale;
+        }
+        if (r.excluded && !self.opts.delete_excluded) || !self.allow_deletions {
+            return Fate::Keep;
+        }
+        Fate::Remove
+    }
+
+    /// True when the nearest ancestor the source has is an entry that is
+    /// skipped (a special file): what the replica has there is left alone.
+    fn under_skipped_source(&self, path: &RelPath) -> bool {
+        let mut p = path.parent();
+        while let Some(dir) = p {
+            if let Some(s) = self.source.get(&dir) {
+                return matches!(s.kind, EntryKind::Special { .. });
+            }
+            p = dir.parent();
+        }
+        false
+    }
+
+    fn touch_parent(&mut self, path: &RelPath) {
+        if let Some(parent) = path.parent() {
+            self.touched.insert(parent);
+        }
+    }
+
+    fn source_only(&mut self, s: &Entry) {
+        if self.skipped(s) {
+            return;
+        }
+        self.create(s);
+    }
+
+    /// Reports source entries that are never mirrored; true if `s` is one.
+    fn skipped(&mut self, s: &Entry) -> bool {
+        let reason = if s.path.depth() == 1 && s.path.name() == STATE_DIR {
+            "reserved name: the replica keeps treesync's state there".to_string()
+        } else if let EntryKind::Special { what } = s.kind {
+            format!("{}: special files are not mirrored", what.as_str())
+        } else {
+            return false;
+        };
+        self.report.push(Op::Skip {
+            path: s.path.clone(),
+            reason,
+        });
+        true
+    }
+
+    fn create(&mut self, s: &Entry) {
+        let path = s.path.clone();
+        if !path.is_root() {
+            self.touch_parent(&path);
+        }
+        match &s.kind {
+            EntryKind::Dir => {
+                if !path.is_root() {
+                    self.mkdir.push(Op::Mkdir {
+                        path: path.clone(),
+                        meta: s.meta,
+                    });
+                }
+                self.dirs.push((path, s.meta, false, true));
+            }
+            EntryKind::File => self.files.push(Op::Copy { path, meta: s.meta }),
+            EntryKind::Symlink { target } => self.files.push(Op::Symlink {
+                path,
+                target: target.clone(),
+                meta: s.meta,
+            }),
+            EntryKind::Special { .. } => {}
+        }
+    }
+
+    fn replica_only(&mut self, r: &Entry) {
+        match self.fate(r) {
+            Fate::Keep => {}
+            Fate::Stale => {
+                self.touch_parent(&r.path);
+                self.clean.push(Op::RemoveStale {
+                    path: r.path.clone(),
+                });
+            }
+            Fate::Remove => {
+                if r.kind.is_dir() && self.blocked.contains(&r.path) {
+                    if !r.excluded {
+                        self.report.push(Op::Warn {
+                            path: r.path.clone(),
+                            reason: "folder kept: it holds excluded entries".into(),
+                        });
+                    }
+                    return;
+                }
+                self.remove(r);
+                if !r.kind.is_dir() {
+                    self.deletions += 1;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, r: &Entry) {
+        self.touch_parent(&r.path);
+        let path = r.path.clone();
+        self.clean.push(if r.kind.is_dir() {
+            Op::Rmdir { path }
+        } else {
+            Op::Delete { path }
+        });
+    }
+
+    fn both(&mut self, s: &Entry, r: &Entry) {
+        if self.skipped(s) {
+            return;
+        }
+        if !s.kind.same_type(&r.kind) {
+            return self.replace(s, r);
+        }
+        let path = s.path.clone();
+        match &s.kind {
+            EntryKind::Dir => {
+                let changed = self.meta_differs(&s.meta, &r.meta, true);
+                self.dirs.push((path, s.meta, changed, false));
+            }
+            EntryKind::File => {
+                if self.content_differs(s, r) {
+                    self.touch_parent(&path);
+                    self.files.push(Op::Update { path, meta: s.meta });
+                } else if self.meta_differs(&s.meta, &r.meta, true) {
+                    self.files.push(Op::SetMeta {
+                        path,
+                        link: false,
+                        meta: s.meta,
+                    });
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if Some(target) != link_target(r) {
+                    self.touch_parent(&path);
+                    self.files.push(Op::Symlink {
+                        path,
+                        target: target.clone(),
+                        meta: s.meta,
+                    });
+                } else if self.meta_differs(&s.meta, &r.meta, false) {
+                    self.files.push(Op::SetMeta {
+                        path,
+                        link: true,
+                        meta: s.meta,
+                    });
+                }
+            }
+            EntryKind::Special { .. } => {}
+        }
+    }
+
+    /// The path changed type: remove the replica's entry, create the new.
+    /// A folder can only go once everything below it goes too.
+    fn replace(&mut self, s: &Entry, r: &Entry) {
+        if r.kind.is_dir()
+            && (self.blocked.contains(&r.path) || self.source.is_incomplete_at(&r.path))
+        {
+            if self.allow_deletions {
+                self.report.push(Op::Refuse {
+                    path: s.path.clone(),
+                    op: "replace",
+                    reason: format!(
+                        "cannot replace the folder with a {}: it holds entries that are kept (excluded or unreadable)",
+                        s.kind.as_str()
+                    ),
+                });
+            }
+            return;
+        }
+        self.remove(r);
+        self.create(s);
+    }
+
+    fn content_differs(&self, s: &Entry, r: &Entry) -> bool {
+        if s.meta.size != r.meta.size {
+            return true;
+        }
+        if crate::model::needs_content_check(&s.meta, &r.meta, self.opts.checksum) {
+            return self.contents.get(&s.path) != Some(&Content::Same);
+        }
+        false
+    }
+
+    /// Whether times, permissions or (as root) owner differ. Links have no
+    /// permissions of their own.
+    fn meta_differs(&self, s: &Meta, r: &Meta, with_perm: bool) -> bool {
+        s.mtime != r.mtime
+            || (with_perm && expected_perm(s.perm, self.opts.preserve_owner) != r.perm)
+            || (self.opts.preserve_owner && (s.uid != r.uid || s.gid != r.gid))
+    }
+
+    fn assemble(mut self) -> Outcome {
+        // Children before parents: the listing is pre-order, so reversed.
+        self.clean.reverse();
+        let mut ops = self.report;
+        ops.append(&mut self.clean);
+        ops.append(&mut self.mkdir);
+        ops.append(&mut self.files);
+        let touched = self.touched;
+        let finish = self
+            .dirs
+            .into_iter()
+            .rev()
+            .filter(|(path, _, changed, created)| *changed || *created || touched.contains(path))
+            .map(|(path, meta, changed, _)| Op::FinishDir {
+                path,
+                meta,
+                changed,
+            });
+        ops.extend(finish);
+        Outcome {
+            plan: Plan { ops, guard: None },
+            deletions: self.deletions,
+        }
+    }
+}
+
+fn link_target(e: &Entry) -> Option<&Box<[u8]>> {
+    match &e.kind {
+        EntryKind::Symlink { target } => Some(target),
+        _ => None,
+    }
+}
+
+/// The permission bits a replica entry should have: setuid and setgid are
+/// kept only together with the owner.
+pub fn expected_perm(perm: u32, preserve_owner: bool) -> u32 {
+    if preserve_owner {
+        perm
+    } else {
+        perm & !0o6000
+    }
+}
+
+/// The Differ actor.
+pub struct Differ {
+    opts: Arc<SyncOptions>,
+    next: Recipient<PlanMade>,
+    log: Recipient<LogEvent>,
+}
+
+impl Differ {
+    pub fn new(
+        opts: Arc<SyncOptions>,
+        next: Recipient<PlanMade>,
+        log: Recipient<LogEvent>,
+    ) -> Self {
+        Differ { opts, next, log }
+    }
+}
+
+impl Actor for Differ {
+    type Context = Context<Self>;
+}
+
+impl Handler<TreesHashed> for Differ {
+    type Result = ();
+
+    fn handle(&mut self, msg: TreesHashed, _: &mut Context<Self>) {
+        let plan = diff(
+            &msg.source,
+            &msg.replica,
+            &msg.contents,
+            DiffOptions::from(&*self.opts),
+        );
+        self.log.do_send(
+            LogEvent::new(crate::messages::Verb::Detail("plan"), None)
+                .with_u64("ops", plan.ops.len() as u64)
+                .with_u64("source_entries", msg.source.entries.len() as u64)
+                .with_u64("replica_entries", msg.replica.entries.len() as u64),
+        );
+        self.next.do_send(PlanMade {
+            tick: msg.tick,
+            plan,
+            errors: msg.errors,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SpecialKind, Timestamp};
+    use std::fmt::Write;
+
+    fn entry(path: &str, kind: EntryKind, size: u64, mtime: i64) -> Entry {
+        Entry {
+            path: RelPath::from_str_lossy(path),
+            kind,
+            meta: Meta {
+                size,
+                mtime: Timestamp::new(mtime, 0),
+                perm: 0o644,
+                ..Meta::default()
+            },
+            excluded: false,
+        }
+    }
+    fn file(path: &str, size: u64, mtime: i64) -> Entry {
+        entry(path, EntryKind::File, size, mtime)
+    }
+    fn dir(path: &str) -> Entry {
+        let mut e = entry(path, EntryKind::Dir, 0, 100);
+        e.meta.perm = 0o755;
+        e
+    }
+    fn link(path: &str, target: &str) -> Entry {
+        let target = target.as_bytes().to_vec().into_boxed_slice();
+        entry(path, EntryKind::Symlink { target }, 0, 100)
+    }
+    fn excluded(mut e: Entry) -> Entry {
+        e.excluded = true;
+        e
+    }
+    fn listing(entries: Vec<Entry>) -> Listing {
+        let mut l = Listing {
+            entries,
+            incomplete: Vec::new(),
+        };
+        l.entries.push(dir(""));
+        l.sort();
+        l
+    }
+    fn opts() -> DiffOptions {
+        DiffOptions {
+            checksum: false,
+            delete_excluded: false,
+            max_delete: MaxDelete::Percent(100),
+            preserve_owner: false,
+        }
+    }
+    fn plan(src: &Listing, rep: &Listing) -> Plan {
+        diff(src, rep, &HashMap::new(), opts())
+    }
+    fn render(plan: &Plan) -> String {
+        let mut out = String::new();
+        if let Some(g) = plan.guard {
+            writeln!(
+                out,
+                "GUARD would_delete={} managed={} limit={}",
+                g.would_delete, g.managed, g.limit
+            )
+            .unwrap();
+        }
+        for op in &plan.ops {
+            let line = match op {
+                Op::Skip { path, reason } => format!("skip {path} ({reason})"),
+                Op::Warn { path, reason } => format!("warn {path} ({reason})"),
+                Op::Refuse { path, op, reason } => format!("refuse {op} {path} ({reason})"),
+                Op::RemoveStale { path } => format!("stale {path}"),
+                Op::Delete { path } => format!("delete {path}"),
+                Op::Rmdir { path } => format!("rmdir {path}"),
+                Op::Mkdir { path, .. } => format!("mkdir {path}"),
+                Op::Copy { path, meta } => format!("copy {path} {}", meta.size),
+                Op::Update { path, meta } => format!("update {path} {}", meta.size),
+                Op::Symlink { path, target, .. } => {
+                    format!("symlink {path} -> {}", String::from_utf8_lossy(target))
+                }
+                Op::SetMeta { path, link, .. } => format!("meta {path} link={link}"),
+                Op::FinishDir { path, changed, .. } => format!("finish {path} changed={changed}"),
+            };
+            writeln!(out, "{line}").unwrap();
+        }
+        out
+    }
+
+    fn rich_source() -> Listing {
+        listing(vec![
+            dir("docs"),
+            file("docs/a.txt", 5, 10),
+            dir("docs/empty"),
+            dir("src"),
+            file("src/main.rs", 40, 11),
+            link("src/link", "../docs/a.txt"),
+            link("dangling", "nowhere"),
+            file(".hidden", 1, 12),
+        ])
+    }
+
+    #[test]
+    fn initial_sync_creates_everything_parents_first_and_finishes_folders_last() {
+        insta::assert_snapshot!(render(&plan(&rich_source(), &listing(vec![]))));
+    }
+
+    #[test]
+    fn equal_trees_need_nothing() {
+        let s = rich_source();
+        assert_eq!(plan(&s, &s.clone()), Plan::default());
+    }
+
+    #[test]
+    fn same_size_new_mtime_asks_the_content_comparison() {
+        let s = listing(vec![
+            file("same", 5, 20),
+            file("differs", 5, 20),
+            file("unread", 5, 20),
+        ]);
+        let r = listing(vec![
+            file("same", 5, 10),
+            file("differs", 5, 10),
+            file("unread", 5, 10),
+        ]);
+        let contents = HashMap::from([
+            (RelPath::from_str_lossy("same"), Content::Same),
+            (RelPath::from_str_lossy("differs"), Content::Differs),
+            (RelPath::from_str_lossy("unread"), Content::Unknown),
+        ]);
+        insta::assert_snapshot!(render(&diff(&s, &r, &contents, opts())), @r"
+        update differs 5
+        meta same link=false
+        update unread 5
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn size_change_updates_without_asking_and_equal_metadata_is_trusted() {
+        let s = listing(vec![file("grew", 6, 10), file("hidden-change", 5, 10)]);
+        let r = listing(vec![file("grew", 5, 10), file("hidden-change", 5, 10)]);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "update grew 6\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn checksum_compares_content_even_when_metadata_agrees() {
+        let s = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
+        let contents = HashMap::from([
+            (RelPath::from_str_lossy("a"), Content::Differs),
+            (RelPath::from_str_lossy("b"), Content::Same),
+        ]);
+        let o = DiffOptions {
+            checksum: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &s.clone(), &contents, o)),
+            "update a 5\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn permission_change_is_meta_and_setuid_needs_the_owner() {
+        let mut s = listing(vec![file("x", 1, 1), file("suid", 1, 1)]);
+        s.entries[1].meta.perm = 0o4755;
+        s.entries[2].meta.perm = 0o600;
+        let mut r = listing(vec![file("x", 1, 1), file("suid", 1, 1)]);
+        r.entries[1].meta.perm = 0o755;
+        assert_eq!(render(&plan(&s, &r)), "meta x link=false\n");
+        let as_root = DiffOptions {
+            preserve_owner: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &r, &HashMap::new(), as_root)),
+            "meta suid link=false\nmeta x link=false\n"
+        );
+    }
+
+    #[test]
+    fn deletions_go_children_first_and_folders_are_restored_after() {
+        let s = listing(vec![dir("keep"), file("keep/a", 1, 1)]);
+        let r = listing(vec![
+            dir("keep"),
+            file("keep/a", 1, 1),
+            file("keep/gone", 1, 1),
+            dir("old"),
+            dir("old/sub"),
+            file("old/sub/f", 1, 1),
+            link("old/l", "x"),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete old/sub/f
+        rmdir old/sub
+        delete old/l
+        rmdir old
+        delete keep/gone
+        finish keep changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn type_changes_remove_then_create() {
+        let s = listing(vec![
+            dir("f2d"),
+            file("f2d/inner", 1, 1),
+            file("d2f", 3, 1),
+            link("f2l", "t"),
+            dir("l2d"),
+        ]);
+        let r = listing(vec![
+            file("f2d", 1, 1),
+            dir("d2f"),
+            file("d2f/x", 1, 1),
+            file("f2l", 1, 1),
+            link("l2d", "/outside"),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete l2d
+        delete f2l
+        delete f2d
+        delete d2f/x
+        rmdir d2f
+        mkdir f2d
+        mkdir l2d
+        copy d2f 3
+        copy f2d/inner 1
+        symlink f2l -> t
+        finish l2d changed=false
+        finish f2d changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn excluded_replica_entries_stay_unless_delete_excluded() {
+        let s = listing(vec![dir("a")]);
+        let r = listing(vec![
+            dir("a"),
+            excluded(file("a/build.o", 1, 1)),
+            dir("gone"),
+            excluded(file("gone/cache", 1, 1)),
+            file("gone/plain", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        warn gone (folder kept: it holds excluded entries)
+        delete gone/plain
+        ");
+        let o = DiffOptions {
+            delete_excluded: true,
+            ..opts()
+        };
+        insta::assert_snapshot!(render(&diff(&s, &r, &HashMap::new(), o)), @r"
+        delete gone/plain
+        delete gone/cache
+        rmdir gone
+        delete a/build.o
+        finish a changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn nothing_is_deleted_below_a_folder_the_source_could_not_list() {
+        let mut s = listing(vec![dir("locked")]);
+        s.incomplete.push(RelPath::from_str_lossy("locked"));
+        let r = listing(vec![
+            dir("locked"),
+            file("locked/precious", 1, 1),
+            dir("locked/sub"),
+        ]);
+        assert_eq!(plan(&s, &r), Plan::default());
+    }
+
+    #[test]
+    fn guard_withholds_every_deletion_but_keeps_copies_and_type_changes() {
+        let mut rep: Vec<Entry> = (0..20).map(|i| file(&format!("f{i:02}"), 1, 1)).collect();
+        rep.push(file("t", 1, 1));
+        rep.push(dir("d2f"));
+        rep.push(file("d2f/x", 1, 1));
+        let mut src: Vec<Entry> = (0..5).map(|i| file(&format!("f{i:02}"), 1, 1)).collect();
+        src.push(file("new", 2, 1));
+        src.push(link("t", "target"));
+        src.push(file("d2f", 1, 1));
+        let o = DiffOptions {
+            max_delete: MaxDelete::Percent(50),
+            ..opts()
+        };
+        let p = diff(&listing(src), &listing(rep), &HashMap::new(), o);
+        insta::assert_snapshot!(render(&p), @r"
+        GUARD would_delete=16 managed=22 limit=50%
+        delete t
+        copy new 2
+        symlink t -> target
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn count_guard_zero_forbids_any_deletion() {
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        let p = diff(
+            &listing(vec![]),
+            &listing(vec![file("x", 1, 1)]),
+            &HashMap::new(),
+            o,
+        );
+        assert!(p.guard.is_some());
+        assert!(p.ops.iter().all(|op| !matches!(op, Op::Delete { .. })));
+    }
+
+    #[test]
+    fn special_files_and_the_state_name_are_skipped_and_their_replica_entry_left_alone() {
+        let fifo = EntryKind::Special {
+            what: SpecialKind::Fifo,
+        };
+        let s = listing(vec![
+            entry("pipe", fifo, 0, 1),
+            dir(".treesync"),
+            file("a/.treesync", 1, 1),
+            dir("a"),
+        ]);
+        let r = listing(vec![
+            dir("pipe"),
+            file("pipe/kept", 1, 1),
+            dir("a"),
+            file("a/.treesync", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        skip .treesync (reserved name: the replica keeps treesync's state there)
+        skip pipe (fifo: special files are not mirrored)
+        ");
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_unless_the_source_has_that_name() {
+        let s = listing(vec![file(".treesync-tmp-mine", 1, 1)]);
+        let r = listing(vec![
+            file(".treesync-tmp-mine", 1, 1),
+            dir("d"),
+            file("d/.treesync-tmp-99-1", 7, 1),
+        ]);
+        let s = {
+            let mut s = s;
+            s.entries.push(dir("d"));
+            s.sort();
+            s
+        };
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "stale d/.treesync-tmp-99-1\nfinish d changed=false\n"
+        );
+    }
+
+    #[test]
+    fn link_retarget_and_link_times() {
+        let s = listing(vec![link("a", "new"), link("b", "same")]);
+        let mut r = listing(vec![link("a", "old"), link("b", "same")]);
+        r.entries[2].meta.mtime = Timestamp::new(5, 0);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "symlink a -> new\nmeta b link=true\nfinish . changed=false\n"
+        );
+    }
+}

@@ -1,1 +1,413 @@
-//! Hasher (stub)
+//! Hasher: takes `TreesScanned`, sends `TreesHashed`.
+//!
+//! Only where metadata cannot decide (same size, different mtime, or
+//! `--checksum`) are the two files read and compared by SHA-1. The work runs
+//! on a blocking task with `jobs` threads, never on the async thread.
+//! Digests are cached between ticks, keyed by the file's identity and
+//! metadata (device, inode, size, mtime and ctime to the nanosecond): any
+//! write changes ctime, so an entry is reused only for an untouched file,
+//! and an unchanged file is never read twice. A file that cannot be read
+//! yields `Content::Unknown`; the Applier then attempts the copy and logs
+//! any real failure there.
+
+use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
+use crate::model::{
+    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, Timestamp,
+};
+use crate::options::SyncOptions;
+use crate::relpath::RelPath;
+use crate::root::Root;
+use crate::stop::StopFlag;
+use actix::{Actor, AsyncContext, Context, Handler, Recipient};
+use rustix::fs::{Mode, OFlags};
+use sha1::{Digest as _, Sha1};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What identifies one version of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: Timestamp,
+    ctime: Timestamp,
+}
+
+impl From<&Meta> for CacheKey {
+    fn from(m: &Meta) -> Self {
+        CacheKey {
+            dev: m.id.dev,
+            ino: m.id.ino,
+            size: m.size,
+            mtime: m.mtime,
+            ctime: m.ctime,
+        }
+    }
+}
+
+/// Digests of both trees, with the tick each was last used in, so entries
+/// of files that are gone can be dropped.
+#[derive(Default)]
+pub struct HashCache {
+    map: HashMap<CacheKey, (Digest, u64)>,
+}
+
+impl HashCache {
+    fn get(&mut self, key: &CacheKey, tick: u64) -> Option<Digest> {
+        self.map.get_mut(key).map(|(d, used)| {
+            *used = tick;
+            *d
+        })
+    }
+
+    fn insert(&mut self, key: CacheKey, digest: Digest, tick: u64) {
+        self.map.insert(key, (digest, tick));
+    }
+
+    /// Forgets digests not used in the last tick: the cache holds at most
+    /// the files that needed a comparison last time.
+    fn prune(&mut self, tick: u64) {
+        self.map.retain(|_, (_, used)| *used >= tick);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Paths of files present on both sides whose content needs comparing.
+pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<(Entry, Entry)> {
+    let (src, rep) = (&source.entries, &replica.entries);
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < src.len() && j < rep.len() {
+        match src[i].path.cmp(&rep[j].path) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                let (s, r) = (&src[i], &rep[j]);
+                if s.kind == EntryKind::File
+                    && r.kind == EntryKind::File
+                    && needs_content_check(&s.meta, &r.meta, checksum)
+                {
+                    out.push((s.clone(), r.clone()));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Compares the candidates on `jobs` threads; returns each verdict and the
+/// detail events to log.
+pub fn compare_all(
+    pairs: &[(Entry, Entry)],
+    source: &Root,
+    replica: &Root,
+    cache: &Mutex<HashCache>,
+    tick: u64,
+    jobs: usize,
+    stop: &StopFlag,
+) -> (HashMap<RelPath, Content>, Vec<LogEvent>) {
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new((HashMap::with_capacity(pairs.len()), Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, pairs.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((s, r)) = pairs.get(i) else { break };
+                if stop.is_requested() {
+                    break;
+                }
+                let s_digest = digest_cached(source, s, cache, tick);
+                let r_digest = digest_cached(replica, r, cache, tick);
+                let (verdict, why) = match (&s_digest, &r_digest) {
+                    (Ok(a), Ok(b)) if a == b => (Content::Same, "same".to_string()),
+                    (Ok(_), Ok(_)) => (Content::Differs, "differs".to_string()),
+                    (Err(e), _) => (Content::Unknown, format!("source unreadable: {e}")),
+                    (_, Err(e)) => (Content::Unknown, format!("replica unreadable: {e}")),
+                };
+                let ev = LogEvent::op(Verb::Detail("compare"), &s.path).with_str("content", why);
+                let mut guard = results.lock().unwrap_or_else(|p| p.into_inner());
+                guard.0.insert(s.path.clone(), verdict);
+                guard.1.push(ev);
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+fn digest_cached(
+    root: &Root,
+    e: &Entry,
+    cache: &Mutex<HashCache>,
+    tick: u64,
+) -> io::Result<Digest> {
+    let key = CacheKey::from(&e.meta);
+    if let Some(d) = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key, tick)
+    {
+        return Ok(d);
+    }
+    let (digest, seen) = digest_file(root, &e.path)?;
+    // Cache only what was read from the very version that was scanned.
+    if CacheKey::from(&seen) == key {
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, digest, tick);
+    }
+    Ok(digest)
+}
+
+/// SHA-1 of a regular file reached through the root without following
+/// links; returns the digest with the file's metadata after reading.
+pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
+    let (dir, name) = root.open_parent(path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())?;
+    let before = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::other("no longer a regular file"));
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let after = crate::root::meta_of(&rustix::fs::fstat(&file)?);
+    Ok((Digest(hasher.finalize().into()), after))
+}
+
+/// The Hasher actor; holds the digest cache between ticks.
+pub struct Hasher {
+    opts: Arc<SyncOptions>,
+    next: Recipient<TreesHashed>,
+    log: Recipient<LogEvent>,
+    stop: StopFlag,
+    cache: Arc<Mutex<HashCache>>,
+}
+
+impl Hasher {
+    pub fn new(
+        opts: Arc<SyncOptions>,
+        next: Recipient<TreesHashed>,
+        log: Recipient<LogEvent>,
+        stop: StopFlag,
+    ) -> Self {
+        Hasher {
+            opts,
+            next,
+            log,
+            stop,
+            cache: Arc::default(),
+        }
+    }
+}
+
+impl Actor for Hasher {
+    type Context = Context<Self>;
+}
+
+impl Handler<TreesScanned> for Hasher {
+    type Result = ();
+
+    fn handle(&mut self, msg: TreesScanned, ctx: &mut Context<Self>) {
+        let pairs = candidates(&msg.source, &msg.replica, self.opts.checksum);
+        if pairs.is_empty() {
+            self.next.do_send(TreesHashed {
+                tick: msg.tick,
+                source: msg.source,
+                replica: msg.replica,
+                contents: HashMap::new(),
+                errors: msg.errors,
+            });
+            return;
+        }
+        let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());
+        let (next, log) = (self.next.clone(), self.log.clone());
+        let work = actix_rt::task::spawn_blocking(move || {
+            let tick = msg.tick.seq;
+            let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
+            let (contents, events) = match roots {
+                Ok((s, r)) => compare_all(&pairs, &s, &r, &cache, tick, opts.jobs, &stop),
+                // The Scanner just listed both roots; if one is gone now,
+                // every pair counts as unknown and the Applier reports it.
+                Err(_) => (
+                    pairs
+                        .iter()
+                        .map(|(s, _)| (s.path.clone(), Content::Unknown))
+                        .collect(),
+                    Vec::new(),
+                ),
+            };
+            cache.lock().unwrap_or_else(|p| p.into_inner()).prune(tick);
+            for ev in events {
+                log.do_send(ev);
+            }
+            TreesHashed {
+                tick: msg.tick,
+                source: msg.source,
+                replica: msg.replica,
+                contents,
+                errors: msg.errors,
+            }
+        });
+        ctx.spawn(actix::fut::wrap_future(async move {
+            match work.await {
+                Ok(hashed) => next.do_send(hashed),
+                Err(e) => panic!("hashing task failed: {e}"),
+            }
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::TickInfo;
+    use crate::root::{meta_of, stat_at};
+    use crate::testing::{wait_until, Collector};
+
+    fn scanned(root: &Root, path: &str) -> Entry {
+        let rel = RelPath::from_str_lossy(path);
+        let st = stat_at(root.fd(), rel.as_bytes()).unwrap();
+        Entry {
+            path: rel,
+            kind: EntryKind::File,
+            meta: meta_of(&st),
+            excluded: false,
+        }
+    }
+
+    fn two_roots(files: &[(&str, &[u8], &[u8])]) -> (tempfile::TempDir, Root, Root) {
+        let tmp = tempfile::tempdir().unwrap();
+        for side in ["s", "r"] {
+            std::fs::create_dir(tmp.path().join(side)).unwrap();
+        }
+        for (name, s, r) in files {
+            std::fs::write(tmp.path().join("s").join(name), s).unwrap();
+            std::fs::write(tmp.path().join("r").join(name), r).unwrap();
+        }
+        let s = Root::open(&tmp.path().join("s")).unwrap();
+        let r = Root::open(&tmp.path().join("r")).unwrap();
+        (tmp, s, r)
+    }
+
+    #[test]
+    fn digest_is_sha1() {
+        let (_tmp, s, _) = two_roots(&[("a", b"abc", b"")]);
+        let (d, meta) = digest_file(&s, &RelPath::from_str_lossy("a")).unwrap();
+        assert_eq!(d.to_string(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(meta.size, 3);
+    }
+
+    #[test]
+    fn only_same_size_files_with_other_mtimes_are_candidates() {
+        let mk = |size, secs| {
+            let mut l = Listing::default();
+            let mut e = Entry {
+                path: RelPath::from_str_lossy("f"),
+                kind: EntryKind::File,
+                meta: Meta::default(),
+                excluded: false,
+            };
+            e.meta.size = size;
+            e.meta.mtime = Timestamp::new(secs, 0);
+            l.entries.push(e);
+            l
+        };
+        assert_eq!(candidates(&mk(5, 1), &mk(5, 2), false).len(), 1);
+        assert_eq!(candidates(&mk(5, 1), &mk(6, 2), false).len(), 0);
+        assert_eq!(candidates(&mk(5, 1), &mk(5, 1), false).len(), 0);
+        assert_eq!(candidates(&mk(5, 1), &mk(5, 1), true).len(), 1);
+    }
+
+    #[test]
+    fn compares_contents_and_reuses_cached_digests() {
+        let (_tmp, s, r) = two_roots(&[("same", b"hello", b"hello"), ("diff", b"hello", b"HELLO")]);
+        let pairs = vec![
+            (scanned(&s, "same"), scanned(&r, "same")),
+            (scanned(&s, "diff"), scanned(&r, "diff")),
+        ];
+        let cache = Mutex::new(HashCache::default());
+        let (v, events) = compare_all(&pairs, &s, &r, &cache, 1, 2, &StopFlag::new());
+        assert_eq!(v[&RelPath::from_str_lossy("same")], Content::Same);
+        assert_eq!(v[&RelPath::from_str_lossy("diff")], Content::Differs);
+        assert_eq!(events.len(), 2);
+        assert_eq!(cache.lock().unwrap().len(), 4);
+        // A cached digest stands for the file as long as its metadata does:
+        // plant a wrong one and the verdict follows it, so no read happened.
+        let key = CacheKey::from(&pairs[0].1.meta);
+        cache.lock().unwrap().insert(key, Digest([0; 20]), 1);
+        let (v, _) = compare_all(&pairs, &s, &r, &cache, 2, 1, &StopFlag::new());
+        assert_eq!(v[&RelPath::from_str_lossy("same")], Content::Differs);
+    }
+
+    #[test]
+    fn unreadable_side_is_unknown_and_prune_drops_unused_entries() {
+        let (tmp, s, r) = two_roots(&[("a", b"x", b"y")]);
+        let pair = (scanned(&s, "a"), scanned(&r, "a"));
+        std::fs::remove_file(tmp.path().join("r/a")).unwrap();
+        let cache = Mutex::new(HashCache::default());
+        let (v, _) = compare_all(&[pair], &s, &r, &cache, 7, 1, &StopFlag::new());
+        assert_eq!(v[&RelPath::from_str_lossy("a")], Content::Unknown);
+        let mut c = cache.into_inner().unwrap();
+        assert_eq!(c.len(), 1);
+        c.prune(8);
+        assert!(c.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn actor_sends_verdicts_downstream() {
+        let (tmp, s, r) = two_roots(&[("f", b"one", b"two")]);
+        let mut source = Listing::default();
+        source.entries.push(scanned(&s, "f"));
+        let mut replica = Listing::default();
+        let mut e = scanned(&r, "f");
+        e.meta.mtime = Timestamp::new(1, 0);
+        replica.entries.push(e);
+        let (next, got) = Collector::<TreesHashed>::start();
+        let (log, _) = Collector::<LogEvent>::start();
+        let opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
+        let hasher = Hasher::new(
+            Arc::new(opts),
+            next.recipient(),
+            log.recipient(),
+            StopFlag::new(),
+        )
+        .start();
+        let tick = TickInfo {
+            seq: 1,
+            started: std::time::Instant::now(),
+        };
+        hasher.do_send(TreesScanned {
+            tick,
+            source,
+            replica,
+            errors: 0,
+        });
+        wait_until(|| !got.lock().unwrap().is_empty()).await;
+        let got = got.lock().unwrap();
+        assert_eq!(
+            got[0].contents[&RelPath::from_str_lossy("f")],
+            Content::Differs
+        );
+    }
+}

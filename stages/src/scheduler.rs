@@ -1,1 +1,232 @@
-//! Scheduler (stub)
+//! Scheduler: decides when a tick starts and logs each tick's summary.
+//!
+//! Sends `ScanTrees` at once when started, then, with an interval, again
+//! one interval after the previous tick *started*, or at once if that tick
+//! took longer: ticks never overlap and never pile up. Takes
+//! `TickFinished` (logs the `tick` entry) and `StopTicks` (starts nothing
+//! new; answers `TicksOver` when no tick is in flight). Runs on the async
+//! thread; it only keeps timers.
+
+use crate::messages::{
+    LogEvent, LogValue, ScanTrees, StopTicks, TickFinished, TickInfo, TickOutcome, TicksOver, Verb,
+};
+use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
+use std::time::{Duration, Instant};
+
+pub struct Scheduler {
+    /// `None`: one sync, then `TicksOver`.
+    interval: Option<Duration>,
+    dry_run: bool,
+    scan: Recipient<ScanTrees>,
+    over: Recipient<TicksOver>,
+    log: Recipient<LogEvent>,
+    seq: u64,
+    in_flight: Option<TickInfo>,
+    next_tick: Option<SpawnHandle>,
+    stopping: bool,
+    last: Option<TickOutcome>,
+}
+
+impl Scheduler {
+    pub fn new(
+        interval: Option<Duration>,
+        dry_run: bool,
+        scan: Recipient<ScanTrees>,
+        over: Recipient<TicksOver>,
+        log: Recipient<LogEvent>,
+    ) -> Self {
+        Scheduler {
+            interval,
+            dry_run,
+            scan,
+            over,
+            log,
+            seq: 0,
+            in_flight: None,
+            next_tick: None,
+            stopping: false,
+            last: None,
+        }
+    }
+
+    fn start_tick(&mut self) {
+        self.next_tick = None;
+        if self.stopping {
+            return;
+        }
+        self.seq += 1;
+        let tick = TickInfo {
+            seq: self.seq,
+            started: Instant::now(),
+        };
+        self.in_flight = Some(tick);
+        self.scan.do_send(ScanTrees { tick });
+    }
+
+    fn finish(&mut self) {
+        self.over.do_send(TicksOver {
+            last: self.last.clone(),
+        });
+    }
+}
+
+/// The `tick` log entry: counts per verb, bytes, errors, time.
+pub fn tick_event(tick: &TickInfo, outcome: &TickOutcome, elapsed: Duration) -> LogEvent {
+    let c = &outcome.counts;
+    let mut ev = LogEvent::new(Verb::Tick, None).with_u64("seq", tick.seq);
+    for (key, n) in [
+        ("mkdir", c.mkdir),
+        ("copy", c.copy),
+        ("update", c.update),
+        ("meta", c.meta),
+        ("symlink", c.symlink),
+        ("delete", c.delete),
+        ("rmdir", c.rmdir),
+        ("skip", c.skip),
+        ("warn", c.warn),
+    ] {
+        ev = ev.with_u64(key, n);
+    }
+    ev = ev
+        .with_u64("bytes", outcome.bytes)
+        .with_u64("errors", outcome.errors)
+        .with_u64("elapsed_ms", elapsed.as_millis() as u64);
+    if outcome.guard_tripped {
+        ev = ev.with("guard", LogValue::Bool(true));
+    }
+    if outcome.interrupted {
+        ev = ev.with("interrupted", LogValue::Bool(true));
+    }
+    ev
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.start_tick();
+    }
+}
+
+impl Handler<TickFinished> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: TickFinished, ctx: &mut Context<Self>) {
+        if self.in_flight.map(|t| t.seq) != Some(msg.tick.seq) {
+            return;
+        }
+        self.in_flight = None;
+        let elapsed = msg.tick.started.elapsed();
+        self.log
+            .do_send(tick_event(&msg.tick, &msg.outcome, elapsed).dry_run(self.dry_run));
+        self.last = Some(msg.outcome);
+        match self.interval {
+            Some(interval) if !self.stopping => {
+                let wait = interval.saturating_sub(elapsed);
+                self.next_tick = Some(ctx.run_later(wait, |act, _| act.start_tick()));
+            }
+            _ => self.finish(),
+        }
+    }
+}
+
+impl Handler<StopTicks> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: StopTicks, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        if let Some(handle) = self.next_tick.take() {
+            ctx.cancel_future(handle);
+        }
+        if self.in_flight.is_none() {
+            self.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{wait_until, Collector};
+
+    struct Rig {
+        scheduler: actix::Addr<Scheduler>,
+        scans: std::sync::Arc<std::sync::Mutex<Vec<ScanTrees>>>,
+        over: std::sync::Arc<std::sync::Mutex<Vec<TicksOver>>>,
+        logs: std::sync::Arc<std::sync::Mutex<Vec<LogEvent>>>,
+    }
+
+    fn rig(interval: Option<Duration>) -> Rig {
+        let (scan, scans) = Collector::<ScanTrees>::start();
+        let (over_addr, over) = Collector::<TicksOver>::start();
+        let (log, logs) = Collector::<LogEvent>::start();
+        let scheduler = Scheduler::new(
+            interval,
+            false,
+            scan.recipient(),
+            over_addr.recipient(),
+            log.recipient(),
+        )
+        .start();
+        Rig {
+            scheduler,
+            scans,
+            over,
+            logs,
+        }
+    }
+
+    fn finish(r: &Rig, seq: u64, errors: u64) {
+        let tick = r.scans.lock().unwrap()[seq as usize - 1].tick;
+        let outcome = TickOutcome {
+            errors,
+            ..TickOutcome::default()
+        };
+        r.scheduler.do_send(TickFinished { tick, outcome });
+    }
+
+    #[actix_rt::test]
+    async fn once_runs_one_tick_then_reports_over() {
+        let r = rig(None);
+        wait_until(|| r.scans.lock().unwrap().len() == 1).await;
+        finish(&r, 1, 2);
+        wait_until(|| r.over.lock().unwrap().len() == 1).await;
+        assert_eq!(r.over.lock().unwrap()[0].last.as_ref().unwrap().errors, 2);
+        let logs = r.logs.lock().unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].verb, Verb::Tick);
+        assert_eq!(logs[0].field("errors"), Some(&LogValue::U64(2)));
+        assert_eq!(r.scans.lock().unwrap().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn next_tick_waits_for_the_previous_and_stop_ends_cleanly() {
+        let r = rig(Some(Duration::from_millis(20)));
+        wait_until(|| r.scans.lock().unwrap().len() == 1).await;
+        // However long tick 1 takes, tick 2 only starts after it finished.
+        actix_rt::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(r.scans.lock().unwrap().len(), 1);
+        finish(&r, 1, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 2).await;
+        r.scheduler.do_send(StopTicks);
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+        assert!(r.over.lock().unwrap().is_empty(), "tick 2 still in flight");
+        finish(&r, 2, 0);
+        wait_until(|| r.over.lock().unwrap().len() == 1).await;
+        actix_rt::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(r.scans.lock().unwrap().len(), 2, "no tick after stop");
+    }
+
+    #[actix_rt::test]
+    async fn stop_between_ticks_cancels_the_timer() {
+        let r = rig(Some(Duration::from_secs(3600)));
+        wait_until(|| r.scans.lock().unwrap().len() == 1).await;
+        finish(&r, 1, 0);
+        wait_until(|| r.logs.lock().unwrap().len() == 1).await;
+        r.scheduler.do_send(StopTicks);
+        wait_until(|| r.over.lock().unwrap().len() == 1).await;
+    }
+}

@@ -1,0 +1,133 @@
+//! The command line: clap's derive struct, its doc comments are the help.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use treesync_stages::options::MaxDelete;
+
+const EXAMPLES: &str = "\
+Examples:
+  treesync ~/work /mnt/backup/work 60      mirror now, then every minute, until Ctrl+C
+  treesync --once ~/work /mnt/backup/work  mirror once and exit
+  treesync --dry-run ~/work /mnt/backup    show what would change, change nothing
+  treesync -q --exclude '*.tmp' --exclude 'target/' src/ mirror/ 5m
+
+The replica ends every sync equal to the source, less what .syncignore files
+(gitignore syntax, in any folder) and --exclude leave out. Every operation and
+error is appended to the log file (treesync.log by default).
+
+Exit status: 0 success (and a stop by Ctrl+C or SIGTERM in interval mode),
+1 fatal (source missing, roots nested, log file unusable, replica locked),
+2 usage error, 3 some operations failed, 4 deletions withheld by --max-delete,
+130 a --once sync interrupted.";
+
+/// Keep a replica folder equal to a source folder, once or on an interval.
+#[derive(Parser, Debug)]
+#[command(name = "treesync", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The folder to mirror (must exist).
+    pub source: PathBuf,
+
+    /// The mirror; created if missing (its parent must exist).
+    pub replica: PathBuf,
+
+    /// Time between syncs: seconds (60) or a duration (5m, 1h30m), at least
+    /// 1 s. Omitted: sync once and exit.
+    #[arg(value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
+    /// Sync once and exit, even if an INTERVAL is given.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Append every operation and error to this file.
+    #[arg(long, value_name = "PATH", default_value = "treesync.log")]
+    pub log_file: PathBuf,
+
+    /// Format of the log file: text lines or JSON lines.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
+
+    /// Leave out paths matching PATTERN (gitignore syntax, as if in a
+    /// .syncignore at the source root). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+
+    /// Compare file contents by SHA-1 even where size and mtime agree.
+    #[arg(long)]
+    pub checksum: bool,
+
+    /// Show and log what would be done; change nothing under REPLICA.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also delete replica entries that the exclude rules match (by
+    /// default they are left alone).
+    #[arg(long)]
+    pub delete_excluded: bool,
+
+    /// The most one sync may delete: a count (1000) or a percentage of the
+    /// replica's files (50%). Above it, nothing is deleted (exit 4);
+    /// 100% turns the guard off, 0 forbids deletions.
+    #[arg(long, value_name = "N|P%", default_value = "50%")]
+    pub max_delete: MaxDelete,
+
+    /// Make each copied file and its folder durable (fsync) before it is
+    /// reported. Slower; off by default, as in rsync and cp.
+    #[arg(long)]
+    pub fsync: bool,
+
+    /// Parallel workers for walking, hashing and copying [default: cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+
+    /// Terminal: only errors and sync summaries (the log file keeps all).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Terminal: also show what was compared and why.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// `60`, `90s`, `5m`, `1h30m`: at least one second.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(s.parse().map_err(|_| format!("{s:?} is too large"))?)
+    } else {
+        humantime::parse_duration(s).map_err(|e| {
+            format!("expected seconds (60) or a duration (5m, 1h30m), got {s:?}: {e}")
+        })?
+    };
+    if d < Duration::from_secs(1) {
+        return Err(format!("the interval must be at least 1 second, got {s:?}"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn intervals_people_write() {
+        assert_eq!(parse_interval("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_interval("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["0", "", "abc", "-5", "500ms", "1.5"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,307 @@
+//! Turns the command line into a validated configuration: canonical roots
+//! that do not contain each other, a usable log path, the stage options.
+
+use crate::cli::{Cli, LogFormatArg};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use treesync_stages::logger::{LogConfig, LogFormat, Verbosity};
+use treesync_stages::options::SyncOptions;
+use treesync_stages::relpath::RelPath;
+
+/// Everything the pipeline needs, checked.
+#[derive(Debug)]
+pub struct Config {
+    pub sync: SyncOptions,
+    pub log: LogConfig,
+    /// `None`: one sync.
+    pub interval: Option<Duration>,
+    /// The replica root does not exist yet (it is created unless dry run).
+    pub replica_missing: bool,
+}
+
+/// Fatal problems found before any sync (exit status 1).
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("source folder {path}: {source}")]
+    Source { path: PathBuf, source: io::Error },
+    #[error("source {0} is not a folder")]
+    SourceNotDir(PathBuf),
+    #[error("replica {path}: {source}")]
+    Replica { path: PathBuf, source: io::Error },
+    #[error("replica {0} exists and is not a folder")]
+    ReplicaNotDir(PathBuf),
+    #[error("the parent folder of replica {path} is missing or unusable: {source}")]
+    ReplicaParent { path: PathBuf, source: io::Error },
+    #[error("replica {replica} and source {source_dir} must not contain each other")]
+    Nested {
+        source_dir: PathBuf,
+        replica: PathBuf,
+    },
+    #[error("log file {path}: its folder is missing or unusable: {source}")]
+    LogDir { path: PathBuf, source: io::Error },
+    #[error(
+        "log file {0} is inside the replica, where the mirror would delete it; put it elsewhere"
+    )]
+    LogInReplica(PathBuf),
+    #[error("cannot find the current folder: {0}")]
+    Cwd(io::Error),
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
+        let source = canonical_source(&cwd.join(&cli.source))?;
+        let (replica, replica_missing) = canonical_replica(&cwd.join(&cli.replica))?;
+        check_not_nested(&source, &replica, replica_missing)?;
+        let log_file = canonical_log_path(&cwd.join(&cli.log_file))?;
+        if log_file.starts_with(&replica) {
+            return Err(ConfigError::LogInReplica(log_file));
+        }
+        // A log inside the source changes every tick: leave it out.
+        let hidden = log_file
+            .strip_prefix(&source)
+            .ok()
+            .and_then(|rel| RelPath::new(rel.as_os_str().as_bytes()))
+            .into_iter()
+            .collect();
+        let jobs = cli
+            .jobs
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let sync = SyncOptions {
+            source,
+            replica,
+            checksum: cli.checksum,
+            dry_run: cli.dry_run,
+            delete_excluded: cli.delete_excluded,
+            max_delete: cli.max_delete,
+            jobs,
+            excludes: cli.exclude,
+            hidden,
+            preserve_owner: rustix::process::geteuid().is_root(),
+            fsync: cli.fsync,
+        };
+        let log = LogConfig {
+            file: log_file,
+            format: match cli.log_format {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            },
+            terminal: if cli.quiet {
+                Verbosity::Quiet
+            } else if cli.verbose {
+                Verbosity::Verbose
+            } else {
+                Verbosity::Normal
+            },
+        };
+        Ok(Config {
+            sync,
+            log,
+            interval: if cli.once { None } else { cli.interval },
+            replica_missing,
+        })
+    }
+}
+
+fn canonical_source(path: &Path) -> Result<PathBuf, ConfigError> {
+    let canon = path.canonicalize().map_err(|source| ConfigError::Source {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !canon.is_dir() {
+        return Err(ConfigError::SourceNotDir(path.to_path_buf()));
+    }
+    Ok(canon)
+}
+
+/// The canonical replica path, and whether it is still to be created.
+fn canonical_replica(path: &Path) -> Result<(PathBuf, bool), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let canon = path.canonicalize().map_err(|source| ConfigError::Replica {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok((canon, false))
+        }
+        Ok(_) => Err(ConfigError::ReplicaNotDir(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                // A dangling link: creating the replica would write through it.
+                return Err(ConfigError::ReplicaNotDir(path.to_path_buf()));
+            }
+            Ok((
+                canonical_child(path).map_err(|source| ConfigError::ReplicaParent {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+                true,
+            ))
+        }
+        Err(source) => Err(ConfigError::Replica {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// `path` with its parent canonical; the parent must be an existing folder.
+fn canonical_child(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = parent.canonicalize()?;
+    if !parent.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a folder"));
+    }
+    Ok(parent.join(name))
+}
+
+fn canonical_log_path(path: &Path) -> Result<PathBuf, ConfigError> {
+    canonical_child(path).map_err(|source| ConfigError::LogDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Refuses roots inside one another, by path and by identity (a bind
+/// mount makes one folder reachable under two paths).
+fn check_not_nested(
+    source: &Path,
+    replica: &Path,
+    replica_missing: bool,
+) -> Result<(), ConfigError> {
+    let nested = || ConfigError::Nested {
+        source_dir: source.to_path_buf(),
+        replica: replica.to_path_buf(),
+    };
+    if source.starts_with(replica) || replica.starts_with(source) {
+        return Err(nested());
+    }
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let replica_start = if replica_missing {
+        replica.parent().unwrap_or(replica)
+    } else {
+        replica
+    };
+    let source_id = id(source);
+    if replica_start.ancestors().any(|a| id(a) == source_id) {
+        return Err(nested());
+    }
+    if !replica_missing {
+        let replica_id = id(replica);
+        if source.ancestors().any(|a| id(a) == replica_id) {
+            return Err(nested());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["treesync"];
+        argv.extend_from_slice(args);
+        Config::from_cli(Cli::parse_from(argv))
+    }
+
+    #[test]
+    fn nested_roots_are_refused_both_ways() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = tmp.path().join("s");
+        std::fs::create_dir_all(s.join("inner")).unwrap();
+        let (s_str, inner) = (s.to_str().unwrap(), s.join("inner"));
+        let log = tmp.path().join("log");
+        let log = log.to_str().unwrap();
+        assert!(matches!(
+            config(&[s_str, inner.to_str().unwrap(), "--log-file", log]),
+            Err(ConfigError::Nested { .. })
+        ));
+        assert!(matches!(
+            config(&[inner.to_str().unwrap(), s_str, "--log-file", log]),
+            Err(ConfigError::Nested { .. })
+        ));
+        let missing_inside = s.join("new");
+        assert!(matches!(
+            config(&[s_str, missing_inside.to_str().unwrap(), "--log-file", log]),
+            Err(ConfigError::Nested { .. })
+        ));
+    }
+
+    #[test]
+    fn log_file_inside_source_is_hidden_and_inside_replica_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        std::fs::create_dir_all(s.join("logs")).unwrap();
+        std::fs::create_dir_all(&r).unwrap();
+        let in_source = s.join("logs/t.log");
+        let c = config(&[
+            s.to_str().unwrap(),
+            r.to_str().unwrap(),
+            "--log-file",
+            in_source.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.sync.hidden, vec![RelPath::from_str_lossy("logs/t.log")]);
+        let in_replica = r.join("t.log");
+        assert!(matches!(
+            config(&[
+                s.to_str().unwrap(),
+                r.to_str().unwrap(),
+                "--log-file",
+                in_replica.to_str().unwrap()
+            ]),
+            Err(ConfigError::LogInReplica(_))
+        ));
+    }
+
+    #[test]
+    fn missing_source_and_missing_replica_parent_are_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        let (log, missing) = (log.to_str().unwrap(), tmp.path().join("nope"));
+        let r = tmp.path().join("r");
+        assert!(matches!(
+            config(&[
+                missing.to_str().unwrap(),
+                r.to_str().unwrap(),
+                "--log-file",
+                log
+            ]),
+            Err(ConfigError::Source { .. })
+        ));
+        let deep = tmp.path().join("nope/r");
+        assert!(matches!(
+            config(&[
+                tmp.path().to_str().unwrap(),
+                deep.to_str().unwrap(),
+                "--log-file",
+                log
+            ]),
+            Err(ConfigError::ReplicaParent { .. })
+        ));
+        std::fs::create_dir(tmp.path().join("s")).unwrap();
+        let c = config(&[
+            tmp.path().join("s").to_str().unwrap(),
+            r.to_str().unwrap(),
+            "--log-file",
+            log,
+            "7",
+        ])
+        .unwrap();
+        assert!(c.replica_missing);
+        assert_eq!(c.interval, Some(Duration::from_secs(7)));
+    }
+}

@@ -1,0 +1,153 @@
+//! Assembles the stages into the pipeline, runs it to its end and turns the
+//! outcome into an exit status. The only place that names concrete stages.
+
+use crate::config::Config;
+use crate::shutdown::{RunEnd, ShutdownCoordinator};
+use actix::{Actor, AsyncContext, Context};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use treesync_stages::applier::Applier;
+use treesync_stages::differ::Differ;
+use treesync_stages::hasher::Hasher;
+use treesync_stages::logger::Logger;
+use treesync_stages::messages::{FlushLog, TickOutcome};
+use treesync_stages::scanner::Scanner;
+use treesync_stages::scheduler::Scheduler;
+use treesync_stages::stop::StopFlag;
+
+/// Exit statuses of the command-line contract.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FATAL: i32 = 1;
+    pub const FAILED_OPS: i32 = 3;
+    pub const GUARD: i32 = 4;
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// Runs the pipeline until the sync (or the stop) is over; returns the
+/// exit status.
+pub async fn run(config: Config, logger: Logger) -> i32 {
+    let once = config.interval.is_none();
+    let stop = StopFlag::new();
+    let opts = Arc::new(config.sync);
+    let log = logger.start();
+
+    // The Scheduler both starts the pipeline and receives its end: its
+    // address exists before the stages that need it are started.
+    let scheduler_ctx = Context::<Scheduler>::new();
+    let scheduler = scheduler_ctx.address();
+    let applier = Applier::new(
+        opts.clone(),
+        scheduler.clone().recipient(),
+        log.clone().recipient(),
+        stop.clone(),
+    )
+    .start();
+    let differ = Differ::new(opts.clone(), applier.recipient(), log.clone().recipient()).start();
+    let hasher = Hasher::new(
+        opts.clone(),
+        differ.recipient(),
+        log.clone().recipient(),
+        stop.clone(),
+    )
+    .start();
+    let scanner = Scanner::new(
+        opts.clone(),
+        hasher.recipient(),
+        scheduler.clone().recipient(),
+        log.clone().recipient(),
+        stop.clone(),
+    )
+    .start();
+    let (done_tx, done_rx) = oneshot::channel();
+    let coordinator =
+        ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx).start();
+    scheduler_ctx.run(Scheduler::new(
+        config.interval,
+        opts.dry_run,
+        scanner.recipient(),
+        coordinator.recipient(),
+        log.clone().recipient(),
+    ));
+
+    let end = done_rx.await.unwrap_or(RunEnd {
+        last: None,
+        signalled: false,
+    });
+    // Every entry sent so far is written before the process ends.
+    let _ = log.send(FlushLog).await;
+    exit_status(once, &end)
+}
+
+/// The contract's order when several apply: 1, 130, 4, 3, 0. Codes 3 and 4
+/// describe a `--once` sync; a stopped interval run ends with 0.
+pub fn exit_status(once: bool, end: &RunEnd) -> i32 {
+    let Some(last) = &end.last else {
+        return if once && !end.signalled {
+            exit::FATAL
+        } else if once {
+            exit::INTERRUPTED
+        } else {
+            exit::OK
+        };
+    };
+    if !once {
+        return exit::OK;
+    }
+    once_status(last)
+}
+
+fn once_status(o: &TickOutcome) -> i32 {
+    if o.aborted.is_some() {
+        exit::FATAL
+    } else if o.interrupted {
+        exit::INTERRUPTED
+    } else if o.guard_tripped {
+        exit::GUARD
+    } else if o.errors > 0 {
+        exit::FAILED_OPS
+    } else {
+        exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(o: TickOutcome) -> RunEnd {
+        RunEnd {
+            last: Some(o),
+            signalled: false,
+        }
+    }
+
+    #[test]
+    fn first_applicable_status_wins() {
+        let all = TickOutcome {
+            aborted: Some("gone".into()),
+            interrupted: true,
+            guard_tripped: true,
+            errors: 1,
+            ..TickOutcome::default()
+        };
+        assert_eq!(exit_status(true, &end(all.clone())), 1);
+        let o = TickOutcome {
+            aborted: None,
+            ..all
+        };
+        assert_eq!(exit_status(true, &end(o.clone())), 130);
+        let o = TickOutcome {
+            interrupted: false,
+            ..o
+        };
+        assert_eq!(exit_status(true, &end(o.clone())), 4);
+        let o = TickOutcome {
+            guard_tripped: false,
+            ..o
+        };
+        assert_eq!(exit_status(true, &end(o.clone())), 3);
+        assert_eq!(exit_status(false, &end(o)), 0);
+        assert_eq!(exit_status(true, &end(TickOutcome::default())), 0);
+    }
+}

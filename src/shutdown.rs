@@ -1,0 +1,102 @@
+//! The shutdown coordinator: turns Ctrl+C and SIGTERM into messages and
+//! reports the end of the run.
+//!
+//! First signal: the shared stop flag is raised (stages finish the file in
+//! flight and start nothing new) and the Scheduler is told to start no new
+//! tick; once it answers `TicksOver`, the run ends. Second signal: exit at
+//! once with 130 (temporaries left behind are removed by the next run).
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use treesync_stages::messages::{StopTicks, TickOutcome, TicksOver};
+use treesync_stages::stop::StopFlag;
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct RunEnd {
+    pub last: Option<TickOutcome>,
+    /// A signal asked for the stop.
+    pub signalled: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SignalReceived(&'static str);
+
+pub struct ShutdownCoordinator {
+    stop: StopFlag,
+    scheduler: Recipient<StopTicks>,
+    done: Option<oneshot::Sender<RunEnd>>,
+    signals: u32,
+}
+
+impl ShutdownCoordinator {
+    pub fn new(
+        stop: StopFlag,
+        scheduler: Recipient<StopTicks>,
+        done: oneshot::Sender<RunEnd>,
+    ) -> Self {
+        ShutdownCoordinator {
+            stop,
+            scheduler,
+            done: Some(done),
+            signals: 0,
+        }
+    }
+}
+
+impl Actor for ShutdownCoordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        for (kind, name) in [
+            (SignalKind::interrupt(), "interrupt"),
+            (SignalKind::terminate(), "terminate"),
+        ] {
+            let me = ctx.address();
+            match signal(kind) {
+                Ok(mut stream) => {
+                    actix::spawn(async move {
+                        while stream.recv().await.is_some() {
+                            me.do_send(SignalReceived(name));
+                        }
+                    });
+                }
+                Err(e) => eprintln!("treesync: cannot watch for {name} signals: {e}"),
+            }
+        }
+    }
+}
+
+impl Handler<SignalReceived> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: SignalReceived, _: &mut Context<Self>) {
+        self.signals += 1;
+        if self.signals > 1 {
+            eprintln!("treesync: second {} signal: exiting now", msg.0);
+            std::process::exit(130);
+        }
+        eprintln!(
+            "treesync: {} signal: stopping after the files in flight (again to exit at once)",
+            msg.0
+        );
+        self.stop.request();
+        self.scheduler.do_send(StopTicks);
+    }
+}
+
+impl Handler<TicksOver> for ShutdownCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: TicksOver, ctx: &mut Context<Self>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(RunEnd {
+                last: msg.last,
+                signalled: self.signals > 0,
+            });
+        }
+        ctx.stop();
+    }
+}
