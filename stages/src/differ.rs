@@ -321,7 +321,7 @@ impl<'a> Planner<'a> {
                 }
             }
             EntryKind::Symlink { target } => {
-                if Some(target) != link_target(r) {
+                if Some(target.as_ref()) != link_target(r) {
                     self.touch_parent(&path);
                     self.files.push(Op::Symlink {
                         path,
@@ -406,9 +406,9 @@ impl<'a> Planner<'a> {
     }
 }
 
-fn link_target(e: &Entry) -> Option<&Box<[u8]>> {
+fn link_target(e: &Entry) -> Option<&[u8]> {
     match &e.kind {
-        EntryKind::Symlink { target } => Some(target),
+        EntryKind::Symlink { target } => Some(target.as_ref()),
         _ => None,
     }
 }

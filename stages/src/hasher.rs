@@ -3,17 +3,14 @@
 //! Only where metadata cannot decide (same size, different mtime, or
 //! `--checksum`) are the two files read and compared by SHA-1. The work runs
 //! on a blocking task with `jobs` threads, never on the async thread.
-//! Digests are cached between ticks, keyed by the file's identity and
-//! metadata (device, inode, size, mtime and ctime to the nanosecond): any
-//! write changes ctime, so an entry is reused only for an untouched file,
-//! and an unchanged file is never read twice. A file that cannot be read
+//! Digests are cached between ticks and across restarts (`hash_cache.rs`),
+//! so an unchanged file is never read twice. A file that cannot be read
 //! yields `Content::Unknown`; the Applier then attempts the copy and logs
 //! any real failure there.
 
+use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
-use crate::model::{
-    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, Timestamp,
-};
+use crate::model::{needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta};
 use crate::options::SyncOptions;
 use crate::relpath::RelPath;
 use crate::root::Root;
@@ -25,62 +22,6 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// What identifies one version of one file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: Timestamp,
-    ctime: Timestamp,
-}
-
-impl From<&Meta> for CacheKey {
-    fn from(m: &Meta) -> Self {
-        CacheKey {
-            dev: m.id.dev,
-            ino: m.id.ino,
-            size: m.size,
-            mtime: m.mtime,
-            ctime: m.ctime,
-        }
-    }
-}
-
-/// Digests of both trees, with the tick each was last used in, so entries
-/// of files that are gone can be dropped.
-#[derive(Default)]
-pub struct HashCache {
-    map: HashMap<CacheKey, (Digest, u64)>,
-}
-
-impl HashCache {
-    fn get(&mut self, key: &CacheKey, tick: u64) -> Option<Digest> {
-        self.map.get_mut(key).map(|(d, used)| {
-            *used = tick;
-            *d
-        })
-    }
-
-    fn insert(&mut self, key: CacheKey, digest: Digest, tick: u64) {
-        self.map.insert(key, (digest, tick));
-    }
-
-    /// Forgets digests not used in the last tick: the cache holds at most
-    /// the files that needed a comparison last time.
-    fn prune(&mut self, tick: u64) {
-        self.map.retain(|_, (_, used)| *used >= tick);
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
 
 /// Paths of files present on both sides whose content needs comparing.
 pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<(Entry, Entry)> {
@@ -202,6 +143,8 @@ pub struct Hasher {
     log: Recipient<LogEvent>,
     stop: StopFlag,
     cache: Arc<Mutex<HashCache>>,
+    /// The saved cache was read (it is read once, at the first comparison).
+    loaded: bool,
 }
 
 impl Hasher {
@@ -217,6 +160,7 @@ impl Hasher {
             log,
             stop,
             cache: Arc::default(),
+            loaded: false,
         }
     }
 }
@@ -242,11 +186,15 @@ impl Handler<TreesScanned> for Hasher {
         }
         let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());
         let (next, log) = (self.next.clone(), self.log.clone());
+        let load = !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
             let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
-            let (contents, events) = match roots {
-                Ok((s, r)) => compare_all(&pairs, &s, &r, &cache, tick, opts.jobs, &stop),
+            if let (true, Ok((_, replica))) = (load, &roots) {
+                *cache.lock().unwrap_or_else(|p| p.into_inner()) = HashCache::load(replica, tick);
+            }
+            let (contents, events) = match &roots {
+                Ok((s, r)) => compare_all(&pairs, s, r, &cache, tick, opts.jobs, &stop),
                 // The Scanner just listed both roots; if one is gone now,
                 // every pair counts as unknown and the Applier reports it.
                 Err(_) => (
@@ -257,7 +205,17 @@ impl Handler<TreesScanned> for Hasher {
                     Vec::new(),
                 ),
             };
-            cache.lock().unwrap_or_else(|p| p.into_inner()).prune(tick);
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.prune(tick);
+            if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
+                // The cache only saves work: failing to save it is no error.
+                if let Err(e) = cache.save(replica) {
+                    log.do_send(
+                        LogEvent::new(Verb::Detail("cache"), None).with_str("error", e.to_string()),
+                    );
+                }
+            }
+            drop(cache);
             for ev in events {
                 log.do_send(ev);
             }
@@ -282,6 +240,7 @@ impl Handler<TreesScanned> for Hasher {
 mod tests {
     use super::*;
     use crate::messages::TickInfo;
+    use crate::model::Timestamp;
     use crate::root::{meta_of, stat_at};
     use crate::testing::{wait_until, Collector};
 

@@ -4,6 +4,7 @@
 
 pub mod applier;
 pub mod differ;
+pub mod hash_cache;
 pub mod hasher;
 pub mod log_format;
 pub mod logger;

@@ -1,18 +1,41 @@
-//! Logger: owns the slog drains (terminal and log file), takes `LogEvent`
-//! and `FlushLog`.
-//! (stub: to be written)
+//! Logger: owns the slog drains, the log file and the terminal (standard
+//! error), and takes `LogEvent` and `FlushLog` from every stage.
+//!
+//! Runs on the async thread, so its `LogEvent` handler only decides where
+//! the event goes, formats it (`log_format`) and hands it to a slog-async
+//! drain; the writing happens on the drains' own threads. Both drains block
+//! when their queue is full rather than drop entries: a log that loses
+//! lines cannot be trusted. `FlushLog` closes the async drains (joining
+//! their threads, so everything sent before is written when it returns) and
+//! switches to synchronous drains, so events that still arrive are written,
+//! not lost.
+//!
+//! The log file gets every event but `-v` detail, whatever the terminal
+//! shows. A write error on the log file is reported once on standard error;
+//! logging goes on.
 
-use crate::messages::{FlushLog, LogEvent};
+use crate::log_format;
+use crate::messages::{FlushLog, Level, LogEvent, LogValue, Verb};
 use actix::{Actor, Context, Handler};
-use std::io;
+use slog::{BorrowedKV, Drain, Never, OwnedKVList, Record, RecordLocation, RecordStatic, KV};
+use slog_async::{Async, AsyncGuard, OverflowStrategy};
+use slog_term::{FullFormat, TermDecorator};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+/// Format of the log file (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+/// What the terminal shows (`-q`, default, `-v`); the log file does not
+/// depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verbosity {
     Quiet,
@@ -27,12 +50,75 @@ pub struct LogConfig {
     pub terminal: Verbosity,
 }
 
-pub struct Logger {}
+/// Entries queued per drain before a sender waits. Large enough that a
+/// burst of operations rarely makes the async thread wait on the disk.
+const QUEUE_LEN: usize = 4096;
+
+/// `-q`: errors and tick summaries; default: everything but detail; `-v`:
+/// everything.
+pub fn shows_on_terminal(v: Verbosity, ev: &LogEvent) -> bool {
+    match v {
+        Verbosity::Quiet => ev.level() == Level::Error || ev.verb == Verb::Tick,
+        Verbosity::Normal => ev.level() != Level::Debug,
+        Verbosity::Verbose => true,
+    }
+}
+
+/// Every operation, warning, error and tick; `-v` detail is for the
+/// terminal only.
+pub fn goes_to_file(ev: &LogEvent) -> bool {
+    ev.level() != Level::Debug
+}
+
+pub struct Logger {
+    format: LogFormat,
+    terminal: Verbosity,
+    /// Shared with the file drain thread; kept to write synchronously once
+    /// the async drains are closed.
+    file: Arc<FileDrain>,
+    sinks: Sinks,
+}
 
 impl Logger {
-    /// Opens (appends to) the log file and builds both drains.
-    pub fn open(_cfg: &LogConfig) -> io::Result<Logger> {
-        todo!("logger")
+    /// Opens (appends to, creating it if missing) the log file and builds
+    /// both drains. The error is the one from opening the file; the caller
+    /// adds the path.
+    pub fn open(cfg: &LogConfig) -> io::Result<Logger> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&cfg.file)?;
+        let file = Arc::new(FileDrain::new(file));
+        Ok(Logger {
+            format: cfg.format,
+            terminal: cfg.terminal,
+            sinks: Sinks::asynchronous(file.clone()),
+            file,
+        })
+    }
+
+    fn log(&self, ev: &LogEvent) {
+        if goes_to_file(ev) {
+            // The time is taken here, not on the drain thread, so it is
+            // when the event happened even if the queue is long.
+            let line = log_format::file_line(self.format, SystemTime::now(), ev);
+            emit(&self.sinks.file, ev.level(), &line, &());
+        }
+        if shows_on_terminal(self.terminal, ev) {
+            emit(
+                &self.sinks.terminal,
+                ev.level(),
+                ev.verb.as_str(),
+                &TermFields(ev),
+            );
+        }
+    }
+
+    /// Writes out and closes the async drains; later events are written
+    /// synchronously.
+    fn flush(&mut self) {
+        let direct = Sinks::synchronous(self.file.clone());
+        std::mem::replace(&mut self.sinks, direct).close();
     }
 }
 
@@ -43,11 +129,288 @@ impl Actor for Logger {
 impl Handler<LogEvent> for Logger {
     type Result = ();
 
-    fn handle(&mut self, _msg: LogEvent, _ctx: &mut Context<Self>) {}
+    fn handle(&mut self, msg: LogEvent, _ctx: &mut Context<Self>) {
+        self.log(&msg);
+    }
 }
 
 impl Handler<FlushLog> for Logger {
     type Result = ();
 
-    fn handle(&mut self, _msg: FlushLog, _ctx: &mut Context<Self>) {}
+    fn handle(&mut self, _msg: FlushLog, _ctx: &mut Context<Self>) {
+        self.flush();
+    }
+}
+
+/// The two destinations, either behind slog-async threads or direct.
+struct Sinks {
+    file: slog::Logger,
+    terminal: slog::Logger,
+    /// Empty for direct sinks. Declared after the loggers so that they drop
+    /// first when the actor is dropped without a flush: the guards then end
+    /// and join the drain threads.
+    guards: Vec<AsyncGuard>,
+}
+
+impl Sinks {
+    fn asynchronous(file: Arc<FileDrain>) -> Sinks {
+        let (file_drain, file_guard) = async_drain(file, "treesync-log-file");
+        let (term_drain, term_guard) = async_drain(terminal_drain(), "treesync-log-term");
+        Sinks {
+            file: slog::Logger::root(file_drain.ignore_res(), slog::o!()),
+            terminal: slog::Logger::root(term_drain.ignore_res(), slog::o!()),
+            guards: vec![file_guard, term_guard],
+        }
+    }
+
+    /// Returns once every entry queued before is written: each guard sends
+    /// the drain thread a last message behind them and joins it.
+    fn close(self) {
+        let Sinks {
+            file,
+            terminal,
+            guards,
+        } = self;
+        drop((file, terminal));
+        drop(guards);
+    }
+
+    fn synchronous(file: Arc<FileDrain>) -> Sinks {
+        // The terminal formatter is not `Sync`; a mutex makes it usable
+        // without its own thread.
+        let terminal = Mutex::new(terminal_drain()).ignore_res();
+        Sinks {
+            file: slog::Logger::root(file, slog::o!()),
+            terminal: slog::Logger::root(terminal, slog::o!()),
+            guards: Vec::new(),
+        }
+    }
+}
+
+/// `Block`, not the default `DropAndReport`: nothing may be lost.
+fn async_drain<D>(drain: D, name: &str) -> (Async, AsyncGuard)
+where
+    D: Drain<Ok = (), Err = Never> + Send + 'static,
+{
+    Async::new(drain)
+        .chan_size(QUEUE_LEN)
+        .overflow_strategy(OverflowStrategy::Block)
+        .thread_name(name.to_string())
+        .build_with_guard()
+}
+
+/// Human-readable lines on standard error, in colour on a terminal. A
+/// closed standard error must not stop the sync, hence `ignore_res`.
+fn terminal_drain() -> impl Drain<Ok = (), Err = Never> + Send + 'static {
+    let decorator = TermDecorator::new().stderr().build();
+    FullFormat::new(decorator)
+        .use_local_timestamp()
+        .build()
+        .ignore_res()
+}
+
+/// Location of every record: our records do not come from `slog::info!`
+/// call sites, and no drain here prints it.
+static LOCATION: RecordLocation = RecordLocation {
+    file: file!(),
+    line: 0,
+    column: 0,
+    function: "",
+    module: module_path!(),
+};
+
+/// Builds the record by hand rather than with `slog::log!`, whose level
+/// must be a constant and which drops debug records in release builds
+/// (`-v` detail must still show).
+fn emit(logger: &slog::Logger, level: Level, msg: &str, kv: &dyn KV) {
+    let rs = RecordStatic {
+        location: &LOCATION,
+        tag: "",
+        level: slog_level(level),
+    };
+    logger.log(&Record::new(&rs, &format_args!("{msg}"), BorrowedKV(kv)));
+}
+
+fn slog_level(level: Level) -> slog::Level {
+    match level {
+        Level::Debug => slog::Level::Debug,
+        Level::Info => slog::Level::Info,
+        Level::Warn => slog::Level::Warning,
+        Level::Error => slog::Level::Error,
+    }
+}
+
+/// The terminal's key-value pairs: the path, then the fields, then the dry
+/// run mark, every string escaped like the text log.
+struct TermFields<'a>(&'a LogEvent);
+
+impl KV for TermFields<'_> {
+    fn serialize(&self, _record: &Record, ser: &mut dyn slog::Serializer) -> slog::Result {
+        let ev = self.0;
+        if let Some(path) = &ev.path {
+            ser.emit_str("path", &log_format::text_path(path))?;
+        }
+        for (key, value) in &ev.fields {
+            match value {
+                LogValue::U64(n) => ser.emit_u64(key, *n)?,
+                LogValue::Bool(b) => ser.emit_bool(key, *b)?,
+                LogValue::Str(_) | LogValue::Bytes(_) => {
+                    ser.emit_str(key, &log_format::text_value(value))?
+                }
+            }
+        }
+        if ev.dry_run {
+            ser.emit_bool("dry_run", true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes each record's message (an already formatted line) to the log
+/// file with one `write_all`. Unbuffered on purpose: in interval mode a
+/// buffered tail could sit unwritten between ticks, and an `O_APPEND` write
+/// per line keeps lines whole.
+struct FileDrain {
+    file: File,
+    /// Set after the first write error, so it is reported once.
+    failed: AtomicBool,
+}
+
+impl FileDrain {
+    fn new(file: File) -> FileDrain {
+        FileDrain {
+            file,
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn report(&self, err: &io::Error) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            eprintln!("treesync: cannot write to the log file: {err}");
+        }
+    }
+}
+
+impl Drain for FileDrain {
+    type Ok = ();
+    type Err = Never;
+
+    fn log(&self, record: &Record, _values: &OwnedKVList) -> Result<(), Never> {
+        let mut line = record.msg().to_string();
+        line.push('\n');
+        if let Err(err) = (&self.file).write_all(line.as_bytes()) {
+            self.report(&err);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relpath::RelPath;
+
+    fn event(verb: Verb) -> LogEvent {
+        LogEvent::op(verb, &RelPath::from_str_lossy("a/b"))
+    }
+
+    #[test]
+    fn terminal_filter_follows_verbosity() {
+        let cases = [
+            (Verb::Copy, [false, true, true]),
+            (Verb::Skip, [false, true, true]),
+            (Verb::Warn, [false, true, true]),
+            (Verb::Error, [true, true, true]),
+            (Verb::Tick, [true, true, true]),
+            (Verb::Detail("compare"), [false, false, true]),
+        ];
+        let levels = [Verbosity::Quiet, Verbosity::Normal, Verbosity::Verbose];
+        for (verb, expected) in cases {
+            for (v, want) in levels.iter().zip(expected) {
+                assert_eq!(shows_on_terminal(*v, &event(verb)), want, "{verb:?} {v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn file_gets_everything_but_detail() {
+        assert!(goes_to_file(&event(Verb::Copy)));
+        assert!(goes_to_file(&event(Verb::Error)));
+        assert!(goes_to_file(&LogEvent::new(Verb::Tick, None)));
+        assert!(!goes_to_file(&event(Verb::Detail("compare"))));
+    }
+
+    fn config(dir: &tempfile::TempDir, format: LogFormat) -> LogConfig {
+        LogConfig {
+            file: dir.path().join("treesync.log"),
+            format,
+            terminal: Verbosity::Quiet,
+        }
+    }
+
+    fn read_lines(cfg: &LogConfig) -> Vec<String> {
+        let text = std::fs::read_to_string(&cfg.file).expect("read log");
+        text.lines().map(str::to_string).collect()
+    }
+
+    fn numbered(i: u64) -> LogEvent {
+        event(Verb::Copy).with_u64("bytes", i)
+    }
+
+    #[actix_rt::test]
+    async fn flush_writes_every_event_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = config(&dir, LogFormat::Json);
+        let addr = Logger::open(&cfg).expect("open log").start();
+        for i in 0..2000 {
+            addr.do_send(numbered(i));
+        }
+        // Detail never reaches the file.
+        addr.do_send(event(Verb::Detail("compare")));
+        addr.send(FlushLog).await.expect("flush");
+        let lines = read_lines(&cfg);
+        assert_eq!(lines.len(), 2000);
+        for (i, line) in lines.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            assert_eq!(v["msg"], "copy");
+            assert_eq!(v["bytes"].as_u64(), Some(i as u64), "{line}");
+        }
+    }
+
+    #[actix_rt::test]
+    async fn events_after_a_flush_are_still_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = config(&dir, LogFormat::Text);
+        std::fs::write(&cfg.file, "earlier run\n").expect("seed log");
+        let addr = Logger::open(&cfg).expect("open log").start();
+        addr.do_send(numbered(1));
+        addr.send(FlushLog).await.expect("flush");
+        addr.do_send(numbered(2));
+        addr.send(FlushLog).await.expect("second flush");
+        let lines = read_lines(&cfg);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], "earlier run", "the file is appended to");
+        assert!(
+            lines[1].ends_with(" INFO copy path=a/b bytes=1"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with(" INFO copy path=a/b bytes=2"),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn log_file_in_a_missing_folder_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = LogConfig {
+            file: dir.path().join("missing").join("treesync.log"),
+            format: LogFormat::Text,
+            terminal: Verbosity::Normal,
+        };
+        let err = Logger::open(&cfg).err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::NotFound));
+    }
 }

@@ -112,8 +112,12 @@ impl RelPath {
         }
     }
 
-    /// The log form: valid UTF-8 as it is, every invalid byte as `\xNN`.
+    /// The log form: valid UTF-8 as it is, every invalid byte as `\xNN`;
+    /// the root itself is `.`.
     pub fn escaped(&self) -> String {
+        if self.0.is_empty() {
+            return ".".to_string();
+        }
         escape_bytes(&self.0)
     }
 }
@@ -155,11 +159,7 @@ impl fmt::Debug for RelPath {
 
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str(".")
-        } else {
-            f.write_str(&self.escaped())
-        }
+        f.write_str(&self.escaped())
     }
 }
 

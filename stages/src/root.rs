@@ -130,8 +130,8 @@ pub fn kind_of(stat: &rfs::Stat, dir: impl AsFd, name: &[u8]) -> io::Result<Entr
 pub fn meta_of(stat: &rfs::Stat) -> Meta {
     Meta {
         size: stat.st_size as u64,
-        mtime: Timestamp::new(stat.st_mtime as i64, stat.st_mtime_nsec as u32),
-        ctime: Timestamp::new(stat.st_ctime as i64, stat.st_ctime_nsec as u32),
+        mtime: Timestamp::new(stat.st_mtime as _, stat.st_mtime_nsec as u32),
+        ctime: Timestamp::new(stat.st_ctime as _, stat.st_ctime_nsec as u32),
         perm: stat.st_mode & 0o7777,
         uid: stat.st_uid,
         gid: stat.st_gid,
