@@ -1,11 +1,27 @@
 //! Applier: takes `PlanMade`, carries out the plan on the replica, logs
-//! every operation and sends `TickFinished`.
-//! (stub: to be written)
+//! every operation and sends `TickFinished` with the tick's outcome.
+//!
+//! The work runs in a blocking task, off the async threads; the handler
+//! only starts it and forwards the result. The plan runs phase by phase
+//! (`Op::phase`), each phase completing before the next: reports, then
+//! deletions (children first), folders (parents first), files and links
+//! (in parallel over `jobs` threads, since they are independent), and last
+//! the folders' own metadata (deepest first), so that writing a folder's
+//! contents cannot disturb its restored mtime. The file-system work itself
+//! is in `replica_ops`.
+//!
+//! A failing operation is logged as `error` and counted, and the plan goes
+//! on; a root that cannot be opened stops everything but the reports. A
+//! raised `StopFlag` starts no new operation. `apply` is the whole stage as
+//! a plain function, for tests and for callers without actix.
 
-use crate::messages::{LogEvent, PlanMade, TickFinished};
+use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
 use crate::options::SyncOptions;
+use crate::plan::{GuardTrip, Op, Phase, Plan};
+use crate::replica_ops::{Copied, OpError, ReplicaOps};
 use crate::stop::StopFlag;
 use actix::{Actor, Context, Handler, Recipient};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct Applier {
@@ -38,8 +54,977 @@ impl Actor for Applier {
 impl Handler<PlanMade> for Applier {
     type Result = ();
 
-    fn handle(&mut self, _msg: PlanMade, _ctx: &mut Context<Self>) {
-        let _ = (&self.opts, &self.done, &self.log, &self.stop);
-        todo!("applier")
+    fn handle(&mut self, msg: PlanMade, _ctx: &mut Context<Self>) {
+        let PlanMade { tick, plan, errors } = msg;
+        let (opts, stop, log) = (self.opts.clone(), self.stop.clone(), self.log.clone());
+        let work = actix_rt::task::spawn_blocking(move || {
+            let send = |event: LogEvent| log.do_send(event);
+            apply(&plan, &opts, &stop, &send)
+        });
+        let (done, log) = (self.done.clone(), self.log.clone());
+        actix::spawn(async move {
+            let mut outcome = match work.await {
+                Ok(outcome) => outcome,
+                // A panic in the work: the tick's state is unknown, so it
+                // is reported as failed rather than lost.
+                Err(e) => {
+                    log.do_send(LogEvent::error(None, "apply", e));
+                    TickOutcome {
+                        errors: 1,
+                        ..TickOutcome::default()
+                    }
+                }
+            };
+            outcome.errors += errors;
+            done.do_send(TickFinished { tick, outcome });
+        });
+    }
+}
+
+/// Carries out `plan` on the replica (or, with `dry_run`, only logs it),
+/// logging every operation through `log`, and returns the tick's outcome.
+/// `errors` counts only this plan's failures; the caller adds those of
+/// earlier stages.
+pub fn apply(
+    plan: &Plan,
+    opts: &SyncOptions,
+    stop: &StopFlag,
+    log: &(dyn Fn(LogEvent) + Sync),
+) -> TickOutcome {
+    let mut tally = Tally::default();
+    if let Some(trip) = &plan.guard {
+        log(guard_event(trip).dry_run(opts.dry_run));
+    }
+    let target = open_target(opts, log, &mut tally);
+    let run = Run {
+        opts,
+        stop,
+        log,
+        target,
+    };
+    for phase in PHASES {
+        let ops: Vec<&Op> = plan.ops.iter().filter(|op| op.phase() == phase).collect();
+        if phase == Phase::Files {
+            run.parallel(&ops, &mut tally);
+        } else {
+            run.serial(&ops, &mut tally);
+        }
+        if tally.stopped {
+            break;
+        }
+    }
+    TickOutcome {
+        counts: tally.counts,
+        bytes: tally.bytes,
+        errors: tally.errors,
+        guard_tripped: plan.guard.is_some(),
+        aborted: None,
+        interrupted: tally.stopped,
+    }
+}
+
+const PHASES: [Phase; 5] = [
+    Phase::Report,
+    Phase::Clean,
+    Phase::Mkdir,
+    Phase::Files,
+    Phase::FinishDirs,
+];
+
+fn guard_event(trip: &GuardTrip) -> LogEvent {
+    LogEvent::error(
+        None,
+        "guard",
+        format!(
+            "would delete {} of {} entries (limit {}): deletions withheld",
+            trip.would_delete, trip.managed, trip.limit
+        ),
+    )
+}
+
+/// Where the operations go.
+enum Target {
+    /// `--dry-run`: nothing is opened, every operation only logged.
+    DryRun,
+    Replica(ReplicaOps),
+    /// A root could not be opened (already logged): only reports run.
+    Unavailable,
+}
+
+fn open_target(opts: &SyncOptions, log: &(dyn Fn(LogEvent) + Sync), tally: &mut Tally) -> Target {
+    if opts.dry_run {
+        return Target::DryRun;
+    }
+    match ReplicaOps::open(opts) {
+        Ok(ops) => Target::Replica(ops),
+        Err(e) => {
+            log(LogEvent::error(None, "apply", &e));
+            tally.errors += 1;
+            Target::Unavailable
+        }
+    }
+}
+
+/// What the operations of one thread came to.
+#[derive(Default)]
+struct Tally {
+    counts: Counts,
+    bytes: u64,
+    errors: u64,
+    /// An operation was not started because a stop was asked.
+    stopped: bool,
+}
+
+impl Tally {
+    /// Counts a logged event by its verb.
+    fn count(&mut self, event: &LogEvent) {
+        let c = &mut self.counts;
+        match event.verb {
+            Verb::Mkdir => c.mkdir += 1,
+            Verb::Copy => c.copy += 1,
+            Verb::Update => c.update += 1,
+            Verb::Meta => c.meta += 1,
+            Verb::Symlink => c.symlink += 1,
+            Verb::Delete => c.delete += 1,
+            Verb::Rmdir => c.rmdir += 1,
+            Verb::Skip => c.skip += 1,
+            Verb::Warn => c.warn += 1,
+            Verb::Error => self.errors += 1,
+            Verb::Tick | Verb::Detail(_) => {}
+        }
+        if let Some(LogValue::U64(n)) = event.field("bytes") {
+            self.bytes += n;
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        let (c, o) = (&mut self.counts, other.counts);
+        c.mkdir += o.mkdir;
+        c.copy += o.copy;
+        c.update += o.update;
+        c.meta += o.meta;
+        c.symlink += o.symlink;
+        c.delete += o.delete;
+        c.rmdir += o.rmdir;
+        c.skip += o.skip;
+        c.warn += o.warn;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.stopped |= other.stopped;
+    }
+}
+
+/// One plan's run: shared read-only by the worker threads.
+struct Run<'a> {
+    opts: &'a SyncOptions,
+    stop: &'a StopFlag,
+    log: &'a (dyn Fn(LogEvent) + Sync),
+    target: Target,
+}
+
+impl Run<'_> {
+    /// In plan order, one at a time (the order matters in these phases).
+    fn serial(&self, ops: &[&Op], tally: &mut Tally) {
+        for op in ops {
+            if self.stop.is_requested() {
+                tally.stopped = true;
+                return;
+            }
+            self.one(op, tally);
+        }
+    }
+
+    /// Independent operations over `jobs` threads, each taking the next
+    /// operation not yet taken.
+    fn parallel(&self, ops: &[&Op], tally: &mut Tally) {
+        let workers = self.opts.jobs.max(1).min(ops.len());
+        // Without file-system work threads gain nothing, and one thread
+        // keeps a dry run's log in plan order.
+        if workers <= 1 || !matches!(self.target, Target::Replica(_)) {
+            return self.serial(ops, tally);
+        }
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut mine = Tally::default();
+            while let Some(op) = ops.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if self.stop.is_requested() {
+                    mine.stopped = true;
+                    break;
+                }
+                self.one(op, &mut mine);
+            }
+            mine
+        };
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
+            for handle in handles {
+                match handle.join() {
+                    Ok(mine) => tally.merge(mine),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        });
+    }
+
+    /// Carries out one operation, then logs and counts what it came to.
+    fn one(&self, op: &Op, tally: &mut Tally) {
+        let result = match &self.target {
+            Target::DryRun => Ok(done_event(op, planned_bytes(op))),
+            Target::Replica(replica) => execute(replica, op),
+            Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
+            Target::Unavailable => return,
+        };
+        let event = match result {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(e) => LogEvent::error(Some(op.path()), op_name(op), e),
+        };
+        tally.count(&event);
+        (self.log)(event.dry_run(self.opts.dry_run));
+    }
+}
+
+/// Runs `op` on the replica; returns the event to log, if any.
+fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
+    match op {
+        Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
+        Op::RemoveStale { path } => replica.remove_stale(path)?,
+        Op::Delete { path } => replica.delete(path)?,
+        Op::Rmdir { path } => replica.rmdir(path)?,
+        Op::Mkdir { path, .. } => replica.mkdir(path)?,
+        Op::Copy { path, meta } | Op::Update { path, meta } => {
+            // A source that vanished or changed is a skip, not a failure.
+            return Ok(match replica.copy(path, meta)? {
+                Copied::Written { bytes } => done_event(op, Some(bytes)),
+                Copied::Skipped { reason } => {
+                    Some(LogEvent::op(Verb::Skip, path).with_str("reason", reason))
+                }
+            });
+        }
+        Op::Symlink { path, target, meta } => replica.symlink(path, target, meta)?,
+        Op::SetMeta { path, link, meta } => replica.set_meta(path, *link, meta)?,
+        Op::FinishDir { path, meta, .. } => replica.finish_dir(path, meta)?,
+    }
+    Ok(done_event(op, None))
+}
+
+/// What a dry run reports as written: the size the scan saw.
+fn planned_bytes(op: &Op) -> Option<u64> {
+    match op {
+        Op::Copy { meta, .. } | Op::Update { meta, .. } => Some(meta.size),
+        _ => None,
+    }
+}
+
+/// The log entry of `op` once done (`bytes` for copies); `None` for an
+/// operation that is not logged.
+fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
+    let path = op.path();
+    let event = match op {
+        Op::Skip { reason, .. } => LogEvent::op(Verb::Skip, path).with_str("reason", reason),
+        Op::Warn { reason, .. } => LogEvent::op(Verb::Warn, path).with_str("reason", reason),
+        Op::Refuse { op, reason, .. } => LogEvent::error(Some(path), op, reason),
+        Op::RemoveStale { .. } => LogEvent::op(Verb::Detail("stale"), path),
+        Op::Delete { .. } => LogEvent::op(Verb::Delete, path),
+        Op::Rmdir { .. } => LogEvent::op(Verb::Rmdir, path),
+        Op::Mkdir { .. } => LogEvent::op(Verb::Mkdir, path),
+        Op::Copy { .. } => LogEvent::op(Verb::Copy, path).with_u64("bytes", bytes.unwrap_or(0)),
+        Op::Update { .. } => LogEvent::op(Verb::Update, path).with_u64("bytes", bytes.unwrap_or(0)),
+        Op::Symlink { target, .. } => {
+            LogEvent::op(Verb::Symlink, path).with("target", LogValue::Bytes(target.clone()))
+        }
+        Op::SetMeta { .. } => LogEvent::op(Verb::Meta, path),
+        Op::FinishDir { changed: true, .. } => LogEvent::op(Verb::Meta, path),
+        Op::FinishDir { changed: false, .. } => return None,
+    };
+    Some(event)
+}
+
+/// The `op` key of an `error` entry: the verb the operation would have
+/// logged.
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Skip { .. } => "skip",
+        Op::Warn { .. } => "warn",
+        Op::Refuse { op, .. } => op,
+        Op::RemoveStale { .. } | Op::Delete { .. } => "delete",
+        Op::Rmdir { .. } => "rmdir",
+        Op::Mkdir { .. } => "mkdir",
+        Op::Copy { .. } => "copy",
+        Op::Update { .. } => "update",
+        Op::Symlink { .. } => "symlink",
+        Op::SetMeta { .. } | Op::FinishDir { .. } => "meta",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::TickInfo;
+    use crate::model::{Meta, TEMP_PREFIX};
+    use crate::options::MaxDelete;
+    use crate::relpath::RelPath;
+    use crate::root::meta_of;
+    use crate::testing::{wait_until, Collector};
+    use filetime::FileTime;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    struct Trees {
+        _tmp: tempfile::TempDir,
+        src: PathBuf,
+        dst: PathBuf,
+        outside: PathBuf,
+        opts: SyncOptions,
+    }
+
+    fn trees() -> Trees {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst, outside) = (
+            tmp.path().join("src"),
+            tmp.path().join("dst"),
+            tmp.path().join("outside"),
+        );
+        for d in [&src, &dst, &outside] {
+            fs::create_dir(d).unwrap();
+        }
+        let opts = SyncOptions::new(src.clone(), dst.clone());
+        Trees {
+            _tmp: tmp,
+            src,
+            dst,
+            outside,
+            opts,
+        }
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::from_str_lossy(s)
+    }
+
+    /// `lstat` as the scanner reports it.
+    fn meta(path: &Path) -> Meta {
+        let st = rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .unwrap();
+        meta_of(&st)
+    }
+
+    /// A source file with content, mode and a nanosecond mtime.
+    fn source_file(path: &Path, content: &[u8], perm: u32, mtime: (i64, u32)) -> Meta {
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(perm)).unwrap();
+        filetime::set_file_mtime(path, FileTime::from_unix_time(mtime.0, mtime.1)).unwrap();
+        meta(path)
+    }
+
+    fn run(plan: &Plan, opts: &SyncOptions) -> (TickOutcome, Vec<LogEvent>) {
+        run_with_stop(plan, opts, &StopFlag::new(), |_| {})
+    }
+
+    fn run_with_stop(
+        plan: &Plan,
+        opts: &SyncOptions,
+        stop: &StopFlag,
+        also: impl Fn(&LogEvent) + Sync,
+    ) -> (TickOutcome, Vec<LogEvent>) {
+        let events = Mutex::new(Vec::new());
+        let log = |e: LogEvent| {
+            also(&e);
+            events.lock().unwrap().push(e);
+        };
+        let outcome = apply(plan, opts, stop, &log);
+        (outcome, events.into_inner().unwrap())
+    }
+
+    fn plan(ops: Vec<Op>) -> Plan {
+        Plan { ops, guard: None }
+    }
+
+    fn verbs(events: &[LogEvent]) -> Vec<(&'static str, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let path = e.path.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                (e.verb.as_str(), path)
+            })
+            .collect()
+    }
+
+    fn mtime_of(path: &Path) -> (i64, i64) {
+        let m = fs::symlink_metadata(path).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    }
+
+    fn no_temporaries(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(TEMP_PREFIX)
+        })
+    }
+
+    #[test]
+    fn applier_copies_content_times_and_mode_then_finishes_the_folder() {
+        let t = trees();
+        fs::create_dir(t.src.join("a")).unwrap();
+        let fm = source_file(
+            &t.src.join("a/f.txt"),
+            b"hello",
+            0o640,
+            (1_600_000_000, 123_456_789),
+        );
+        fs::set_permissions(t.src.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
+        filetime::set_file_mtime(t.src.join("a"), FileTime::from_unix_time(1_500_000_000, 42))
+            .unwrap();
+        let dm = meta(&t.src.join("a"));
+        let p = plan(vec![
+            Op::Mkdir {
+                path: rel("a"),
+                meta: dm,
+            },
+            Op::Copy {
+                path: rel("a/f.txt"),
+                meta: fm,
+            },
+            Op::FinishDir {
+                path: rel("a"),
+                meta: dm,
+                changed: false,
+            },
+        ]);
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!(
+            verbs(&events),
+            [("mkdir", "a".into()), ("copy", "a/f.txt".into())]
+        );
+        assert_eq!(events[1].field("bytes"), Some(&LogValue::U64(5)));
+        assert_eq!(
+            (out.counts.mkdir, out.counts.copy, out.bytes, out.errors),
+            (1, 1, 5, 0)
+        );
+        assert!(!out.interrupted && !out.guard_tripped);
+        let f = t.dst.join("a/f.txt");
+        assert_eq!(fs::read(&f).unwrap(), b"hello");
+        assert_eq!(mtime_of(&f), (1_600_000_000, 123_456_789));
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
+        let d = t.dst.join("a");
+        assert_eq!(mtime_of(&d), (1_500_000_000, 42));
+        assert_eq!(fs::metadata(&d).unwrap().mode() & 0o7777, 0o750);
+        assert!(no_temporaries(&d));
+    }
+
+    #[test]
+    fn applier_update_replaces_content_and_leaves_no_temporary() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"new content", 0o644, (1_700_000_000, 1));
+        fs::write(t.dst.join("f"), b"old").unwrap();
+        let old_ino = fs::metadata(t.dst.join("f")).unwrap().ino();
+        let (out, events) = run(
+            &plan(vec![Op::Update {
+                path: rel("f"),
+                meta: m,
+            }]),
+            &t.opts,
+        );
+        assert_eq!(verbs(&events), [("update", "f".into())]);
+        assert_eq!(events[0].field("bytes"), Some(&LogValue::U64(11)));
+        assert_eq!((out.counts.update, out.bytes), (1, 11));
+        assert_eq!(fs::read(t.dst.join("f")).unwrap(), b"new content");
+        assert_ne!(fs::metadata(t.dst.join("f")).unwrap().ino(), old_ino);
+        assert!(no_temporaries(&t.dst));
+    }
+
+    #[test]
+    fn applier_set_meta_keeps_the_inode() {
+        let t = trees();
+        let m = source_file(
+            &t.src.join("f"),
+            b"same",
+            0o604,
+            (1_650_000_000, 999_999_999),
+        );
+        fs::write(t.dst.join("f"), b"same").unwrap();
+        let ino = fs::metadata(t.dst.join("f")).unwrap().ino();
+        let op = Op::SetMeta {
+            path: rel("f"),
+            link: false,
+            meta: m,
+        };
+        let (out, events) = run(&plan(vec![op]), &t.opts);
+        assert_eq!(verbs(&events), [("meta", "f".into())]);
+        assert_eq!(out.counts.meta, 1);
+        let rm = fs::metadata(t.dst.join("f")).unwrap();
+        assert_eq!((rm.ino(), rm.mode() & 0o7777), (ino, 0o604));
+        assert_eq!(mtime_of(&t.dst.join("f")), (1_650_000_000, 999_999_999));
+    }
+
+    #[test]
+    fn applier_set_meta_on_a_link_sets_its_own_times() {
+        let t = trees();
+        symlink("t", t.src.join("l")).unwrap();
+        let when = FileTime::from_unix_time(1_400_000_000, 7);
+        filetime::set_symlink_file_times(t.src.join("l"), when, when).unwrap();
+        symlink("t", t.dst.join("l")).unwrap();
+        let op = Op::SetMeta {
+            path: rel("l"),
+            link: true,
+            meta: meta(&t.src.join("l")),
+        };
+        let (out, _) = run(&plan(vec![op]), &t.opts);
+        assert_eq!((out.counts.meta, out.errors), (1, 0));
+        assert_eq!(mtime_of(&t.dst.join("l")), (1_400_000_000, 7));
+    }
+
+    #[test]
+    fn applier_creates_and_retargets_symlinks() {
+        let t = trees();
+        let m = Meta {
+            mtime: crate::model::Timestamp::new(1_300_000_000, 5),
+            ..Meta::default()
+        };
+        let make = |target: &str| Op::Symlink {
+            path: rel("l"),
+            target: target.as_bytes().into(),
+            meta: m,
+        };
+        let (out, events) = run(&plan(vec![make("nowhere/at/all")]), &t.opts);
+        assert_eq!((out.counts.symlink, out.errors), (1, 0));
+        assert_eq!(
+            events[0].field("target"),
+            Some(&LogValue::Bytes(b"nowhere/at/all".to_vec().into()))
+        );
+        assert_eq!(
+            fs::read_link(t.dst.join("l")).unwrap(),
+            Path::new("nowhere/at/all")
+        );
+        assert_eq!(mtime_of(&t.dst.join("l")), (1_300_000_000, 5));
+        let (out, _) = run(&plan(vec![make("../outside")]), &t.opts);
+        assert_eq!((out.counts.symlink, out.errors), (1, 0));
+        assert_eq!(
+            fs::read_link(t.dst.join("l")).unwrap(),
+            Path::new("../outside")
+        );
+        assert!(no_temporaries(&t.dst));
+    }
+
+    #[test]
+    fn applier_deletes_children_then_folders() {
+        let t = trees();
+        fs::create_dir(t.dst.join("d")).unwrap();
+        fs::write(t.dst.join("d/f"), b"x").unwrap();
+        symlink("f", t.dst.join("d/l")).unwrap();
+        let p = plan(vec![
+            Op::Delete { path: rel("d/f") },
+            Op::Delete { path: rel("d/l") },
+            Op::Delete {
+                path: rel("d/already-gone"),
+            },
+            Op::Rmdir { path: rel("d") },
+        ]);
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!(events.len(), 4);
+        assert_eq!((out.counts.delete, out.counts.rmdir, out.errors), (3, 1, 0));
+        assert!(!t.dst.join("d").exists());
+    }
+
+    #[test]
+    fn applier_skips_a_source_that_vanished_or_changed() {
+        let t = trees();
+        let other = source_file(&t.src.join("other"), b"x", 0o644, (1, 0));
+        let m = source_file(&t.src.join("f"), b"x", 0o644, (1, 0));
+        fs::create_dir(t.src.join("now-a-folder")).unwrap();
+        let p = plan(vec![
+            Op::Copy {
+                path: rel("gone"),
+                meta: m,
+            },
+            Op::Copy {
+                path: rel("gone-folder/f"),
+                meta: m,
+            },
+            Op::Copy {
+                path: rel("f"),
+                meta: Meta { id: other.id, ..m },
+            },
+            Op::Update {
+                path: rel("now-a-folder"),
+                meta: m,
+            },
+        ]);
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!((out.counts.skip, out.counts.copy, out.errors), (4, 0, 0));
+        // Files run in parallel: find each reason by its path.
+        let reason = |path: &str| {
+            let e = events.iter().find(|e| e.path == Some(rel(path))).unwrap();
+            assert_eq!(e.verb, Verb::Skip);
+            e.field("reason").unwrap().to_string()
+        };
+        assert_eq!(reason("gone"), "vanished");
+        assert_eq!(reason("gone-folder/f"), "vanished");
+        assert_eq!(reason("f"), "replaced by another file since the scan");
+        assert_eq!(reason("now-a-folder"), "changed type: now a folder");
+        assert_eq!(fs::read_dir(&t.dst).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn applier_never_writes_through_a_replica_folder_swapped_for_a_link() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"x", 0o644, (1, 0));
+        fs::create_dir(t.src.join("a")).unwrap();
+        fs::copy(t.src.join("f"), t.src.join("a/f")).unwrap();
+        let am = meta(&t.src.join("a/f"));
+        fs::write(t.outside.join("victim"), b"keep").unwrap();
+        symlink(&t.outside, t.dst.join("a")).unwrap();
+        let p = plan(vec![
+            Op::Delete {
+                path: rel("a/victim"),
+            },
+            Op::Mkdir {
+                path: rel("a/sub"),
+                meta: m,
+            },
+            Op::Copy {
+                path: rel("a/f"),
+                meta: am,
+            },
+            Op::Symlink {
+                path: rel("a/l"),
+                target: b"x".to_vec().into(),
+                meta: m,
+            },
+            Op::SetMeta {
+                path: rel("a/victim"),
+                link: false,
+                meta: m,
+            },
+        ]);
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!(out.errors, 5);
+        assert_eq!(out.counts.changes(), 0);
+        let mut ops: Vec<String> = events
+            .iter()
+            .map(|e| e.field("op").unwrap().to_string())
+            .collect();
+        // The last three run in parallel, in any order.
+        ops[2..].sort();
+        assert_eq!(ops, ["delete", "mkdir", "copy", "meta", "symlink"]);
+        let names: Vec<_> = fs::read_dir(&t.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["victim"]);
+        assert_eq!(fs::read(t.outside.join("victim")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn applier_failing_copy_leaves_no_temporary() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"x", 0o644, (1, 0));
+        // A non-empty folder at the final name makes the rename fail.
+        fs::create_dir(t.dst.join("f")).unwrap();
+        fs::write(t.dst.join("f/inner"), b"").unwrap();
+        let (out, events) = run(
+            &plan(vec![Op::Update {
+                path: rel("f"),
+                meta: m,
+            }]),
+            &t.opts,
+        );
+        assert_eq!((out.errors, out.counts.update), (1, 0));
+        assert_eq!(events[0].field("op"), Some(&LogValue::Str("update".into())));
+        assert!(no_temporaries(&t.dst));
+    }
+
+    #[test]
+    fn applier_unreadable_source_is_an_error() {
+        if rustix::process::geteuid().is_root() {
+            return; // permission bits do not deny root
+        }
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"x", 0o000, (1, 0));
+        let (out, events) = run(
+            &plan(vec![Op::Copy {
+                path: rel("f"),
+                meta: m,
+            }]),
+            &t.opts,
+        );
+        assert_eq!(out.errors, 1);
+        assert_eq!(events[0].field("op"), Some(&LogValue::Str("copy".into())));
+        assert!(no_temporaries(&t.dst));
+    }
+
+    #[test]
+    fn applier_removes_stale_temporaries_as_detail_only() {
+        let t = trees();
+        fs::write(t.dst.join(".treesync-tmp-1-2"), b"partial").unwrap();
+        let p = plan(vec![Op::RemoveStale {
+            path: rel(".treesync-tmp-1-2"),
+        }]);
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!(verbs(&events), [("stale", ".treesync-tmp-1-2".into())]);
+        assert_eq!((out.counts.changes(), out.errors), (0, 0));
+        assert!(!t.dst.join(".treesync-tmp-1-2").exists());
+    }
+
+    #[test]
+    fn applier_logs_the_guard_first_and_reports() {
+        let t = trees();
+        let p = Plan {
+            ops: vec![
+                Op::Warn {
+                    path: rel("w"),
+                    reason: "kept".into(),
+                },
+                Op::Skip {
+                    path: rel("s"),
+                    reason: "fifo".into(),
+                },
+                Op::Refuse {
+                    path: rel("r"),
+                    op: "delete",
+                    reason: "no".into(),
+                },
+            ],
+            guard: Some(GuardTrip {
+                would_delete: 30,
+                managed: 40,
+                limit: MaxDelete::Percent(50),
+            }),
+        };
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!(events[0].verb, Verb::Error);
+        assert_eq!(events[0].path, None);
+        assert_eq!(events[0].field("op"), Some(&LogValue::Str("guard".into())));
+        assert_eq!(
+            events[0].field("error"),
+            Some(&LogValue::Str(
+                "would delete 30 of 40 entries (limit 50%): deletions withheld".into()
+            ))
+        );
+        assert_eq!(
+            verbs(&events[1..]),
+            [
+                ("warn", "w".into()),
+                ("skip", "s".into()),
+                ("error", "r".into())
+            ]
+        );
+        assert_eq!(events[3].field("op"), Some(&LogValue::Str("delete".into())));
+        assert!(out.guard_tripped);
+        assert_eq!((out.counts.warn, out.counts.skip, out.errors), (1, 1, 1));
+    }
+
+    #[test]
+    fn applier_dry_run_touches_nothing_and_logs_dry_run() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"12345678", 0o644, (1, 0));
+        let mut opts = t.opts.clone();
+        opts.dry_run = true;
+        opts.replica = t.dst.join("missing");
+        let p = plan(vec![
+            Op::RemoveStale {
+                path: rel(".treesync-tmp-9"),
+            },
+            Op::Delete { path: rel("old") },
+            Op::Mkdir {
+                path: rel("d"),
+                meta: m,
+            },
+            Op::Copy {
+                path: rel("d/f"),
+                meta: m,
+            },
+            Op::Symlink {
+                path: rel("l"),
+                target: b"f".to_vec().into(),
+                meta: m,
+            },
+            Op::FinishDir {
+                path: rel("d"),
+                meta: m,
+                changed: true,
+            },
+        ]);
+        let (out, events) = run(&p, &opts);
+        assert!(events.iter().all(|e| e.dry_run));
+        assert_eq!(
+            verbs(&events).iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            ["stale", "delete", "mkdir", "copy", "symlink", "meta"]
+        );
+        assert_eq!(out.bytes, 8);
+        assert_eq!(out.counts.changes(), 5);
+        assert!(!opts.replica.exists());
+        assert_eq!(fs::read_dir(&t.dst).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn applier_stop_flag_starts_nothing_new() {
+        let t = trees();
+        for n in ["a", "b", "c"] {
+            fs::write(t.dst.join(n), b"").unwrap();
+        }
+        let p = plan(vec![
+            Op::Delete { path: rel("a") },
+            Op::Delete { path: rel("b") },
+            Op::Mkdir {
+                path: rel("c2"),
+                meta: Meta::default(),
+            },
+        ]);
+        let stop = StopFlag::new();
+        let (out, events) = run_with_stop(&p, &t.opts, &stop, |_| stop.request());
+        assert_eq!(verbs(&events), [("delete", "a".into())]);
+        assert!(out.interrupted);
+        assert!(t.dst.join("b").exists() && !t.dst.join("c2").exists());
+
+        // In the parallel phase too: nothing starts once the flag is up.
+        let stop = StopFlag::new();
+        stop.request();
+        let m = source_file(&t.src.join("f"), b"x", 0o644, (1, 0));
+        let p = plan(vec![
+            Op::Copy {
+                path: rel("f"),
+                meta: m
+            };
+            4
+        ]);
+        let (out, events) = run_with_stop(&p, &t.opts, &stop, |_| {});
+        assert!(events.is_empty() && out.interrupted);
+        assert!(!t.dst.join("f").exists());
+    }
+
+    #[test]
+    fn applier_copies_many_files_in_parallel() {
+        let t = trees();
+        let mut opts = t.opts.clone();
+        opts.jobs = 4;
+        let ops = (0..40)
+            .map(|i| {
+                let name = format!("f{i}");
+                let m = source_file(&t.src.join(&name), name.as_bytes(), 0o644, (i, 0));
+                Op::Copy {
+                    path: rel(&name),
+                    meta: m,
+                }
+            })
+            .collect();
+        let (out, _) = run(&plan(ops), &opts);
+        assert_eq!((out.counts.copy, out.errors), (40, 0));
+        for i in 0..40 {
+            let name = format!("f{i}");
+            assert_eq!(fs::read(t.dst.join(&name)).unwrap(), name.as_bytes());
+        }
+        assert!(no_temporaries(&t.dst));
+    }
+
+    #[test]
+    fn applier_keeps_setuid_only_with_the_owner() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"x", 0o4755, (1, 0));
+        let (out, _) = run(
+            &plan(vec![Op::Copy {
+                path: rel("f"),
+                meta: m,
+            }]),
+            &t.opts,
+        );
+        assert_eq!(out.errors, 0);
+        assert_eq!(
+            fs::metadata(t.dst.join("f")).unwrap().mode() & 0o7777,
+            0o755
+        );
+        if !rustix::process::geteuid().is_root() {
+            return; // only root may give files away
+        }
+        rustix::fs::chown(
+            t.src.join("f").as_path(),
+            Some(rustix::fs::Uid::from_raw(4321)),
+            Some(rustix::fs::Gid::from_raw(4322)),
+        )
+        .unwrap();
+        fs::set_permissions(t.src.join("f"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let m = meta(&t.src.join("f"));
+        let mut opts = t.opts.clone();
+        opts.preserve_owner = true;
+        let (out, _) = run(
+            &plan(vec![Op::Update {
+                path: rel("f"),
+                meta: m,
+            }]),
+            &opts,
+        );
+        assert_eq!(out.errors, 0);
+        let rm = fs::metadata(t.dst.join("f")).unwrap();
+        assert_eq!(
+            (rm.uid(), rm.gid(), rm.mode() & 0o7777),
+            (4321, 4322, 0o4755)
+        );
+    }
+
+    #[test]
+    fn applier_reports_a_missing_replica_root_once() {
+        let t = trees();
+        let mut opts = t.opts.clone();
+        opts.replica = t.dst.join("missing");
+        let p = plan(vec![
+            Op::Skip {
+                path: rel("s"),
+                reason: "socket".into(),
+            },
+            Op::Delete { path: rel("x") },
+        ]);
+        let (out, events) = run(&p, &opts);
+        assert_eq!(
+            verbs(&events),
+            [("error", String::new()), ("skip", "s".into())]
+        );
+        assert_eq!(out.errors, 1);
+        assert!(!opts.replica.exists());
+    }
+
+    #[actix_rt::test]
+    async fn applier_actor_applies_and_reports_the_tick() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"abc", 0o644, (1, 0));
+        let (done, finished) = Collector::<TickFinished>::start();
+        let (log, logged) = Collector::<LogEvent>::start();
+        let applier = Applier::new(
+            Arc::new(t.opts.clone()),
+            done.recipient(),
+            log.recipient(),
+            StopFlag::new(),
+        )
+        .start();
+        let tick = TickInfo {
+            seq: 7,
+            started: std::time::Instant::now(),
+        };
+        let p = plan(vec![Op::Copy {
+            path: rel("f"),
+            meta: m,
+        }]);
+        applier.do_send(PlanMade {
+            tick,
+            plan: p,
+            errors: 2,
+        });
+        wait_until(|| !finished.lock().unwrap().is_empty()).await;
+        let got = finished.lock().unwrap().remove(0);
+        assert_eq!(got.tick.seq, 7);
+        assert_eq!(
+            (
+                got.outcome.counts.copy,
+                got.outcome.bytes,
+                got.outcome.errors
+            ),
+            (1, 3, 2)
+        );
+        wait_until(|| !logged.lock().unwrap().is_empty()).await;
+        assert_eq!(logged.lock().unwrap()[0].verb, Verb::Copy);
+        assert_eq!(fs::read(t.dst.join("f")).unwrap(), b"abc");
     }
 }

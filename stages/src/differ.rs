@@ -86,6 +86,16 @@ enum Fate {
     Stale,
 }
 
+/// A source folder, to be finished once its contents are done.
+struct DirState {
+    path: RelPath,
+    meta: Meta,
+    mtime_changed: bool,
+    /// Permissions or owner differ.
+    other_changed: bool,
+    created: bool,
+}
+
 struct Planner<'a> {
     source: &'a Listing,
     replica: &'a Listing,
@@ -96,8 +106,8 @@ struct Planner<'a> {
     clean: Vec<Op>,
     mkdir: Vec<Op>,
     files: Vec<Op>,
-    /// Source folders: metadata, whether it changed, whether created.
-    dirs: Vec<(RelPath, Meta, bool, bool)>,
+    /// Source folders, in listing order.
+    dirs: Vec<DirState>,
     /// Replica folders whose entries the plan changes (their mtime moves).
     touched: HashSet<RelPath>,
     /// Replica folders that must stay because something below them stays.
@@ -246,7 +256,13 @@ impl<'a> Planner<'a> {
                         meta: s.meta,
                     });
                 }
-                self.dirs.push((path, s.meta, false, true));
+                self.dirs.push(DirState {
+                    path,
+                    meta: s.meta,
+                    mtime_changed: false,
+                    other_changed: false,
+                    created: true,
+                });
             }
             EntryKind::File => self.files.push(Op::Copy { path, meta: s.meta }),
             EntryKind::Symlink { target } => self.files.push(Op::Symlink {
@@ -305,8 +321,14 @@ impl<'a> Planner<'a> {
         let path = s.path.clone();
         match &s.kind {
             EntryKind::Dir => {
-                let changed = self.meta_differs(&s.meta, &r.meta, true);
-                self.dirs.push((path, s.meta, changed, false));
+                let other_changed = self.perm_or_owner_differs(&s.meta, &r.meta);
+                self.dirs.push(DirState {
+                    path,
+                    meta: s.meta,
+                    mtime_changed: s.meta.mtime != r.meta.mtime,
+                    other_changed,
+                    created: false,
+                });
             }
             EntryKind::File => {
                 if self.content_differs(s, r) {
@@ -380,6 +402,11 @@ impl<'a> Planner<'a> {
             || (self.opts.preserve_owner && (s.uid != r.uid || s.gid != r.gid))
     }
 
+    fn perm_or_owner_differs(&self, s: &Meta, r: &Meta) -> bool {
+        expected_perm(s.perm, self.opts.preserve_owner) != r.perm
+            || (self.opts.preserve_owner && (s.uid != r.uid || s.gid != r.gid))
+    }
+
     fn assemble(mut self) -> Outcome {
         // Children before parents: the listing is pre-order, so reversed.
         self.clean.reverse();
@@ -388,16 +415,17 @@ impl<'a> Planner<'a> {
         ops.append(&mut self.mkdir);
         ops.append(&mut self.files);
         let touched = self.touched;
-        let finish = self
-            .dirs
-            .into_iter()
-            .rev()
-            .filter(|(path, _, changed, created)| *changed || *created || touched.contains(path))
-            .map(|(path, meta, changed, _)| Op::FinishDir {
-                path,
-                meta,
+        let finish = self.dirs.into_iter().rev().filter_map(|d| {
+            let touched = touched.contains(&d.path);
+            // A folder whose entries this plan changes has its mtime
+            // restored as part of those operations, not as `meta`.
+            let changed = d.other_changed || (d.mtime_changed && !touched);
+            (changed || touched || d.mtime_changed || d.created).then_some(Op::FinishDir {
+                path: d.path,
+                meta: d.meta,
                 changed,
-            });
+            })
+        });
         ops.extend(finish);
         Outcome {
             plan: Plan { ops, guard: None },
@@ -837,5 +865,32 @@ mod tests {
             render(&plan(&s, &r)),
             "symlink a -> new\nmeta b link=true\nfinish . changed=false\n"
         );
+    }
+
+    #[test]
+    fn folder_meta_is_logged_only_when_not_explained_by_its_contents() {
+        let mut s = listing(vec![
+            dir("touched"),
+            file("touched/new", 1, 1),
+            dir("retimed"),
+            dir("chmod"),
+        ]);
+        for e in &mut s.entries {
+            e.meta.mtime = Timestamp::new(500, 0);
+        }
+        s.entries
+            .iter_mut()
+            .find(|e| e.path.name() == b"chmod")
+            .unwrap()
+            .meta
+            .perm = 0o700;
+        let r = listing(vec![dir("touched"), dir("retimed"), dir("chmod")]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        copy touched/new 1
+        finish touched changed=false
+        finish retimed changed=true
+        finish chmod changed=true
+        finish . changed=true
+        ");
     }
 }
