@@ -74,6 +74,16 @@ pub struct TickFinished {
     pub outcome: TickOutcome,
 }
 
+/// The Watcher saw changes since the last report.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FoldersChanged {
+    /// Folders (relative to the roots, either side) whose listing changed.
+    pub folders: Vec<RelPath>,
+    /// Events may have been lost: only a full rescan is safe.
+    pub lost: bool,
+}
+
 /// Ask the Scheduler to start no new tick; it answers `TicksOver` once the
 /// tick in flight (if any) has finished.
 #[derive(Message, Debug)]
