@@ -16,6 +16,11 @@ The replica ends every sync equal to the source, less what .syncignore files
 (gitignore syntax, in any folder) and --exclude leave out. Every operation and
 error is appended to the log file (treesync.log by default).
 
+With an INTERVAL, syncs start every INTERVAL (never two at once). Between them,
+filesystem events on both trees are collected, so that a sync lists only the
+folders that changed; a full walk runs at the start, every --rescan period and
+whenever events may have been lost. --no-watch walks everything every time.
+
 Exit status: 0 success (and a stop by Ctrl+C or SIGTERM in interval mode),
 1 fatal (source missing, roots nested, log file unusable, replica locked),
 2 usage error, 3 some operations failed, 4 deletions withheld by --max-delete,
@@ -76,6 +81,16 @@ pub struct Cli {
     /// reported. Slower; off by default, as in rsync and cp.
     #[arg(long)]
     pub fsync: bool,
+
+    /// With an INTERVAL: do not watch for filesystem events; every sync
+    /// walks both trees completely.
+    #[arg(long)]
+    pub no_watch: bool,
+
+    /// With an INTERVAL and watching: walk both trees completely this
+    /// often (and whenever events may have been lost), as a safety net.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_interval)]
+    pub rescan: Duration,
 
     /// Parallel workers for walking, hashing and copying [default: cores].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]

@@ -19,6 +19,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `None`: one sync.
     pub interval: Option<Duration>,
+    /// Full rescan period in watch mode.
+    pub rescan: Duration,
     /// The replica root does not exist yet (it is created unless dry run).
     pub replica_missing: bool,
 }
@@ -72,6 +74,7 @@ impl Config {
             .jobs
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let watch = cli.interval.is_some() && !cli.once && !cli.no_watch;
         let sync = SyncOptions {
             source,
             replica,
@@ -84,6 +87,7 @@ impl Config {
             hidden,
             preserve_owner: rustix::process::geteuid().is_root(),
             fsync: cli.fsync,
+            watch,
         };
         let log = LogConfig {
             file: log_file,
@@ -103,6 +107,7 @@ impl Config {
             sync,
             log,
             interval: if cli.once { None } else { cli.interval },
+            rescan: cli.rescan,
             replica_missing,
         })
     }

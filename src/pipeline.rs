@@ -14,6 +14,7 @@ use treesync_stages::messages::{FlushLog, TickOutcome};
 use treesync_stages::scanner::Scanner;
 use treesync_stages::scheduler::Scheduler;
 use treesync_stages::stop::StopFlag;
+use treesync_stages::watcher::Watcher;
 
 /// Exit statuses of the command-line contract.
 pub mod exit {
@@ -62,13 +63,29 @@ pub async fn run(config: Config, logger: Logger) -> i32 {
     let (done_tx, done_rx) = oneshot::channel();
     let coordinator =
         ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx).start();
-    scheduler_ctx.run(Scheduler::new(
+    let mut schedule = Scheduler::new(
         config.interval,
         opts.dry_run,
         scanner.recipient(),
         coordinator.recipient(),
         log.clone().recipient(),
-    ));
+    );
+    // The Watcher lives as long as the run: its watches end with it.
+    let mut _watcher = None;
+    if opts.watch {
+        schedule = schedule.with_watch(config.rescan);
+        let mut roots = vec![opts.source.clone()];
+        if opts.replica.is_dir() {
+            roots.push(opts.replica.clone());
+        }
+        let watcher = Watcher::new(
+            roots,
+            scheduler.clone().recipient(),
+            log.clone().recipient(),
+        );
+        _watcher = Some(watcher.start());
+    }
+    scheduler_ctx.run(schedule);
 
     let end = done_rx.await.unwrap_or(RunEnd {
         last: None,

@@ -121,6 +121,7 @@ pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
     if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::other("no longer a regular file"));
     }
+    crate::replica_ops::fail_point!("hasher::before_read");
     let mut file = std::fs::File::from(fd);
     let mut hasher = Sha1::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -358,8 +359,8 @@ mod tests {
         };
         hasher.do_send(TreesScanned {
             tick,
-            source,
-            replica,
+            source: Arc::new(source),
+            replica: Arc::new(replica),
             errors: 0,
         });
         wait_until(|| !got.lock().unwrap().is_empty()).await;

@@ -15,6 +15,7 @@ use crate::relpath::RelPath;
 use actix::Message;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Which tick a message belongs to.
@@ -25,11 +26,23 @@ pub struct TickInfo {
     pub started: Instant,
 }
 
-/// Start a tick: scan both trees.
+/// Start a tick: scan both trees, completely or where they changed.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ScanTrees {
     pub tick: TickInfo,
+    pub scope: ScanScope,
+}
+
+/// How much of the trees a tick lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanScope {
+    /// Walk both trees completely.
+    Full,
+    /// List only these folders (either side) again; the rest of the last
+    /// listing stands. Needs a previous listing; the Scanner walks fully
+    /// when it has none.
+    Folders(Vec<RelPath>),
 }
 
 /// Both trees were listed.
@@ -37,9 +50,10 @@ pub struct ScanTrees {
 #[rtype(result = "()")]
 pub struct TreesScanned {
     pub tick: TickInfo,
-    pub source: Listing,
+    /// Shared: the Scanner keeps them to update at the next tick.
+    pub source: Arc<Listing>,
     /// Empty when the replica does not exist yet (a dry run).
-    pub replica: Listing,
+    pub replica: Arc<Listing>,
     /// Errors already logged while scanning (folders that could not be listed).
     pub errors: u64,
 }
@@ -49,8 +63,8 @@ pub struct TreesScanned {
 #[rtype(result = "()")]
 pub struct TreesHashed {
     pub tick: TickInfo,
-    pub source: Listing,
-    pub replica: Listing,
+    pub source: Arc<Listing>,
+    pub replica: Arc<Listing>,
     /// For each file present on both sides that needed a content check.
     pub contents: HashMap<RelPath, Content>,
     pub errors: u64,
@@ -82,6 +96,9 @@ pub struct FoldersChanged {
     pub folders: Vec<RelPath>,
     /// Events may have been lost: only a full rescan is safe.
     pub lost: bool,
+    /// Part of the trees is not watched (a watch limit, an error): every
+    /// tick from now on must rescan fully.
+    pub unwatched: bool,
 }
 
 /// Ask the Scheduler to start no new tick; it answers `TicksOver` once the

@@ -87,6 +87,9 @@ pub struct SyncOptions {
     pub preserve_owner: bool,
     /// Make each file and its folder durable before reporting it.
     pub fsync: bool,
+    /// Filesystem events narrow the ticks: the Scanner keeps its listings
+    /// between ticks to update them.
+    pub watch: bool,
 }
 
 impl SyncOptions {
@@ -104,6 +107,7 @@ impl SyncOptions {
             hidden: Vec::new(),
             preserve_owner: false,
             fsync: false,
+            watch: false,
         }
     }
 }

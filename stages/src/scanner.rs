@@ -10,13 +10,24 @@
 //! tick) makes the tick impossible: it is logged and `TickFinished` with
 //! `aborted` goes to the Scheduler instead. A stop raised during the walk
 //! ends the tick with `interrupted`. Nothing is ever created.
+//!
+//! With `ScanScope::Folders` (watch mode) only the folders that changed are
+//! listed again, and the listings of the previous tick, kept here, are
+//! updated where they changed (`merge`): a tick then costs what changed,
+//! not the tree. A changed `.syncignore` changes what a whole subtree
+//! excludes, so it makes the tick a full walk.
 
-use crate::messages::{LogEvent, ScanTrees, TickFinished, TickInfo, TickOutcome, TreesScanned};
+use crate::messages::{
+    LogEvent, ScanScope, ScanTrees, TickFinished, TickInfo, TickOutcome, TreesScanned, Verb,
+};
+use crate::model::{Entry, Listing, IGNORE_FILE};
 use crate::options::SyncOptions;
+use crate::relpath::RelPath;
 use crate::root::Root;
 use crate::stop::StopFlag;
-use crate::walk::{walk, WalkOptions, WalkResult};
+use crate::walk::{walk, walk_folders, WalkOptions, WalkResult};
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +41,16 @@ pub struct Scanner {
     /// Each root's device as first seen; a later change means the root
     /// vanished (a mount came or went).
     devices: Devices,
+    /// The last tick's listings, kept for partial scans.
+    previous: Option<Previous>,
+}
+
+/// Listings of the last complete scan, shared with the stages downstream
+/// until they are done with them.
+#[derive(Clone, Debug)]
+pub struct Previous {
+    pub source: Arc<Listing>,
+    pub replica: Arc<Listing>,
 }
 
 /// Devices (`st_dev`) of the roots, recorded at the first tick that saw them.
@@ -54,6 +75,7 @@ impl Scanner {
             log,
             stop,
             devices: Devices::default(),
+            previous: None,
         }
     }
 
@@ -76,15 +98,25 @@ impl Scanner {
             self.finished.do_send(TickFinished { tick, outcome });
             return;
         }
+        if let Some(n) = scan.partial {
+            self.log
+                .do_send(LogEvent::new(Verb::Detail("scan"), None).with_u64("folders_relisted", n));
+        }
+        let listings = Previous {
+            source: Arc::new(scan.walk.source),
+            replica: Arc::new(scan.walk.replica),
+        };
+        self.previous = self.opts.watch.then(|| listings.clone());
         self.next.do_send(TreesScanned {
             tick,
-            source: scan.walk.source,
-            replica: scan.walk.replica,
+            source: listings.source,
+            replica: listings.replica,
             errors: scan.walk.errors,
         });
     }
 
-    fn abort(&self, tick: TickInfo, msg: String) {
+    fn abort(&mut self, tick: TickInfo, msg: String) {
+        self.previous = None;
         self.log.do_send(LogEvent::error(None, "scan", &msg));
         let outcome = TickOutcome {
             aborted: Some(msg),
@@ -106,8 +138,19 @@ impl Handler<ScanTrees> for Scanner {
         let stop = self.stop.clone();
         let devices = self.devices;
         let tick = msg.tick;
+        // A partial scan updates the last listings; without them (first
+        // tick, or after a failed one) only a full walk will do.
+        let previous = match msg.scope {
+            ScanScope::Folders(folders) => self.previous.take().map(|p| (p, folders)),
+            ScanScope::Full => None,
+        };
+        self.previous = None;
         let task = async move {
-            actix_rt::task::spawn_blocking(move || scan(&opts, devices, &stop)).await
+            actix_rt::task::spawn_blocking(move || match previous {
+                Some((prev, folders)) => scan_folders(&opts, devices, &stop, prev, &folders),
+                None => scan(&opts, devices, &stop),
+            })
+            .await
         };
         ctx.spawn(task.into_actor(self).map(move |joined, scanner, _| {
             let result = joined.unwrap_or_else(|e| Err(format!("the scan failed: {e}")));
@@ -122,6 +165,8 @@ pub struct Scan {
     pub walk: WalkResult,
     /// The roots' devices, to compare with at the next tick.
     pub devices: Devices,
+    /// A partial scan: how many folders were listed again.
+    pub partial: Option<u64>,
 }
 
 /// Checks both roots and walks them: the whole of one tick's scan, as a
@@ -141,18 +186,217 @@ pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan,
         source: Some(source_dev),
         replica: replica.as_ref().map(|(_, dev)| *dev),
     };
-    let walk_opts = WalkOptions {
+    let walk_opts = walk_options(opts, stop, None);
+    let walked = walk(&source, replica.as_ref().map(|(root, _)| root), &walk_opts);
+    Ok(Scan {
+        walk: walked,
+        devices,
+        partial: None,
+    })
+}
+
+fn walk_options<'a>(
+    opts: &'a SyncOptions,
+    stop: &'a StopFlag,
+    known: Option<&'a (dyn Fn(&RelPath, bool) -> bool + Sync)>,
+) -> WalkOptions<'a> {
+    WalkOptions {
         jobs: opts.jobs,
         excludes: &opts.excludes,
         hidden: &opts.hidden,
         delete_excluded: opts.delete_excluded,
         stop,
+        known,
+    }
+}
+
+/// Lists again only `folders` (and what is new below them) and updates the
+/// previous listings; falls back to a full scan where a partial one cannot
+/// be trusted (rules changed or unreadable, a replica that appeared).
+pub fn scan_folders(
+    opts: &SyncOptions,
+    known: Devices,
+    stop: &StopFlag,
+    previous: Previous,
+    folders: &[RelPath],
+) -> Result<Scan, String> {
+    let full = || scan(opts, known, stop);
+    let (source, source_dev) =
+        open_root(&opts.source, "source", known.source).map_err(|e| e.message)?;
+    let replica = match open_root(&opts.replica, "replica", known.replica) {
+        Ok(root) => Some(root),
+        Err(e) if e.missing && opts.dry_run && known.replica.is_none() => None,
+        Err(e) => return Err(e.message),
     };
-    let walked = walk(&source, replica.as_ref().map(|(root, _)| root), &walk_opts);
+    if replica.is_some() && known.replica.is_none() {
+        return full();
+    }
+    let devices = Devices {
+        source: Some(source_dev),
+        replica: replica.as_ref().map(|(_, dev)| *dev),
+    };
+    let Previous {
+        source: old_src,
+        replica: old_rep,
+    } = previous;
+    let seeds = relistable(folders, &old_src, &old_rep, opts.delete_excluded);
+    // A subfolder listed last time stays as it was unless it changed itself
+    // (then it is among the folders); one that failed is tried again.
+    let is_known = |rel: &RelPath, source_side: bool| {
+        let old = if source_side { &old_src } else { &old_rep };
+        old.get(rel).is_some_and(|e| e.kind.is_dir()) && !old.incomplete.contains(rel)
+    };
+    let replica_excluded = |rel: &RelPath| old_rep.get(rel).is_some_and(|e| e.excluded);
+    let walk_opts = walk_options(opts, stop, Some(&is_known));
+    let replica_root = replica.as_ref().map(|(root, _)| root);
+    let Ok(fresh) = walk_folders(&source, replica_root, &seeds, &replica_excluded, &walk_opts)
+    else {
+        return full();
+    };
+    if fresh.interrupted {
+        return Ok(Scan {
+            walk: fresh,
+            devices,
+            partial: None,
+        });
+    }
+    if rules_changed(&seeds, &old_src, &fresh.source) {
+        return full();
+    }
+    let src_relisted = relisted_folders(&seeds, &fresh.source, true, &is_known);
+    let rep_relisted = relisted_folders(&seeds, &fresh.replica, false, &is_known);
+    let count = src_relisted.union(&rep_relisted).count() as u64;
+    // The stages downstream are done with the last listings by now: they
+    // are updated in place, not copied.
+    let owned = |l: Arc<Listing>| Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone());
+    let walk = WalkResult {
+        source: merge(owned(old_src), fresh.source, &src_relisted),
+        replica: merge(owned(old_rep), fresh.replica, &rep_relisted),
+        ..fresh
+    };
     Ok(Scan {
-        walk: walked,
+        walk,
         devices,
+        partial: Some(count),
     })
+}
+
+/// The changed folders worth listing again: the root, and folders the last
+/// listings hold as folders that were entered (excluded replica folders are
+/// entered only for `--delete-excluded`). Others are new (their parent
+/// changed too and lists them) or gone.
+fn relistable(
+    folders: &[RelPath],
+    src: &Listing,
+    rep: &Listing,
+    delete_excluded: bool,
+) -> Vec<RelPath> {
+    let mut seeds: Vec<RelPath> = folders
+        .iter()
+        .filter(|f| {
+            f.is_root()
+                || src.get(f).is_some_and(|e| e.kind.is_dir())
+                || rep
+                    .get(f)
+                    .is_some_and(|e| e.kind.is_dir() && (!e.excluded || delete_excluded))
+        })
+        .cloned()
+        .collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    seeds
+}
+
+/// True when a `.syncignore` in a listed folder appeared, went or changed.
+fn rules_changed(seeds: &[RelPath], old: &Listing, fresh: &Listing) -> bool {
+    seeds.iter().any(|folder| {
+        let path = folder.join(IGNORE_FILE);
+        let (a, b) = (old.get(&path), fresh.get(&path));
+        match (a, b) {
+            (None, None) => false,
+            (Some(a), Some(b)) => a.meta != b.meta || a.kind != b.kind,
+            _ => true,
+        }
+    })
+}
+
+/// Every folder whose entries a fresh listing holds: the seeds and the
+/// new folders below them that were walked on that side. Per side: a
+/// folder new in the replica may be old news in the source, whose listing
+/// of it stands.
+fn relisted_folders(
+    seeds: &[RelPath],
+    fresh: &Listing,
+    source_side: bool,
+    is_known: &dyn Fn(&RelPath, bool) -> bool,
+) -> HashSet<RelPath> {
+    let mut set: HashSet<RelPath> = seeds.iter().cloned().collect();
+    for e in &fresh.entries {
+        let parent_listed = e.path.parent().is_some_and(|p| set.contains(&p));
+        if e.kind.is_dir() && parent_listed && !is_known(&e.path, source_side) {
+            set.insert(e.path.clone());
+        }
+    }
+    set
+}
+
+/// The previous listing with the entries of the `relisted` folders replaced
+/// by the fresh ones. An old folder that is no longer a folder takes its
+/// whole subtree with it; one still there keeps its subtree (whatever
+/// changed inside it was listed again).
+pub fn merge(old: Listing, fresh: Listing, relisted: &HashSet<RelPath>) -> Listing {
+    let root_relisted = fresh.root().is_some();
+    let mut kept: Vec<Entry> = Vec::with_capacity(old.entries.len());
+    let mut gone: Option<RelPath> = None;
+    for e in old.entries {
+        if let Some(prefix) = &gone {
+            if e.path.starts_with(prefix) {
+                continue;
+            }
+            gone = None;
+        }
+        let replaced = match e.path.parent() {
+            Some(parent) => relisted.contains(&parent),
+            None => root_relisted,
+        };
+        if !replaced {
+            kept.push(e);
+            continue;
+        }
+        let still_dir = fresh.get(&e.path).is_some_and(|f| f.kind.is_dir());
+        if e.kind.is_dir() && !still_dir {
+            gone = Some(e.path);
+        }
+    }
+    let mut merged = Listing {
+        entries: merge_sorted(kept, fresh.entries),
+        incomplete: old.incomplete,
+    };
+    merged.incomplete.retain(|d| !relisted.contains(d));
+    merged.incomplete.extend(fresh.incomplete);
+    merged.incomplete.sort_unstable();
+    merged.incomplete.dedup();
+    let entries = &merged.entries;
+    merged
+        .incomplete
+        .retain(|d| entries.binary_search_by(|e| e.path.cmp(d)).is_ok());
+    merged
+}
+
+/// Merges two sorted, disjoint entry lists.
+fn merge_sorted(a: Vec<Entry>, b: Vec<Entry>) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.path < y.path,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+    out
 }
 
 /// Why a root cannot be scanned.
@@ -303,7 +547,10 @@ mod tests {
     async fn sends_both_listings_downstream() {
         let (_tmp, s, d) = trees();
         let (scanner, scanned, ended, _) = start(SyncOptions::new(s, d), StopFlag::new());
-        scanner.do_send(ScanTrees { tick: tick(1) });
+        scanner.do_send(ScanTrees {
+            tick: tick(1),
+            scope: ScanScope::Full,
+        });
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
         assert_eq!(got.tick.seq, 1);
@@ -324,7 +571,10 @@ mod tests {
         let (_tmp, s, d) = trees();
         let (scanner, scanned, ended, logged) =
             start(SyncOptions::new(s.join("gone"), d), StopFlag::new());
-        scanner.do_send(ScanTrees { tick: tick(7) });
+        scanner.do_send(ScanTrees {
+            tick: tick(7),
+            scope: ScanScope::Full,
+        });
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         let end = ended.lock().unwrap().remove(0);
         assert_eq!(end.tick.seq, 7);
@@ -346,7 +596,10 @@ mod tests {
         let stop = StopFlag::new();
         stop.request();
         let (scanner, scanned, ended, _) = start(SyncOptions::new(s, d), stop);
-        scanner.do_send(ScanTrees { tick: tick(2) });
+        scanner.do_send(ScanTrees {
+            tick: tick(2),
+            scope: ScanScope::Full,
+        });
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         assert!(ended.lock().unwrap()[0].outcome.interrupted);
         assert!(scanned.lock().unwrap().is_empty());
@@ -357,7 +610,10 @@ mod tests {
         let (_tmp, s, d) = trees();
         fs::create_dir(s.join(".syncignore")).unwrap();
         let (scanner, scanned, _, logged) = start(SyncOptions::new(s, d), StopFlag::new());
-        scanner.do_send(ScanTrees { tick: tick(1) });
+        scanner.do_send(ScanTrees {
+            tick: tick(1),
+            scope: ScanScope::Full,
+        });
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
         assert_eq!(got.errors, 1);
@@ -365,5 +621,170 @@ mod tests {
         wait_until(|| !logged.lock().unwrap().is_empty()).await;
         let event = logged.lock().unwrap().remove(0);
         assert_eq!(event.path, Some(RelPath::from_str_lossy(".syncignore")));
+    }
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::*;
+    use std::fs;
+
+    fn listing_paths(l: &Listing) -> Vec<String> {
+        l.entries
+            .iter()
+            .map(|e| format!("{} {}", e.path, e.kind.as_str()))
+            .collect()
+    }
+
+    fn opts(src: &std::path::Path, dst: &std::path::Path) -> SyncOptions {
+        let mut o = SyncOptions::new(src.to_path_buf(), dst.to_path_buf());
+        o.watch = true;
+        o
+    }
+
+    /// A partial scan of the changed folders must give what a full scan
+    /// gives.
+    fn check(
+        setup: impl Fn(&std::path::Path, &std::path::Path),
+        change: impl Fn(&std::path::Path, &std::path::Path),
+        dirty: &[&str],
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        fs::create_dir_all(&s).unwrap();
+        fs::create_dir_all(&r).unwrap();
+        setup(&s, &r);
+        let o = opts(&s, &r);
+        let stop = StopFlag::new();
+        let first = scan(&o, Devices::default(), &stop).unwrap();
+        let prev = Previous {
+            source: Arc::new(first.walk.source),
+            replica: Arc::new(first.walk.replica),
+        };
+        change(&s, &r);
+        let dirty: Vec<RelPath> = dirty.iter().map(|d| RelPath::from_str_lossy(d)).collect();
+        let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+        let full = scan(&o, first.devices, &stop).unwrap();
+        assert_eq!(
+            listing_paths(&partial.walk.source),
+            listing_paths(&full.walk.source),
+            "source"
+        );
+        assert_eq!(
+            listing_paths(&partial.walk.replica),
+            listing_paths(&full.walk.replica),
+            "replica"
+        );
+        assert_eq!(partial.walk.source.entries, full.walk.source.entries);
+        assert_eq!(partial.walk.replica.entries, full.walk.replica.entries);
+    }
+
+    #[test]
+    fn relisting_unchanged_known_folders_keeps_their_contents() {
+        let tree = |root: &std::path::Path| {
+            fs::create_dir_all(root.join("newdir/deep")).unwrap();
+            fs::write(root.join("newdir/deep/z"), b"z").unwrap();
+            fs::create_dir_all(root.join("sub")).unwrap();
+            fs::write(root.join("sub/d"), b"d").unwrap();
+        };
+        check(
+            |s, r| {
+                tree(s);
+                tree(r);
+            },
+            |_, _| {},
+            &["", "newdir", "newdir/deep", "sub"],
+        );
+    }
+
+    #[test]
+    fn new_folders_are_walked_and_removed_ones_dropped() {
+        check(
+            |s, _| {
+                fs::create_dir_all(s.join("old/inner")).unwrap();
+                fs::write(s.join("old/inner/f"), b"f").unwrap();
+            },
+            |s, r| {
+                fs::remove_dir_all(s.join("old")).unwrap();
+                fs::create_dir_all(s.join("new/deeper")).unwrap();
+                fs::write(s.join("new/deeper/g"), b"g").unwrap();
+                fs::write(r.join("stray"), b"x").unwrap();
+            },
+            &[""],
+        );
+    }
+
+    #[test]
+    fn two_partial_ticks_in_a_row_match_full_scans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        for root in [&s, &r] {
+            fs::create_dir_all(root.join("sub")).unwrap();
+            fs::write(root.join("sub/c"), b"c").unwrap();
+        }
+        let o = opts(&s, &r);
+        let stop = StopFlag::new();
+        let first = scan(&o, Devices::default(), &stop).unwrap();
+        let mut prev = Previous {
+            source: Arc::new(first.walk.source),
+            replica: Arc::new(first.walk.replica),
+        };
+        let rel = |v: &[&str]| {
+            v.iter()
+                .map(|d| RelPath::from_str_lossy(d))
+                .collect::<Vec<_>>()
+        };
+        // Tick 2: the source gains a file and a new subtree.
+        fs::write(s.join("sub/d"), b"d").unwrap();
+        fs::create_dir_all(s.join("newdir/deep")).unwrap();
+        fs::write(s.join("newdir/deep/z"), b"z").unwrap();
+        // Tick 3: the replica catches up (what the Applier would do).
+        let steps: Vec<(Box<dyn Fn()>, Vec<RelPath>)> = vec![
+            (Box::new(|| {}), rel(&["", "sub", "newdir", "newdir/deep"])),
+            (
+                Box::new(|| {
+                    fs::write(r.join("sub/d"), b"d").unwrap();
+                    fs::create_dir_all(r.join("newdir/deep")).unwrap();
+                    fs::write(r.join("newdir/deep/z"), b"z").unwrap();
+                }),
+                rel(&["", "newdir", "newdir/deep", "sub"]),
+            ),
+        ];
+        for (change, dirty) in steps {
+            change();
+            let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+            let full = scan(&o, first.devices, &stop).unwrap();
+            assert_eq!(
+                listing_paths(&partial.walk.source),
+                listing_paths(&full.walk.source)
+            );
+            assert_eq!(
+                listing_paths(&partial.walk.replica),
+                listing_paths(&full.walk.replica)
+            );
+            prev = Previous {
+                source: Arc::new(partial.walk.source),
+                replica: Arc::new(partial.walk.replica),
+            };
+        }
+    }
+
+    #[test]
+    fn a_folder_new_on_one_side_only_leaves_the_other_sides_listing_alone() {
+        // The replica gains newdir/deep/z, but the event for z was missed
+        // (inotify watches a new folder only once it saw it created): only
+        // the root and newdir are relisted. The source knew newdir/deep.
+        check(
+            |s, r| {
+                fs::create_dir_all(s.join("newdir/deep")).unwrap();
+                fs::write(s.join("newdir/deep/z"), b"z").unwrap();
+                fs::create_dir_all(r.join("newdir")).unwrap();
+            },
+            |_, r| {
+                fs::create_dir_all(r.join("newdir/deep")).unwrap();
+                fs::write(r.join("newdir/deep/z"), b"z").unwrap();
+            },
+            &["", "newdir"],
+        );
     }
 }

@@ -6,11 +6,20 @@
 //! `TickFinished` (logs the `tick` entry) and `StopTicks` (starts nothing
 //! new; answers `TicksOver` when no tick is in flight). Runs on the async
 //! thread; it only keeps timers.
+//!
+//! In watch mode it also takes `FoldersChanged` from the Watcher and
+//! gathers the changed folders between ticks: a tick then lists only those
+//! (`ScanScope::Folders`). A full rescan runs at the first tick, every
+//! `rescan` period, after a tick that did not complete, whenever events may
+//! have been lost, and at every tick once part of the trees is unwatched.
 
 use crate::messages::{
-    LogEvent, LogValue, ScanTrees, StopTicks, TickFinished, TickInfo, TickOutcome, TicksOver, Verb,
+    FoldersChanged, LogEvent, LogValue, ScanScope, ScanTrees, StopTicks, TickFinished, TickInfo,
+    TickOutcome, TicksOver, Verb,
 };
+use crate::relpath::RelPath;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub struct Scheduler {
@@ -25,6 +34,22 @@ pub struct Scheduler {
     next_tick: Option<SpawnHandle>,
     stopping: bool,
     last: Option<TickOutcome>,
+    watch: Option<Watching>,
+}
+
+/// What the Scheduler knows from the Watcher between ticks.
+#[derive(Debug)]
+struct Watching {
+    rescan_every: Duration,
+    /// Folders changed since the last tick started.
+    dirty: BTreeSet<RelPath>,
+    /// The next tick must walk everything.
+    full_due: bool,
+    /// Part of the trees is not watched: every tick walks everything.
+    unwatched: bool,
+    last_full: Option<Instant>,
+    /// The tick in flight: full, or how many folders it lists.
+    current: Option<ScanScope>,
 }
 
 impl Scheduler {
@@ -46,7 +71,39 @@ impl Scheduler {
             next_tick: None,
             stopping: false,
             last: None,
+            watch: None,
         }
+    }
+
+    /// Watch mode: ticks list only the folders `FoldersChanged` named,
+    /// with a full rescan every `rescan_every`.
+    pub fn with_watch(mut self, rescan_every: Duration) -> Self {
+        self.watch = Some(Watching {
+            rescan_every,
+            dirty: BTreeSet::new(),
+            full_due: true,
+            unwatched: false,
+            last_full: None,
+            current: None,
+        });
+        self
+    }
+
+    fn next_scope(&mut self) -> ScanScope {
+        let Some(w) = &mut self.watch else {
+            return ScanScope::Full;
+        };
+        let overdue = w.last_full.is_none_or(|t| t.elapsed() >= w.rescan_every);
+        let scope = if w.full_due || w.unwatched || overdue {
+            w.full_due = false;
+            w.last_full = Some(Instant::now());
+            w.dirty.clear();
+            ScanScope::Full
+        } else {
+            ScanScope::Folders(std::mem::take(&mut w.dirty).into_iter().collect())
+        };
+        w.current = Some(scope.clone());
+        scope
     }
 
     fn start_tick(&mut self) {
@@ -60,7 +117,8 @@ impl Scheduler {
             started: Instant::now(),
         };
         self.in_flight = Some(tick);
-        self.scan.do_send(ScanTrees { tick });
+        let scope = self.next_scope();
+        self.scan.do_send(ScanTrees { tick, scope });
     }
 
     fn finish(&mut self) {
@@ -117,8 +175,17 @@ impl Handler<TickFinished> for Scheduler {
         }
         self.in_flight = None;
         let elapsed = msg.tick.started.elapsed();
-        self.log
-            .do_send(tick_event(&msg.tick, &msg.outcome, elapsed).dry_run(self.dry_run));
+        let mut event = tick_event(&msg.tick, &msg.outcome, elapsed).dry_run(self.dry_run);
+        if let Some(w) = &mut self.watch {
+            let (mode, folders) = match w.current.take() {
+                Some(ScanScope::Folders(f)) => ("incremental", f.len() as u64),
+                _ => ("full", 0),
+            };
+            event = event.with_str("mode", mode).with_u64("rescanned", folders);
+            // What a tick that did not complete missed, only a walk finds.
+            w.full_due |= msg.outcome.aborted.is_some() || msg.outcome.interrupted;
+        }
+        self.log.do_send(event);
         self.last = Some(msg.outcome);
         match self.interval {
             Some(interval) if !self.stopping => {
@@ -127,6 +194,17 @@ impl Handler<TickFinished> for Scheduler {
             }
             _ => self.finish(),
         }
+    }
+}
+
+impl Handler<FoldersChanged> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: FoldersChanged, _: &mut Context<Self>) {
+        let Some(w) = &mut self.watch else { return };
+        w.full_due |= msg.lost;
+        w.unwatched |= msg.unwatched;
+        w.dirty.extend(msg.folders);
     }
 }
 
@@ -228,5 +306,60 @@ mod tests {
         wait_until(|| r.logs.lock().unwrap().len() == 1).await;
         r.scheduler.do_send(StopTicks);
         wait_until(|| r.over.lock().unwrap().len() == 1).await;
+    }
+
+    #[actix_rt::test]
+    async fn watch_mode_lists_only_changed_folders_and_rescans_when_events_were_lost() {
+        let (scan, scans) = Collector::<ScanTrees>::start();
+        let (over, _) = Collector::<TicksOver>::start();
+        let (log, logs) = Collector::<LogEvent>::start();
+        let scheduler = Scheduler::new(
+            Some(Duration::from_millis(1)),
+            false,
+            scan.recipient(),
+            over.recipient(),
+            log.recipient(),
+        )
+        .with_watch(Duration::from_secs(3600))
+        .start();
+        let r = Rig {
+            scheduler,
+            scans,
+            over: Default::default(),
+            logs,
+        };
+        let scope = |n: usize| r.scans.lock().unwrap()[n - 1].scope.clone();
+        wait_until(|| r.scans.lock().unwrap().len() == 1).await;
+        assert_eq!(scope(1), ScanScope::Full, "the first tick walks everything");
+        let changed = |folders: &[&str], lost: bool, unwatched: bool| FoldersChanged {
+            folders: folders.iter().map(|f| RelPath::from_str_lossy(f)).collect(),
+            lost,
+            unwatched,
+        };
+        r.scheduler.do_send(changed(&["a", "b", "a"], false, false));
+        finish(&r, 1, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 2).await;
+        let folders =
+            |v: &[&str]| ScanScope::Folders(v.iter().map(|f| RelPath::from_str_lossy(f)).collect());
+        assert_eq!(scope(2), folders(&["a", "b"]));
+        finish(&r, 2, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 3).await;
+        assert_eq!(scope(3), folders(&[]), "nothing changed: nothing to list");
+        r.scheduler.do_send(changed(&["c"], true, false));
+        finish(&r, 3, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 4).await;
+        assert_eq!(scope(4), ScanScope::Full, "lost events: full rescan");
+        r.scheduler.do_send(changed(&[], true, true));
+        finish(&r, 4, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 6).await;
+        assert_eq!(scope(5), ScanScope::Full);
+        assert_eq!(scope(6), ScanScope::Full, "unwatched: every tick is full");
+        let logs = r.logs.lock().unwrap();
+        assert_eq!(
+            logs[1].field("mode"),
+            Some(&LogValue::Str("incremental".into()))
+        );
+        assert_eq!(logs[1].field("rescanned"), Some(&LogValue::U64(2)));
+        assert_eq!(logs[0].field("mode"), Some(&LogValue::Str("full".into())));
     }
 }

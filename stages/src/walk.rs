@@ -33,7 +33,7 @@ use std::mem::MaybeUninit;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// What the walk needs besides the two roots.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct WalkOptions<'a> {
     /// Worker threads (at least one is used).
     pub jobs: usize,
@@ -45,6 +45,10 @@ pub struct WalkOptions<'a> {
     /// List the contents of excluded replica folders (all flagged excluded).
     pub delete_excluded: bool,
     pub stop: &'a StopFlag,
+    /// Partial walks: whether a subfolder (source side when the flag is
+    /// true) is already known and needs no listing. `None`: descend into
+    /// every subfolder.
+    pub known: Option<&'a (dyn Fn(&RelPath, bool) -> bool + Sync)>,
 }
 
 /// Both listings, sorted, and the errors met on the way.
@@ -72,10 +76,105 @@ pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> Wa
         inherited: Rules::none(),
         rel: root,
     };
+    run_jobs(vec![job], out, opts)
+}
+
+/// Lists the folders `folders` again on both sides, and below them only
+/// the subfolders that `opts.known` does not cover. The listings hold the
+/// entries of the folders listed (and the roots' own entries when the root
+/// is among `folders`). `Err` when the rules in force above a folder cannot
+/// be read: only a full walk can then tell what they exclude.
+pub fn walk_folders(
+    source: &Root,
+    replica: Option<&Root>,
+    folders: &[RelPath],
+    replica_excluded: &dyn Fn(&RelPath) -> bool,
+    opts: &WalkOptions<'_>,
+) -> Result<WalkResult, String> {
+    let mut out = Output::default();
+    let mut rules = RuleChain::new(source, opts.excludes);
+    let mut jobs = Vec::with_capacity(folders.len());
+    for rel in folders {
+        let job = if rel.is_root() {
+            Job {
+                source: open_root(source, Side::Source, &mut out),
+                replica: replica.and_then(|r| open_root(r, Side::Replica, &mut out)),
+                replica_excluded: false,
+                inherited: Rules::none(),
+                rel: rel.clone(),
+            }
+        } else {
+            let open = |root: &Root| root.open_dir(rel).ok().map(DirHandle::Open);
+            let (src, rep) = (open(source), replica.and_then(open));
+            if src.is_none() && rep.is_none() {
+                // Gone: the listing of its parent, changed too, tells.
+                continue;
+            }
+            let parent = rel.parent().unwrap_or_default();
+            Job {
+                source: src,
+                replica: rep,
+                replica_excluded: replica_excluded(rel),
+                inherited: rules.in_force(&parent)?,
+                rel: rel.clone(),
+            }
+        };
+        jobs.push(job);
+    }
+    Ok(run_jobs(jobs, out, opts))
+}
+
+/// The rules in force in folders of the source, read from the root down
+/// and remembered for the folders that share ancestors.
+struct RuleChain<'r> {
+    source: &'r Root,
+    excludes: &'r [String],
+    known: HashMap<RelPath, Rules>,
+}
+
+impl<'r> RuleChain<'r> {
+    fn new(source: &'r Root, excludes: &'r [String]) -> Self {
+        RuleChain {
+            source,
+            excludes,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The rules in force in `folder`: every `.syncignore` from the root
+    /// down to it, the `--exclude` lines at the root.
+    fn in_force(&mut self, folder: &RelPath) -> Result<Rules, String> {
+        if let Some(rules) = self.known.get(folder) {
+            return Ok(rules.clone());
+        }
+        let inherited = match folder.parent() {
+            Some(parent) => self.in_force(&parent)?,
+            None => Rules::none(),
+        };
+        let fd = self
+            .source
+            .open_dir(folder)
+            .map_err(|e| format!("cannot open {folder} for its rules: {e}"))?;
+        let text = match read_ignore_file(&fd) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read the rules in {folder}: {e}")),
+        };
+        let extra: &[String] = if folder.is_root() { self.excludes } else { &[] };
+        let (rules, errors) = inherited.with_folder(folder, text.as_deref(), extra);
+        if let Some(e) = errors.first() {
+            return Err(format!("rules in {folder}: {e}"));
+        }
+        self.known.insert(folder.clone(), rules.clone());
+        Ok(rules)
+    }
+}
+
+fn run_jobs(jobs: Vec<Job>, mut out: Output, opts: &WalkOptions<'_>) -> WalkResult {
     let walker = Walker {
         opts,
         queue: Mutex::new(Queue {
-            jobs: vec![job],
+            jobs,
             busy: 0,
             done: false,
             interrupted: false,
@@ -517,7 +616,19 @@ impl<'w, 'a> Worker<'w, 'a> {
                     .folder_failed(Side::Replica, &rel, "cannot open folder", e),
             }
         }
-        subfolder_jobs(src, rep)
+        let mut jobs = subfolder_jobs(src, rep);
+        if let Some(known) = self.opts().known {
+            for job in &mut jobs {
+                if job.source.is_some() && known(&job.rel, true) {
+                    job.source = None;
+                }
+                if job.replica.is_some() && known(&job.rel, false) {
+                    job.replica = None;
+                }
+            }
+            jobs.retain(|j| j.source.is_some() || j.replica.is_some());
+        }
+        jobs
     }
 
     /// Lists a source folder: entries the rules exclude or that are hidden
@@ -831,6 +942,7 @@ mod tests {
             hidden: &o.hidden,
             delete_excluded: o.delete_excluded,
             stop: &o.stop,
+            known: None,
         };
         let source = Root::open(source).unwrap();
         let replica = replica.map(|r| Root::open(r).unwrap());

@@ -35,12 +35,14 @@ pub fn affected_folder(root: &Path, path: &Path, kind: &EventKind) -> Option<Rel
 /// What one notify callback reports.
 fn reduce(roots: &[PathBuf], event: notify::Result<Event>) -> Reduced {
     match event {
-        Err(e) => Reduced::Lost(format!(
-            "file watching failed ({e}): full rescans take over"
-        )),
-        Ok(ev) if ev.need_rescan() => {
-            Reduced::Lost("file events were lost (queue overflow): full rescan".into())
-        }
+        Err(e) => Reduced::Lost {
+            reason: format!("file watching failed ({e}): every tick rescans fully"),
+            unwatched: true,
+        },
+        Ok(ev) if ev.need_rescan() => Reduced::Lost {
+            reason: "file events were lost (queue overflow): full rescan".into(),
+            unwatched: false,
+        },
         Ok(ev) => {
             let mut folders = Vec::new();
             for path in &ev.paths {
@@ -57,7 +59,7 @@ fn reduce(roots: &[PathBuf], event: notify::Result<Event>) -> Reduced {
 
 enum Reduced {
     Folders(Vec<RelPath>),
-    Lost(String),
+    Lost { reason: String, unwatched: bool },
 }
 
 /// The Watcher actor; its watches live as long as it does.
@@ -100,14 +102,16 @@ fn start_watching(
         Reduced::Folders(folders) => handler_sched.do_send(FoldersChanged {
             folders,
             lost: false,
+            unwatched: false,
         }),
-        Reduced::Lost(reason) => {
+        Reduced::Lost { reason, unwatched } => {
             if !std::mem::replace(&mut warned, true) {
                 handler_log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", reason));
             }
             handler_sched.do_send(FoldersChanged {
                 folders: Vec::new(),
                 lost: true,
+                unwatched,
             });
         }
     };
@@ -118,22 +122,30 @@ fn start_watching(
         Err(e) => {
             let reason = format!("cannot watch for changes ({e}): every tick rescans everything");
             log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", reason));
+            scheduler.do_send(FoldersChanged {
+                folders: Vec::new(),
+                lost: true,
+                unwatched: true,
+            });
             return None;
         }
     };
+    let mut unwatched = false;
     for root in roots.iter() {
         if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
             let reason = format!(
-                "cannot watch {} ({e}): full rescans take over for what is not watched",
+                "cannot watch {} ({e}): every tick rescans fully",
                 root.display()
             );
             log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", reason));
+            unwatched = true;
         }
     }
     // Changes made while the watches were being set up went unseen.
     scheduler.do_send(FoldersChanged {
         folders: Vec::new(),
         lost: true,
+        unwatched,
     });
     Some(watcher)
 }
