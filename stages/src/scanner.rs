@@ -25,7 +25,7 @@ use crate::options::SyncOptions;
 use crate::relpath::RelPath;
 use crate::root::Root;
 use crate::stop::StopFlag;
-use crate::walk::{walk, walk_folders, WalkOptions, WalkResult};
+use crate::walk::{walk, walk_folders, KnownFolder, WalkOptions, WalkResult};
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
 use std::collections::HashSet;
 use std::io;
@@ -198,7 +198,7 @@ pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan,
 fn walk_options<'a>(
     opts: &'a SyncOptions,
     stop: &'a StopFlag,
-    known: Option<&'a (dyn Fn(&RelPath, bool) -> bool + Sync)>,
+    known: Option<&'a KnownFolder>,
 ) -> WalkOptions<'a> {
     WalkOptions {
         jobs: opts.jobs,
