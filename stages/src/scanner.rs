@@ -198,7 +198,7 @@ pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan,
 fn walk_options<'a>(
     opts: &'a SyncOptions,
     stop: &'a StopFlag,
-    known: Option<&'a KnownFolder>,
+    known: Option<&'a KnownFolder<'a>>,
 ) -> WalkOptions<'a> {
     WalkOptions {
         jobs: opts.jobs,

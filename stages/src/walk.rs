@@ -48,11 +48,11 @@ pub struct WalkOptions<'a> {
     /// Partial walks: whether a subfolder (source side when the flag is
     /// true) is already known and needs no listing. `None`: descend into
     /// every subfolder.
-    pub known: Option<&'a KnownFolder>,
+    pub known: Option<&'a KnownFolder<'a>>,
 }
 
 /// Whether a folder (source side when the flag is true) needs no listing.
-pub type KnownFolder = dyn Fn(&RelPath, bool) -> bool + Sync;
+pub type KnownFolder<'a> = dyn Fn(&RelPath, bool) -> bool + Sync + 'a;
 
 /// Both listings, sorted, and the errors met on the way.
 #[derive(Debug, Default)]
