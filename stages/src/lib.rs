@@ -19,7 +19,7 @@ pub mod rules;
 pub mod scanner;
 pub mod scheduler;
 pub mod stop;
-pub mod watcher;
 #[cfg(test)]
 pub mod testing;
 pub mod walk;
+pub mod watcher;

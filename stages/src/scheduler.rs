@@ -351,6 +351,8 @@ mod tests {
         assert_eq!(scope(4), ScanScope::Full, "lost events: full rescan");
         r.scheduler.do_send(changed(&[], true, true));
         finish(&r, 4, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 5).await;
+        finish(&r, 5, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 6).await;
         assert_eq!(scope(5), ScanScope::Full);
         assert_eq!(scope(6), ScanScope::Full, "unwatched: every tick is full");
