@@ -18,7 +18,7 @@
 use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
 use crate::options::SyncOptions;
 use crate::plan::{GuardTrip, Op, Phase, Plan};
-use crate::replica_ops::{Copied, OpError, ReplicaOps};
+use crate::replica_ops::{fail_point, Copied, OpError, ReplicaOps};
 use crate::stop::StopFlag;
 use actix::{Actor, Context, Handler, Recipient};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -268,6 +268,7 @@ impl Run<'_> {
 
     /// Carries out one operation, then logs and counts what it came to.
     fn one(&self, op: &Op, tally: &mut Tally) {
+        fail_point!("applier::before_op");
         let result = match &self.target {
             Target::DryRun => Ok(done_event(op, planned_bytes(op))),
             Target::Replica(replica) => execute(replica, op),

@@ -172,8 +172,14 @@ impl<'a> Planner<'a> {
     /// Marks the ancestors of every replica entry that stays although the
     /// source lacks it, so that those folders are not removed.
     fn block_kept_entries(&mut self) {
-        for r in &self.replica.entries {
-            if r.path.is_root() || self.source.get(&r.path).is_some() {
+        let (src, rep) = (&self.source.entries, &self.replica.entries);
+        let mut i = 0;
+        for r in rep {
+            // Both listings are sorted: walk them side by side.
+            while i < src.len() && src[i].path < r.path {
+                i += 1;
+            }
+            if r.path.is_root() || src.get(i).is_some_and(|s| s.path == r.path) {
                 continue;
             }
             if self.fate(r) == Fate::Keep {

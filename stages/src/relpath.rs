@@ -140,8 +140,39 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 }
 
 impl Ord for RelPath {
+    /// Component-wise order, computed on the bytes: names hold neither `/`
+    /// nor NUL, so ranking `/` below every other byte at the first
+    /// difference gives the same order as comparing components, without
+    /// splitting (this comparison is on the hot path of every tick).
     fn cmp(&self, other: &Self) -> Ordering {
-        self.components().cmp(other.components())
+        let (a, b) = (&self.0, &other.0);
+        let common = a.len().min(b.len());
+        let first_diff = a[..common]
+            .chunks(8)
+            .zip(b[..common].chunks(8))
+            .position(|(x, y)| x != y)
+            .map(|chunk| {
+                let start = chunk * 8;
+                start
+                    + a[start..common]
+                        .iter()
+                        .zip(&b[start..common])
+                        .take_while(|(x, y)| x == y)
+                        .count()
+            });
+        match first_diff {
+            None => a.len().cmp(&b.len()),
+            Some(i) => rank(a[i]).cmp(&rank(b[i])),
+        }
+    }
+}
+
+/// `/` sorts before any byte of a name.
+fn rank(byte: u8) -> u16 {
+    if byte == b'/' {
+        0
+    } else {
+        u16::from(byte) + 1
     }
 }
 
@@ -192,6 +223,34 @@ mod tests {
         v.sort();
         let s: Vec<String> = v.iter().map(|p| p.to_string()).collect();
         assert_eq!(s, [".", "a", "a/b", "a/b/c", "a.b", "a0"]);
+    }
+
+    #[test]
+    fn byte_order_matches_component_order() {
+        let names = [
+            "",
+            "a",
+            "a/b",
+            "a.b",
+            "a-",
+            "a0",
+            "ab",
+            "a/b/c",
+            "a/bc",
+            "a/b.c",
+            "b",
+            "\u{e9}",
+            "a/\u{e9}/x",
+            "aaaaaaaaaaaaaaaa/b",
+            "aaaaaaaaaaaaaaaa.b",
+            "aaaaaaaaaaaaaaaab",
+        ];
+        let paths: Vec<RelPath> = names.iter().map(|s| RelPath::from_str_lossy(s)).collect();
+        for a in &paths {
+            for b in &paths {
+                assert_eq!(a.cmp(b), a.components().cmp(b.components()), "{a} vs {b}");
+            }
+        }
     }
 
     #[test]

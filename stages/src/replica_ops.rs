@@ -11,6 +11,10 @@
 //! error but a `Copied::Skipped` (Safety rule 4).
 //!
 //! Everything here blocks: the Applier calls it from blocking threads.
+//!
+//! The race-prone steps carry named failpoints (`fail_point!`), through
+//! which the fault tests (`tests/faults.rs`) change the world at the worst
+//! moment; without the `failpoints` feature they compile to nothing.
 
 use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
 use crate::options::SyncOptions;
@@ -23,6 +27,16 @@ use rustix::fs::{
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `fail::fail_point!` with the `failpoints` feature, nothing without it
+/// (the `fail` crate is then not even a dependency).
+macro_rules! fail_point {
+    ($($args:tt)*) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($($args)*);
+    };
+}
+pub(crate) use fail_point;
 
 /// How source files are opened: never through a link, never blocking on a
 /// fifo that replaced a file.
@@ -197,6 +211,7 @@ impl ReplicaOps {
         // between the scan and now.
         self.set_fd_meta(&tmp_fd, &meta_of(&after), path)?;
         drop(tmp_fd);
+        fail_point!("replica_ops::copy::before_rename");
         self.replace(dir.as_fd(), temp, name, path)?;
         Ok(bytes)
     }
@@ -208,6 +223,7 @@ impl ReplicaOps {
             Ok(found) => found,
             Err(e) => return Err(source_parent_failed(e, path)),
         };
+        fail_point!("replica_ops::copy::before_open_source");
         let fd = match rfs::openat(&dir, name, SOURCE_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Err(Halt::Skip("vanished".into())),
@@ -224,6 +240,7 @@ impl ReplicaOps {
         if (st.st_dev, st.st_ino) != (id.dev, id.ino) {
             return Err(Halt::Skip("replaced by another file since the scan".into()));
         }
+        fail_point!("replica_ops::copy::after_open_source");
         Ok((fd, st))
     }
 
@@ -271,6 +288,7 @@ impl ReplicaOps {
     /// times come with `finish_dir`, once its contents are written.
     pub fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
         let (dir, name) = self.replica_parent(path)?;
+        fail_point!("replica_ops::mkdir::before");
         match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
@@ -324,6 +342,7 @@ impl ReplicaOps {
             Err(e) if matches!(errno_of(&e), Some(Errno::NOENT)) => return Ok(()),
             Err(e) => return Err(std_err("open the replica folder", path)(e)),
         };
+        fail_point!("replica_ops::delete::before_unlink");
         match rfs::unlinkat(&dir, name, flags) {
             Ok(()) | Err(Errno::NOENT) => self.sync_dir(dir.as_fd(), path),
             Err(e) => Err(io_err("remove", path)(e)),
@@ -515,6 +534,8 @@ fn source_parent_failed(e: io::Error, path: &RelPath) -> Halt {
 fn copy_content(src: &OwnedFd, dst: &OwnedFd) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
+        // An injected write failure (the disk filling up mid-copy).
+        fail_point!("replica_ops::copy::write", |_| Err(Errno::NOSPC.into()));
         match rfs::copy_file_range(src, None, dst, None, RANGE_CHUNK) {
             Ok(0) => return Ok(total),
             Ok(n) => total += n as u64,

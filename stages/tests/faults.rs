@@ -1,0 +1,489 @@
+//! Races and faults at the worst moment of an operation, injected through
+//! the named failpoints of `replica_ops`, `applier` and `hasher`.
+//!
+//! Each case pauses at a point (a callback runs there, on the applying
+//! thread), changes the world, then checks what `applier::apply` made of
+//! it; each has a twin without the fault that must still do the work.
+//! Failpoints are process-wide, so every test holds a `FailScenario`, whose
+//! lock runs them one at a time.
+
+#![cfg(feature = "failpoints")]
+
+use fail::FailScenario;
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use treesync_stages::applier::apply;
+use treesync_stages::differ::{diff, DiffOptions};
+use treesync_stages::hash_cache::HashCache;
+use treesync_stages::hasher::{candidates, compare_all};
+use treesync_stages::messages::{LogEvent, LogValue, TickOutcome, Verb};
+use treesync_stages::model::{Content, Meta, TEMP_PREFIX};
+use treesync_stages::options::SyncOptions;
+use treesync_stages::plan::{Op, Plan};
+use treesync_stages::relpath::RelPath;
+use treesync_stages::root::{meta_of, Root};
+use treesync_stages::scanner::{scan, Devices};
+use treesync_stages::stop::StopFlag;
+
+struct Trees {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    outside: PathBuf,
+    opts: SyncOptions,
+}
+
+/// `src`, `dst` (the replica) and `outside`, a folder the replica must
+/// never touch, side by side in a fresh temporary folder.
+fn trees() -> Trees {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("outside"),
+    );
+    for d in [&src, &dst, &outside] {
+        fs::create_dir(d).unwrap();
+    }
+    let opts = SyncOptions::new(src.clone(), dst.clone());
+    Trees {
+        _tmp: tmp,
+        src,
+        dst,
+        outside,
+        opts,
+    }
+}
+
+fn rel(s: &str) -> RelPath {
+    RelPath::from_str_lossy(s)
+}
+
+/// `lstat` as the scanner reports it.
+fn meta(path: &Path) -> Meta {
+    let st =
+        rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    meta_of(&st)
+}
+
+fn plan(ops: Vec<Op>) -> Plan {
+    Plan { ops, guard: None }
+}
+
+fn copy_op(src: &Path, path: &str) -> Op {
+    Op::Copy {
+        path: rel(path),
+        meta: meta(&src.join(path)),
+    }
+}
+
+/// The plan the pipeline would make now: scan both trees and diff them
+/// (contents undecided by metadata count as different).
+fn scanned_plan(opts: &SyncOptions) -> Plan {
+    let walk = scan(opts, Devices::default(), &StopFlag::new())
+        .unwrap()
+        .walk;
+    let contents: HashMap<RelPath, Content> = candidates(&walk.source, &walk.replica, false)
+        .into_iter()
+        .map(|(s, _)| (s.path, Content::Differs))
+        .collect();
+    diff(
+        &walk.source,
+        &walk.replica,
+        &contents,
+        DiffOptions::from(opts),
+    )
+}
+
+fn run(plan: &Plan, opts: &SyncOptions) -> (TickOutcome, Vec<LogEvent>) {
+    let events = Mutex::new(Vec::new());
+    let log = |e: LogEvent| events.lock().unwrap().push(e);
+    let outcome = apply(plan, opts, &StopFlag::new(), &log);
+    (outcome, events.into_inner().unwrap())
+}
+
+/// Like `run`, on another thread, failing the test if it takes longer
+/// than `limit` (an operation that blocks would hang it).
+fn run_within(plan: Plan, opts: SyncOptions, limit: Duration) -> (TickOutcome, Vec<LogEvent>) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(&plan, &opts));
+    });
+    rx.recv_timeout(limit)
+        .expect("the apply did not finish in time: an operation blocked")
+}
+
+/// The only event about `path`.
+fn event_for<'e>(events: &'e [LogEvent], path: &str) -> &'e LogEvent {
+    let found: Vec<_> = events
+        .iter()
+        .filter(|e| e.path == Some(rel(path)))
+        .collect();
+    assert_eq!(found.len(), 1, "events for {path}: {events:?}");
+    found[0]
+}
+
+fn field(e: &LogEvent, key: &str) -> String {
+    e.field(key)
+        .map(LogValue::to_string)
+        .unwrap_or_else(|| panic!("no {key} in {e:?}"))
+}
+
+/// Sorted names and contents of every entry below `dir`, links not
+/// followed: what "nothing changed there" is checked against.
+fn listing(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.strip_prefix(dir).unwrap().display().to_string();
+            let ft = fs::symlink_metadata(&p).unwrap().file_type();
+            let what = if ft.is_dir() {
+                todo.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("-> {}", fs::read_link(&p).unwrap().display())
+            } else {
+                String::from_utf8_lossy(&fs::read(&p).unwrap()).into_owned()
+            };
+            out.push((name, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// True when no temporary is left anywhere below `dir`.
+fn no_temporaries(dir: &Path) -> bool {
+    listing(dir)
+        .iter()
+        .all(|(name, _)| !name.rsplit('/').next().unwrap_or("").starts_with(prefix()))
+}
+
+fn prefix() -> &'static str {
+    std::str::from_utf8(TEMP_PREFIX).unwrap()
+}
+
+/// Moves the replica folder `dir` aside (inside the replica) and puts a
+/// link to `outside` in its place: what an attacker or a confused user
+/// could do between two system calls.
+fn swap_for_link(dir: &Path, outside: &Path) {
+    let aside = dir.with_file_name("moved-aside");
+    fs::rename(dir, &aside).unwrap();
+    symlink(outside, dir).unwrap();
+}
+
+/// Runs `change` the first time the failpoint `name` is reached.
+fn once_at(name: &str, change: impl Fn() + Send + Sync + 'static) {
+    let fired = AtomicBool::new(false);
+    fail::cfg_callback(name, move || {
+        if !fired.swap(true, Ordering::SeqCst) {
+            change();
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_folder_swapped_for_a_link_before_the_rename_gets_nothing_written_outside() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::create_dir(t.src.join("a")).unwrap();
+    fs::write(t.src.join("a/f"), b"new").unwrap();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    fs::write(t.outside.join("other"), b"keep").unwrap();
+    let before = listing(&t.outside);
+    let p = plan(vec![copy_op(&t.src, "a/f")]);
+
+    // Twin: without the swap the file lands in the replica folder.
+    let (out, _) = run(&p, &t.opts);
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    assert_eq!(fs::read(t.dst.join("a/f")).unwrap(), b"new");
+    fs::remove_file(t.dst.join("a/f")).unwrap();
+
+    let (dir, outside) = (t.dst.join("a"), t.outside.clone());
+    once_at("replica_ops::copy::before_rename", move || {
+        swap_for_link(&dir, &outside)
+    });
+    let (out, events) = run(&p, &t.opts);
+    assert!(t.dst.join("a").is_symlink(), "the swap happened");
+    assert_eq!(listing(&t.outside), before, "{events:?}");
+    let e = event_for(&events, "a/f");
+    match e.verb {
+        // The rename went through the folder handle, into the real folder.
+        Verb::Copy => assert_eq!(fs::read(t.dst.join("moved-aside/f")).unwrap(), b"new"),
+        Verb::Error => assert_eq!((field(e, "op").as_str(), out.errors), ("copy", 1)),
+        other => panic!("unexpected {other:?}: {events:?}"),
+    }
+    assert!(no_temporaries(&t.dst) && no_temporaries(&t.outside));
+    scenario.teardown();
+}
+
+#[test]
+fn a_folder_swapped_for_a_link_before_a_delete_keeps_the_outside_file() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    fs::write(t.dst.join("a/victim"), b"replica copy").unwrap();
+    fs::write(t.outside.join("victim"), b"keep").unwrap();
+    let p = plan(vec![Op::Delete {
+        path: rel("a/victim"),
+    }]);
+
+    let (dir, outside) = (t.dst.join("a"), t.outside.clone());
+    once_at("replica_ops::delete::before_unlink", move || {
+        swap_for_link(&dir, &outside)
+    });
+    let (out, events) = run(&p, &t.opts);
+    assert!(t.dst.join("a").is_symlink(), "the swap happened");
+    assert_eq!(fs::read(t.outside.join("victim")).unwrap(), b"keep");
+    assert_eq!(listing(&t.outside).len(), 1);
+    // The unlink went through the folder handle, into the real folder.
+    assert_eq!((out.counts.delete, out.errors), (1, 0), "{events:?}");
+    assert!(!t.dst.join("moved-aside/victim").exists());
+
+    // Twin: an ordinary delete, nothing paused.
+    fail::remove("replica_ops::delete::before_unlink");
+    fs::remove_file(t.dst.join("a")).unwrap();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    fs::write(t.dst.join("a/victim"), b"replica copy").unwrap();
+    let (out, _) = run(&p, &t.opts);
+    assert_eq!((out.counts.delete, out.errors), (1, 0));
+    assert!(!t.dst.join("a/victim").exists());
+    scenario.teardown();
+}
+
+#[test]
+fn a_folder_swapped_for_a_link_before_mkdir_gets_nothing_created_outside() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    let p = plan(vec![Op::Mkdir {
+        path: rel("a/sub"),
+        meta: Meta::default(),
+    }]);
+
+    let (dir, outside) = (t.dst.join("a"), t.outside.clone());
+    once_at("replica_ops::mkdir::before", move || {
+        swap_for_link(&dir, &outside)
+    });
+    let (out, events) = run(&p, &t.opts);
+    assert!(t.dst.join("a").is_symlink(), "the swap happened");
+    assert!(listing(&t.outside).is_empty(), "{events:?}");
+    assert_eq!((out.counts.mkdir, out.errors), (1, 0));
+    assert!(t.dst.join("moved-aside/sub").is_dir());
+
+    // Twin.
+    fail::remove("replica_ops::mkdir::before");
+    fs::remove_file(t.dst.join("a")).unwrap();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    let (out, _) = run(&p, &t.opts);
+    assert_eq!((out.counts.mkdir, out.errors), (1, 0));
+    assert!(t.dst.join("a/sub").is_dir());
+    scenario.teardown();
+}
+
+#[test]
+fn a_full_disk_fails_one_copy_and_the_others_go_on() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    for n in ["one", "two", "three"] {
+        fs::write(t.src.join(n), n.as_bytes()).unwrap();
+    }
+    let p = scanned_plan(&t.opts);
+    fail::cfg("replica_ops::copy::write", "1*return").unwrap();
+    let (out, events) = run(&p, &t.opts);
+    assert_eq!((out.counts.copy, out.errors), (2, 1), "{events:?}");
+    let failed: Vec<_> = events.iter().filter(|e| e.verb == Verb::Error).collect();
+    let e = failed[0];
+    assert_eq!(field(e, "op"), "copy");
+    assert!(
+        field(e, "error").contains("No space left on device"),
+        "{e:?}"
+    );
+    let name = e.path.as_ref().unwrap().to_string();
+    assert!(!t.dst.join(&name).exists());
+    for n in ["one", "two", "three"].into_iter().filter(|n| *n != name) {
+        assert_eq!(fs::read(t.dst.join(n)).unwrap(), n.as_bytes());
+    }
+    assert!(no_temporaries(&t.dst));
+
+    // Twin: with space again, the next tick copies the one that failed.
+    fail::remove("replica_ops::copy::write");
+    let (out, _) = run(&scanned_plan(&t.opts), &t.opts);
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    assert_eq!(fs::read(t.dst.join(&name)).unwrap(), name.as_bytes());
+    scenario.teardown();
+}
+
+#[test]
+fn a_source_rewritten_during_the_copy_is_skipped_then_copied_next_time() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::write(t.src.join("f"), b"first version").unwrap();
+    let p = plan(vec![copy_op(&t.src, "f")]);
+
+    let f = t.src.join("f");
+    once_at("replica_ops::copy::after_open_source", move || {
+        fs::write(&f, b"second, longer version").unwrap()
+    });
+    let (out, events) = run(&p, &t.opts);
+    let e = event_for(&events, "f");
+    assert_eq!(e.verb, Verb::Skip, "{events:?}");
+    assert_eq!(field(e, "reason"), "changed while being copied");
+    assert_eq!((out.counts.skip, out.errors), (1, 0));
+    assert!(!t.dst.join("f").exists());
+    assert!(no_temporaries(&t.dst));
+
+    // Twin: the same plan again, nothing changing under it this time.
+    let (out, _) = run(&p, &t.opts);
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    assert_eq!(
+        fs::read(t.dst.join("f")).unwrap(),
+        b"second, longer version"
+    );
+    scenario.teardown();
+}
+
+#[test]
+fn a_source_deleted_before_it_is_opened_is_skipped_as_vanished() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::write(t.src.join("f"), b"x").unwrap();
+    fs::write(t.src.join("g"), b"y").unwrap();
+    let p = plan(vec![copy_op(&t.src, "f")]);
+
+    let f = t.src.join("f");
+    once_at("replica_ops::copy::before_open_source", move || {
+        fs::remove_file(&f).unwrap()
+    });
+    let (out, events) = run(&p, &t.opts);
+    let e = event_for(&events, "f");
+    assert_eq!(
+        (e.verb, field(e, "reason")),
+        (Verb::Skip, "vanished".into())
+    );
+    assert_eq!((out.counts.skip, out.errors), (1, 0));
+    assert!(fs::read_dir(&t.dst).unwrap().next().is_none());
+
+    // Twin: a file that stays is copied.
+    let (out, _) = run(&plan(vec![copy_op(&t.src, "g")]), &t.opts);
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    scenario.teardown();
+}
+
+#[test]
+fn a_source_turned_fifo_before_it_is_opened_is_skipped_without_blocking() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::write(t.src.join("f"), b"x").unwrap();
+    fs::write(t.src.join("g"), b"y").unwrap();
+    let p = plan(vec![copy_op(&t.src, "f")]);
+
+    let f = t.src.join("f");
+    once_at("replica_ops::copy::before_open_source", move || {
+        fs::remove_file(&f).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &f,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    });
+    let (out, events) = run_within(p, t.opts.clone(), Duration::from_secs(20));
+    let e = event_for(&events, "f");
+    assert_eq!(e.verb, Verb::Skip, "{events:?}");
+    assert_eq!(field(e, "reason"), "changed type: now a fifo");
+    assert_eq!((out.counts.skip, out.errors), (1, 0));
+    assert!(fs::read_dir(&t.dst).unwrap().next().is_none());
+
+    // Twin: a regular file is copied.
+    let p = plan(vec![copy_op(&t.src, "g")]);
+    let (out, _) = run_within(p, t.opts.clone(), Duration::from_secs(20));
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    scenario.teardown();
+}
+
+#[test]
+fn a_stop_during_the_files_phase_finishes_the_file_in_flight_only() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    let mut opts = t.opts.clone();
+    opts.jobs = 1;
+    for n in ["a", "b", "c"] {
+        fs::write(t.src.join(n), n.as_bytes()).unwrap();
+    }
+    let p = plan(["a", "b", "c"].map(|n| copy_op(&t.src, n)).to_vec());
+
+    // The stop comes while the first copy is about to start.
+    let stop = StopFlag::new();
+    let raise = stop.clone();
+    once_at("applier::before_op", move || raise.request());
+    let events = Mutex::new(Vec::new());
+    let log = |e: LogEvent| events.lock().unwrap().push(e);
+    let out = apply(&p, &opts, &stop, &log);
+    assert!(out.interrupted);
+    assert_eq!((out.counts.copy, out.errors), (1, 0));
+    assert_eq!(fs::read(t.dst.join("a")).unwrap(), b"a");
+    assert!(!t.dst.join("b").exists() && !t.dst.join("c").exists());
+    assert!(no_temporaries(&t.dst));
+
+    // Twin: without a stop the rest follows.
+    let (out, _) = run(&scanned_plan(&opts), &opts);
+    assert!(!out.interrupted);
+    assert_eq!((out.counts.copy, out.errors), (2, 0));
+    scenario.teardown();
+}
+
+#[test]
+fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::write(t.src.join("f"), b"aaaa").unwrap();
+    fs::write(t.dst.join("f"), b"bbbb").unwrap();
+    filetime::set_file_mtime(t.dst.join("f"), filetime::FileTime::from_unix_time(1, 0)).unwrap();
+    let (s, r) = (Root::open(&t.src).unwrap(), Root::open(&t.dst).unwrap());
+    let scan_now = || {
+        let walk = scan(&t.opts, Devices::default(), &StopFlag::new())
+            .unwrap()
+            .walk;
+        candidates(&walk.source, &walk.replica, false)
+    };
+    let pairs = scan_now();
+    assert_eq!(pairs.len(), 1);
+
+    // Between the open and the read, the source gets the replica's
+    // content: the digest read is of the new version only.
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (f, seen) = (t.src.join("f"), reads.clone());
+    fail::cfg_callback("hasher::before_read", move || {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            fs::write(&f, b"bbbb").unwrap();
+        }
+    })
+    .unwrap();
+    let cache = Mutex::new(HashCache::default());
+    let (verdicts, _) = compare_all(&pairs, &s, &r, &cache, 1, 1, &StopFlag::new());
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    assert_eq!(verdicts[&rel("f")], Content::Same);
+    // Only the replica's digest is kept: the source's was read from a
+    // version other than the one scanned.
+    assert_eq!(cache.lock().unwrap().len(), 1);
+
+    // Twin: a file left alone is cached on both sides.
+    fail::remove("hasher::before_read");
+    let cache = Mutex::new(HashCache::default());
+    let pairs = scan_now();
+    let (verdicts, _) = compare_all(&pairs, &s, &r, &cache, 1, 1, &StopFlag::new());
+    assert_eq!(verdicts[&rel("f")], Content::Same);
+    assert_eq!(cache.lock().unwrap().len(), 2);
+    scenario.teardown();
+}
