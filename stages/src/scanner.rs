@@ -240,11 +240,18 @@ pub fn scan_folders(
         replica: old_rep,
     } = previous;
     let seeds = relistable(folders, &old_src, &old_rep, opts.delete_excluded);
-    // A subfolder listed last time stays as it was unless it changed itself
-    // (then it is among the folders); one that failed is tried again.
-    let is_known = |rel: &RelPath, source_side: bool| {
+    // A subfolder listed last time, still the same folder (inode) with the
+    // same mtime and ctime, holds the same names: its listing stands (what
+    // changed inside it is among the folders). Any other is walked, and so
+    // is one that failed last time.
+    let is_known = |fresh: &Entry, source_side: bool| {
         let old = if source_side { &old_src } else { &old_rep };
-        old.get(rel).is_some_and(|e| e.kind.is_dir()) && !old.incomplete.contains(rel)
+        old.get(&fresh.path).is_some_and(|e| {
+            e.kind.is_dir()
+                && e.meta.id == fresh.meta.id
+                && e.meta.mtime == fresh.meta.mtime
+                && e.meta.ctime == fresh.meta.ctime
+        }) && !old.incomplete.contains(&fresh.path)
     };
     let replica_excluded = |rel: &RelPath| old_rep.get(rel).is_some_and(|e| e.excluded);
     let walk_opts = walk_options(opts, stop, Some(&is_known));
@@ -328,12 +335,12 @@ fn relisted_folders(
     seeds: &[RelPath],
     fresh: &Listing,
     source_side: bool,
-    is_known: &dyn Fn(&RelPath, bool) -> bool,
+    is_known: &dyn Fn(&Entry, bool) -> bool,
 ) -> HashSet<RelPath> {
     let mut set: HashSet<RelPath> = seeds.iter().cloned().collect();
     for e in &fresh.entries {
         let parent_listed = e.path.parent().is_some_and(|p| set.contains(&p));
-        if e.kind.is_dir() && parent_listed && !is_known(&e.path, source_side) {
+        if e.kind.is_dir() && parent_listed && !is_known(e, source_side) {
             set.insert(e.path.clone());
         }
     }
@@ -345,7 +352,6 @@ fn relisted_folders(
 /// whole subtree with it; one still there keeps its subtree (whatever
 /// changed inside it was listed again).
 pub fn merge(old: Listing, fresh: Listing, relisted: &HashSet<RelPath>) -> Listing {
-    let root_relisted = fresh.root().is_some();
     let mut kept: Vec<Entry> = Vec::with_capacity(old.entries.len());
     let mut gone: Option<RelPath> = None;
     for e in old.entries {
@@ -355,10 +361,10 @@ pub fn merge(old: Listing, fresh: Listing, relisted: &HashSet<RelPath>) -> Listi
             }
             gone = None;
         }
-        let replaced = match e.path.parent() {
-            Some(parent) => relisted.contains(&parent),
-            None => root_relisted,
-        };
+        // Listed again: as an entry of a folder listed again, or as such a
+        // folder itself (its own entry is listed with it).
+        let replaced = e.path.parent().is_some_and(|p| relisted.contains(&p))
+            || (relisted.contains(&e.path) && fresh.get(&e.path).is_some());
         if !replaced {
             kept.push(e);
             continue;
@@ -786,5 +792,129 @@ mod partial_tests {
             },
             &["", "newdir"],
         );
+    }
+}
+
+#[cfg(test)]
+mod partial_properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::fs;
+    use std::path::Path;
+
+    const PATHS: &[&str] = &["a", "b", "a/x", "a/y", "b/x", "a/x/z", "c"];
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        Write {
+            replica: bool,
+            path: usize,
+            len: usize,
+        },
+        Mkdir {
+            replica: bool,
+            path: usize,
+        },
+        Remove {
+            replica: bool,
+            path: usize,
+        },
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let side = any::<bool>();
+        let path = 0..PATHS.len();
+        prop_oneof![
+            (side.clone(), path.clone(), 0..4usize)
+                .prop_map(|(replica, path, len)| Change::Write { replica, path, len }),
+            (side.clone(), path.clone())
+                .prop_map(|(replica, path)| Change::Mkdir { replica, path }),
+            (side, path).prop_map(|(replica, path)| Change::Remove { replica, path }),
+        ]
+    }
+
+    /// Applies a change and returns the folders a watcher would report.
+    fn apply(s: &Path, r: &Path, c: &Change) -> Vec<RelPath> {
+        let (replica, idx) = match c {
+            Change::Write { replica, path, .. }
+            | Change::Mkdir { replica, path }
+            | Change::Remove { replica, path } => (*replica, *path),
+        };
+        let root = if replica { r } else { s };
+        let rel = RelPath::from_str_lossy(PATHS[idx]);
+        let full = root.join(PATHS[idx]);
+        let mut touched = Vec::new();
+        let parents_made = |full: &Path, rel: &RelPath, touched: &mut Vec<RelPath>| {
+            let mut missing = Vec::new();
+            let mut p = rel.parent();
+            while let Some(dir) = p {
+                if dir.is_root() || fs::symlink_metadata(dir.under(root)).is_ok_and(|m| m.is_dir())
+                {
+                    break;
+                }
+                missing.push(dir.clone());
+                p = dir.parent();
+            }
+            for d in missing.iter().rev() {
+                let _ = fs::remove_file(d.under(root));
+                touched.push(d.parent().unwrap_or_default());
+            }
+            if let Some(parent) = full.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+        };
+        let remove = |full: &Path| {
+            let _ = fs::remove_file(full).or_else(|_| fs::remove_dir_all(full));
+        };
+        match c {
+            Change::Write { len, .. } => {
+                parents_made(&full, &rel, &mut touched);
+                remove(&full);
+                let _ = fs::write(&full, vec![b'x'; *len]);
+            }
+            Change::Mkdir { .. } => {
+                parents_made(&full, &rel, &mut touched);
+                if !full.is_dir() {
+                    remove(&full);
+                    let _ = fs::create_dir(&full);
+                }
+            }
+            Change::Remove { .. } => remove(&full),
+        }
+        touched.push(rel.parent().unwrap_or_default());
+        touched
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever changes between two ticks, listing only the folders a
+        /// watcher reports gives the listings a full walk gives.
+        #[test]
+        fn partial_scans_equal_full_scans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
+            let tmp = tempfile::tempdir().unwrap();
+            let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+            fs::create_dir_all(&s).unwrap();
+            fs::create_dir_all(&r).unwrap();
+            let mut o = SyncOptions::new(s.clone(), r.clone());
+            o.watch = true;
+            let stop = StopFlag::new();
+            let first = scan(&o, Devices::default(), &stop).unwrap();
+            let mut prev = Previous {
+                source: Arc::new(first.walk.source),
+                replica: Arc::new(first.walk.replica),
+            };
+            for batch in &batches {
+                let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
+                let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+                let full = scan(&o, first.devices, &stop).unwrap();
+                prop_assert_eq!(&partial.walk.source.entries, &full.walk.source.entries);
+                prop_assert_eq!(&partial.walk.replica.entries, &full.walk.replica.entries);
+                prev = Previous {
+                    source: Arc::new(partial.walk.source),
+                    replica: Arc::new(partial.walk.replica),
+                };
+            }
+        }
     }
 }

@@ -45,14 +45,14 @@ pub struct WalkOptions<'a> {
     /// List the contents of excluded replica folders (all flagged excluded).
     pub delete_excluded: bool,
     pub stop: &'a StopFlag,
-    /// Partial walks: whether a subfolder (source side when the flag is
-    /// true) is already known and needs no listing. `None`: descend into
-    /// every subfolder.
+    /// Partial walks: whether a subfolder, as just listed (source side
+    /// when the flag is true), is already known and needs no listing.
+    /// `None`: descend into every subfolder.
     pub known: Option<&'a KnownFolder<'a>>,
 }
 
 /// Whether a folder (source side when the flag is true) needs no listing.
-pub type KnownFolder<'a> = dyn Fn(&RelPath, bool) -> bool + Sync + 'a;
+pub type KnownFolder<'a> = dyn Fn(&Entry, bool) -> bool + Sync + 'a;
 
 /// Both listings, sorted, and the errors met on the way.
 #[derive(Debug, Default)]
@@ -84,8 +84,7 @@ pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> Wa
 
 /// Lists the folders `folders` again on both sides, and below them only
 /// the subfolders that `opts.known` does not cover. The listings hold the
-/// entries of the folders listed (and the roots' own entries when the root
-/// is among `folders`). `Err` when the rules in force above a folder cannot
+/// entries of the folders listed and the folders' own entries. `Err` when the rules in force above a folder cannot
 /// be read: only a full walk can then tell what they exclude.
 pub fn walk_folders(
     source: &Root,
@@ -107,8 +106,22 @@ pub fn walk_folders(
                 rel: rel.clone(),
             }
         } else {
-            let open = |root: &Root| root.open_dir(rel).ok().map(DirHandle::Open);
-            let (src, rep) = (open(source), replica.and_then(open));
+            let excluded = replica_excluded(rel);
+            // The folder's own entry is listed again too: a change inside
+            // it moves its mtime, which no event reports to its parent.
+            let mut open = |root: &Root, side: Side| {
+                let fd = root.open_dir(rel).ok()?;
+                let stat = rfs::fstat(&fd).ok()?;
+                out.listing(side).entries.push(Entry {
+                    path: rel.clone(),
+                    kind: EntryKind::Dir,
+                    meta: meta_of(&stat),
+                    excluded: side == Side::Replica && excluded,
+                });
+                Some(DirHandle::Open(fd))
+            };
+            let src = open(source, Side::Source);
+            let rep = replica.and_then(|r| open(r, Side::Replica));
             if src.is_none() && rep.is_none() {
                 // Gone: the listing of its parent, changed too, tells.
                 continue;
@@ -117,7 +130,7 @@ pub fn walk_folders(
             Job {
                 source: src,
                 replica: rep,
-                replica_excluded: replica_excluded(rel),
+                replica_excluded: excluded,
                 inherited: rules.in_force(&parent)?,
                 rel: rel.clone(),
             }
@@ -503,7 +516,12 @@ fn stitch(listing: &mut Listing, chunks: Vec<Chunk>) {
     }
     listing.incomplete.sort_unstable();
     listing.incomplete.dedup();
-    debug_assert!(listing.entries.windows(2).all(|w| w[0].path < w[1].path));
+    if !listing.entries.windows(2).all(|w| w[0].path < w[1].path) {
+        // A partial walk lists folders' own entries beside their parents'
+        // listings: the same folder may come twice, out of place.
+        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        listing.entries.dedup_by(|a, b| a.path == b.path);
+    }
 }
 
 /// The folder or entry went away (or was swapped for something that is not
@@ -619,19 +637,15 @@ impl<'w, 'a> Worker<'w, 'a> {
                     .folder_failed(Side::Replica, &rel, "cannot open folder", e),
             }
         }
-        let mut jobs = subfolder_jobs(src, rep);
-        if let Some(known) = self.opts().known {
-            for job in &mut jobs {
-                if job.source.is_some() && known(&job.rel, true) {
-                    job.source = None;
-                }
-                if job.replica.is_some() && known(&job.rel, false) {
-                    job.replica = None;
-                }
-            }
-            jobs.retain(|j| j.source.is_some() || j.replica.is_some());
-        }
-        jobs
+        subfolder_jobs(src, rep)
+    }
+
+    /// Whether to descend into the folder `entry` (partial walks skip the
+    /// folders they already know).
+    fn descend(&self, entry: &Entry, source_side: bool) -> bool {
+        self.opts()
+            .known
+            .is_none_or(|known| !known(entry, source_side))
     }
 
     /// Lists a source folder: entries the rules exclude or that are hidden
@@ -658,7 +672,10 @@ impl<'w, 'a> Worker<'w, 'a> {
             };
             // The state folder's namesake at the source root is listed (the
             // plan skips it) but never entered.
-            if is_dir && !(rel.is_root() && entry.path.name() == STATE_DIR) {
+            if is_dir
+                && !(rel.is_root() && entry.path.name() == STATE_DIR)
+                && self.descend(&entry, true)
+            {
                 dirs.push((entry.path.clone(), false));
             }
             entries.push(entry);
@@ -706,7 +723,7 @@ impl<'w, 'a> Worker<'w, 'a> {
             let Some(entry) = self.entry(&fd, rel, raw, excluded, Side::Replica) else {
                 continue;
             };
-            if is_dir && (!excluded || descend_excluded) {
+            if is_dir && (!excluded || descend_excluded) && self.descend(&entry, false) {
                 dirs.push((entry.path.clone(), excluded));
             }
             entries.push(entry);
