@@ -106,6 +106,13 @@ impl Scanner {
             source: Arc::new(scan.walk.source),
             replica: Arc::new(scan.walk.replica),
         };
+        if scan.unchanged {
+            // Nothing to plan: the tick ends here, idle ticks stay cheap.
+            self.previous = Some(listings);
+            let outcome = TickOutcome::default();
+            self.finished.do_send(TickFinished { tick, outcome });
+            return;
+        }
         self.previous = self.opts.watch.then(|| listings.clone());
         self.next.do_send(TreesScanned {
             tick,
@@ -167,6 +174,9 @@ pub struct Scan {
     pub devices: Devices,
     /// A partial scan: how many folders were listed again.
     pub partial: Option<u64>,
+    /// Nothing changed since the last tick: the listings are the last ones
+    /// and the tick has nothing to do.
+    pub unchanged: bool,
 }
 
 /// Checks both roots and walks them: the whole of one tick's scan, as a
@@ -192,6 +202,7 @@ pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan,
         walk: walked,
         devices,
         partial: None,
+        unchanged: false,
     })
 }
 
@@ -240,6 +251,22 @@ pub fn scan_folders(
         replica: old_rep,
     } = previous;
     let seeds = relistable(folders, &old_src, &old_rep, opts.delete_excluded);
+    let owned = |l: Arc<Listing>| Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone());
+    if seeds.is_empty() {
+        // The last tick left the replica as planned and nothing changed
+        // since: only the roots needed checking.
+        let walk = WalkResult {
+            source: owned(old_src),
+            replica: owned(old_rep),
+            ..WalkResult::default()
+        };
+        return Ok(Scan {
+            walk,
+            devices,
+            partial: Some(0),
+            unchanged: true,
+        });
+    }
     // A subfolder listed last time, still the same folder (inode) with the
     // same mtime and ctime, holds the same names: its listing stands (what
     // changed inside it is among the folders). Any other is walked, and so
@@ -265,6 +292,7 @@ pub fn scan_folders(
             walk: fresh,
             devices,
             partial: None,
+            unchanged: false,
         });
     }
     if rules_changed(&seeds, &old_src, &fresh.source) {
@@ -275,7 +303,6 @@ pub fn scan_folders(
     let count = src_relisted.union(&rep_relisted).count() as u64;
     // The stages downstream are done with the last listings by now: they
     // are updated in place, not copied.
-    let owned = |l: Arc<Listing>| Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone());
     let walk = WalkResult {
         source: merge(owned(old_src), fresh.source, &src_relisted),
         replica: merge(owned(old_rep), fresh.replica, &rep_relisted),
@@ -285,6 +312,7 @@ pub fn scan_folders(
         walk,
         devices,
         partial: Some(count),
+        unchanged: false,
     })
 }
 
@@ -745,7 +773,8 @@ mod partial_tests {
         fs::create_dir_all(s.join("newdir/deep")).unwrap();
         fs::write(s.join("newdir/deep/z"), b"z").unwrap();
         // Tick 3: the replica catches up (what the Applier would do).
-        let steps: Vec<(Box<dyn Fn()>, Vec<RelPath>)> = vec![
+        type Step = (Box<dyn Fn()>, Vec<RelPath>);
+        let steps: Vec<Step> = vec![
             (Box::new(|| {}), rel(&["", "sub", "newdir", "newdir/deep"])),
             (
                 Box::new(|| {
@@ -796,6 +825,34 @@ mod partial_tests {
 }
 
 #[cfg(test)]
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn no_changed_folder_reuses_the_listings_and_only_checks_the_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        std::fs::create_dir_all(s.join("d")).unwrap();
+        std::fs::create_dir_all(&r).unwrap();
+        let mut o = SyncOptions::new(s.clone(), r.clone());
+        o.watch = true;
+        let stop = StopFlag::new();
+        let first = scan(&o, Devices::default(), &stop).unwrap();
+        let before = first.walk.source.entries.clone();
+        let prev = Previous {
+            source: Arc::new(first.walk.source),
+            replica: Arc::new(first.walk.replica),
+        };
+        let idle = scan_folders(&o, first.devices, &stop, prev.clone(), &[]).unwrap();
+        assert!(idle.unchanged);
+        assert_eq!(idle.walk.source.entries, before);
+        // A vanished source is still noticed by an idle tick.
+        std::fs::remove_dir_all(&s).unwrap();
+        assert!(scan_folders(&o, first.devices, &stop, prev, &[]).is_err());
+    }
+}
+
+#[cfg(test)]
 mod partial_properties {
     use super::*;
     use proptest::prelude::*;
@@ -825,10 +882,12 @@ mod partial_properties {
         let side = any::<bool>();
         let path = 0..PATHS.len();
         prop_oneof![
-            (side.clone(), path.clone(), 0..4usize)
-                .prop_map(|(replica, path, len)| Change::Write { replica, path, len }),
-            (side.clone(), path.clone())
-                .prop_map(|(replica, path)| Change::Mkdir { replica, path }),
+            (side, path.clone(), 0..4usize).prop_map(|(replica, path, len)| Change::Write {
+                replica,
+                path,
+                len
+            }),
+            (side, path.clone()).prop_map(|(replica, path)| Change::Mkdir { replica, path }),
             (side, path).prop_map(|(replica, path)| Change::Remove { replica, path }),
         ]
     }
