@@ -68,14 +68,7 @@ pub fn compare_all(
                 if stop.is_requested() {
                     break;
                 }
-                let s_digest = digest_cached(source, s, cache, tick);
-                let r_digest = digest_cached(replica, r, cache, tick);
-                let (verdict, why) = match (&s_digest, &r_digest) {
-                    (Ok(a), Ok(b)) if a == b => (Content::Same, "same".to_string()),
-                    (Ok(_), Ok(_)) => (Content::Differs, "differs".to_string()),
-                    (Err(e), _) => (Content::Unknown, format!("source unreadable: {e}")),
-                    (_, Err(e)) => (Content::Unknown, format!("replica unreadable: {e}")),
-                };
+                let (verdict, why) = compare_pair(source, s, replica, r, cache, tick);
                 let ev = LogEvent::op(Verb::Detail("compare"), &s.path).with_str("content", why);
                 let mut guard = results.lock().unwrap_or_else(|p| p.into_inner());
                 guard.0.insert(s.path.clone(), verdict);
@@ -86,21 +79,78 @@ pub fn compare_all(
     results.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Decides whether a source file and its replica hold the same bytes.
+///
+/// Cached digests answer without reading. With one side cached, the other
+/// is hashed. With none, both files are read side by side and the first
+/// differing block ends the comparison: a large file with a small change
+/// costs a short read before its copy, and equal files cost one read of
+/// each plus one SHA-1 (kept for both, so the next comparison reads
+/// nothing).
+fn compare_pair(
+    source: &Root,
+    s: &Entry,
+    replica: &Root,
+    r: &Entry,
+    cache: &Mutex<HashCache>,
+    tick: u64,
+) -> (Content, String) {
+    let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+    let (s_key, r_key) = (CacheKey::from(&s.meta), CacheKey::from(&r.meta));
+    let cached = {
+        let mut c = lock();
+        (c.get(&s_key, tick), c.get(&r_key, tick))
+    };
+    let same = |equal: bool, how: &str| {
+        let content = if equal {
+            Content::Same
+        } else {
+            Content::Differs
+        };
+        let word = if equal { "same" } else { "differs" };
+        (content, format!("{word} ({how})"))
+    };
+    let unknown = |side: &str, e: io::Error| (Content::Unknown, format!("{side} unreadable: {e}"));
+    match cached {
+        (Some(a), Some(b)) => same(a == b, "cached digests"),
+        (Some(a), None) => match digest_cached(replica, r, cache, tick) {
+            Ok(b) => same(a == b, "replica hashed"),
+            Err(e) => unknown("replica", e),
+        },
+        (None, Some(b)) => match digest_cached(source, s, cache, tick) {
+            Ok(a) => same(a == b, "source hashed"),
+            Err(e) => unknown("source", e),
+        },
+        (None, None) => match compare_contents(source, &s.path, replica, &r.path) {
+            Ok(Compared::Differ { at }) => same(false, &format!("first difference at byte {at}")),
+            Ok(Compared::Equal {
+                digest,
+                source_after,
+                replica_after,
+            }) => {
+                // Cache only what was read from the very versions scanned.
+                let mut c = lock();
+                if CacheKey::from(&source_after) == s_key {
+                    c.insert(s_key, digest, tick);
+                }
+                if CacheKey::from(&replica_after) == r_key {
+                    c.insert(r_key, digest, tick);
+                }
+                same(true, "compared")
+            }
+            Err((side, e)) => unknown(side, e),
+        },
+    }
+}
+
 fn digest_cached(
     root: &Root,
     e: &Entry,
     cache: &Mutex<HashCache>,
     tick: u64,
 ) -> io::Result<Digest> {
-    let key = CacheKey::from(&e.meta);
-    if let Some(d) = cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key, tick)
-    {
-        return Ok(d);
-    }
     let (digest, seen) = digest_file(root, &e.path)?;
+    let key = CacheKey::from(&e.meta);
     // Cache only what was read from the very version that was scanned.
     if CacheKey::from(&seen) == key {
         cache
@@ -111,27 +161,101 @@ fn digest_cached(
     Ok(digest)
 }
 
-/// SHA-1 of a regular file reached through the root without following
-/// links; returns the digest with the file's metadata after reading.
-pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
-    let (dir, name) = root.open_parent(path)?;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())?;
-    let before = rustix::fs::fstat(&fd)?;
-    if rustix::fs::FileType::from_raw_mode(before.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(io::Error::other("no longer a regular file"));
-    }
-    crate::replica_ops::fail_point!("hasher::before_read");
-    let mut file = std::fs::File::from(fd);
+/// What reading two files side by side found.
+enum Compared {
+    Differ {
+        at: u64,
+    },
+    Equal {
+        digest: Digest,
+        source_after: Meta,
+        replica_after: Meta,
+    },
+}
+
+const BLOCK: usize = 1 << 20;
+
+/// Reads both files block by block until they differ or both end.
+fn compare_contents(
+    source: &Root,
+    s_path: &RelPath,
+    replica: &Root,
+    r_path: &RelPath,
+) -> Result<Compared, (&'static str, io::Error)> {
+    let mut a = open_regular(source, s_path).map_err(|e| ("source", e))?;
+    let mut b = open_regular(replica, r_path).map_err(|e| ("replica", e))?;
+    let (mut buf_a, mut buf_b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     let mut hasher = Sha1::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut offset = 0u64;
     loop {
-        match file.read(&mut buf) {
+        let n = read_full(&mut a, &mut buf_a).map_err(|e| ("source", e))?;
+        let m = read_full(&mut b, &mut buf_b).map_err(|e| ("replica", e))?;
+        // One memcmp per block; the offset is looked for only once found.
+        if buf_a[..n] != buf_b[..m] {
+            let (a, b) = (&buf_a[..n], &buf_b[..m]);
+            let i = a
+                .iter()
+                .zip(b)
+                .position(|(x, y)| x != y)
+                .unwrap_or(n.min(m));
+            return Ok(Compared::Differ {
+                at: offset + i as u64,
+            });
+        }
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf_a[..n]);
+        offset += n as u64;
+    }
+    let after = |f: &std::fs::File| rustix::fs::fstat(f).map(|st| crate::root::meta_of(&st));
+    Ok(Compared::Equal {
+        digest: Digest(hasher.finalize().into()),
+        source_after: after(&a).map_err(|e| ("source", e.into()))?,
+        replica_after: after(&b).map_err(|e| ("replica", e.into()))?,
+    })
+}
+
+/// Fills `buf` as far as the file allows; 0 at the end.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
             Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
+    }
+    Ok(filled)
+}
+
+/// Opens a regular file below the root without following links; refuses
+/// anything that is no longer a regular file (a fifo would block).
+fn open_regular(root: &Root, path: &RelPath) -> io::Result<std::fs::File> {
+    let (dir, name) = root.open_parent(path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::other("no longer a regular file"));
+    }
+    crate::replica_ops::fail_point!("hasher::before_read");
+    Ok(std::fs::File::from(fd))
+}
+
+/// SHA-1 of a regular file reached through the root without following
+/// links; returns the digest with the file's metadata after reading.
+pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
+    let mut file = open_regular(root, path)?;
+    let mut hasher = Sha1::new();
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
     }
     let after = crate::root::meta_of(&rustix::fs::fstat(&file)?);
     Ok((Digest(hasher.finalize().into()), after))
@@ -240,7 +364,7 @@ impl Handler<TreesScanned> for Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::TickInfo;
+    use crate::messages::{LogValue, TickInfo};
     use crate::model::Timestamp;
     use crate::root::{meta_of, stat_at};
     use crate::testing::{wait_until, Collector};
@@ -311,7 +435,9 @@ mod tests {
         assert_eq!(v[&RelPath::from_str_lossy("same")], Content::Same);
         assert_eq!(v[&RelPath::from_str_lossy("diff")], Content::Differs);
         assert_eq!(events.len(), 2);
-        assert_eq!(cache.lock().unwrap().len(), 4);
+        // Equal files leave a digest for each side; files found different
+        // at their first block were not read to the end, so none.
+        assert_eq!(cache.lock().unwrap().len(), 2);
         // A cached digest stands for the file as long as its metadata does:
         // plant a wrong one and the verdict follows it, so no read happened.
         let key = CacheKey::from(&pairs[0].1.meta);
@@ -326,12 +452,57 @@ mod tests {
         let pair = (scanned(&s, "a"), scanned(&r, "a"));
         std::fs::remove_file(tmp.path().join("r/a")).unwrap();
         let cache = Mutex::new(HashCache::default());
+        let (v, _) = compare_all(
+            std::slice::from_ref(&pair),
+            &s,
+            &r,
+            &cache,
+            7,
+            1,
+            &StopFlag::new(),
+        );
+        assert_eq!(v[&RelPath::from_str_lossy("a")], Content::Unknown);
+        // With the source's digest cached, only the replica is opened.
+        let mut c = cache.into_inner().unwrap();
+        c.insert(CacheKey::from(&pair.0.meta), Digest([1; 20]), 7);
+        let cache = Mutex::new(c);
         let (v, _) = compare_all(&[pair], &s, &r, &cache, 7, 1, &StopFlag::new());
         assert_eq!(v[&RelPath::from_str_lossy("a")], Content::Unknown);
         let mut c = cache.into_inner().unwrap();
         assert_eq!(c.len(), 1);
         c.prune(8);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_difference_deep_in_a_large_file_is_found_and_equal_files_are_hashed() {
+        let mut big = vec![7u8; 3 * BLOCK + 123];
+        let (tmp, s, r) = two_roots(&[("big", &big, &big)]);
+        big[2 * BLOCK + 5] = 8;
+        std::fs::write(tmp.path().join("r/big"), &big).unwrap();
+        let pair = (scanned(&s, "big"), scanned(&r, "big"));
+        let cache = Mutex::new(HashCache::default());
+        let (v, events) = compare_all(&[pair], &s, &r, &cache, 1, 1, &StopFlag::new());
+        assert_eq!(v[&RelPath::from_str_lossy("big")], Content::Differs);
+        let at = format!("{}", 2 * BLOCK + 5);
+        assert!(matches!(events[0].field("content"), Some(LogValue::Str(s)) if s.contains(&at)));
+        // Equal: the digest is SHA-1 of the content, shared by both sides.
+        std::fs::write(tmp.path().join("s/big"), &big).unwrap();
+        let pair = (scanned(&s, "big"), scanned(&r, "big"));
+        let (v, _) = compare_all(
+            std::slice::from_ref(&pair),
+            &s,
+            &r,
+            &cache,
+            1,
+            1,
+            &StopFlag::new(),
+        );
+        assert_eq!(v[&RelPath::from_str_lossy("big")], Content::Same);
+        let expected = Digest(Sha1::digest(&big).into());
+        let mut c = cache.lock().unwrap();
+        assert_eq!(c.get(&CacheKey::from(&pair.0.meta), 1), Some(expected));
+        assert_eq!(c.get(&CacheKey::from(&pair.1.meta), 1), Some(expected));
     }
 
     #[actix_rt::test]

@@ -773,7 +773,7 @@ mod partial_tests {
         fs::create_dir_all(s.join("newdir/deep")).unwrap();
         fs::write(s.join("newdir/deep/z"), b"z").unwrap();
         // Tick 3: the replica catches up (what the Applier would do).
-        type Step = (Box<dyn Fn()>, Vec<RelPath>);
+        type Step<'a> = (Box<dyn Fn() + 'a>, Vec<RelPath>);
         let steps: Vec<Step> = vec![
             (Box::new(|| {}), rel(&["", "sub", "newdir", "newdir/deep"])),
             (
