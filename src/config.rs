@@ -11,6 +11,7 @@ use thiserror::Error;
 use treesync_stages::logger::{LogConfig, LogFormat, Verbosity};
 use treesync_stages::options::SyncOptions;
 use treesync_stages::relpath::RelPath;
+use treesync_stages::rules::Rules;
 
 /// Everything the pipeline needs, checked.
 #[derive(Debug)]
@@ -51,10 +52,26 @@ pub enum ConfigError {
     LogInReplica(PathBuf),
     #[error("cannot find the current folder: {0}")]
     Cwd(io::Error),
+    #[error("{0}")]
+    BadExclude(String),
+}
+
+impl ConfigError {
+    /// Bad patterns are usage errors; everything else is fatal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::BadExclude(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let (_, bad) = Rules::none().with_folder(&RelPath::root(), None, &cli.exclude);
+        if let Some(e) = bad.first() {
+            return Err(ConfigError::BadExclude(e.to_string()));
+        }
         let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
         let source = canonical_source(&cwd.join(&cli.source))?;
         let (replica, replica_missing) = canonical_replica(&cwd.join(&cli.replica))?;
@@ -220,6 +237,18 @@ mod tests {
         let mut argv = vec!["treesync"];
         argv.extend_from_slice(args);
         Config::from_cli(Cli::parse_from(argv))
+    }
+
+    #[test]
+    fn a_bad_exclude_pattern_is_a_usage_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        std::fs::create_dir(&s).unwrap();
+        let (s, r) = (s.to_str().unwrap(), r.to_str().unwrap());
+        let err = config(&[s, r, "--exclude", "ok", "--exclude", "[z-a]"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("[z-a]"), "{err}");
+        assert!(config(&[s, r, "--exclude", "*.o", "--exclude", "!keep.o"]).is_ok());
     }
 
     #[test]

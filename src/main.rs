@@ -23,7 +23,10 @@ fn run(cli: Cli) -> i32 {
     };
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
-        Err(e) => return fatal(&e),
+        Err(e) => {
+            eprintln!("treesync: {e}");
+            return e.exit_code();
+        }
     };
     // A dry run writes nothing under the replica: no folder, no lock.
     let _lock = if config.sync.dry_run {

@@ -195,7 +195,12 @@ impl<'a> Planner<'a> {
     }
 
     fn fate(&self, r: &Entry) -> Fate {
-        if self.source.is_incomplete_at(&r.path) || self.under_skipped_source(&r.path) {
+        // Below a folder not fully listed (on either side) what would be
+        // deleted is not known: keep it all.
+        if self.source.is_incomplete_at(&r.path)
+            || self.replica.is_incomplete_at(&r.path)
+            || self.under_skipped_source(&r.path)
+        {
             return Fate::Keep;
         }
         if !r.kind.is_dir() && is_temp_name(r.path.name()) {
@@ -294,7 +299,8 @@ impl<'a> Planner<'a> {
                     if !r.excluded {
                         self.report.push(Op::Warn {
                             path: r.path.clone(),
-                            reason: "folder kept: it holds excluded entries".into(),
+                            reason: "folder kept: it still holds excluded or unreadable entries"
+                                .into(),
                         });
                     }
                     return;
@@ -750,7 +756,7 @@ mod tests {
             file("gone/plain", 1, 1),
         ]);
         insta::assert_snapshot!(render(&plan(&s, &r)), @r"
-        warn gone (folder kept: it holds excluded entries)
+        warn gone (folder kept: it still holds excluded or unreadable entries)
         delete gone/plain
         ");
         let o = DiffOptions {
@@ -777,6 +783,17 @@ mod tests {
             dir("locked/sub"),
         ]);
         assert_eq!(plan(&s, &r), Plan::default());
+    }
+
+    #[test]
+    fn a_replica_folder_that_could_not_be_listed_is_kept_with_its_parents() {
+        let s = listing(vec![]);
+        let mut r = listing(vec![dir("old"), dir("old/locked"), file("old/f", 1, 1)]);
+        r.incomplete.push(RelPath::from_str_lossy("old/locked"));
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "warn old (folder kept: it still holds excluded or unreadable entries)\ndelete old/f\n"
+        );
     }
 
     #[test]
