@@ -81,6 +81,74 @@ pub fn json_line(ts: SystemTime, ev: &LogEvent) -> String {
     out
 }
 
+/// The terminal's line for a `tick` entry: what was done, how much, how
+/// fast, e.g. `sync 3: 2 copied, 1 deleted; 5.2 MB in 0.31 s (16.8 MB/s)`.
+pub fn tick_summary(ev: &LogEvent) -> String {
+    let n = |key: &str| match ev.field(key) {
+        Some(LogValue::U64(v)) => *v,
+        _ => 0,
+    };
+    let mut done: Vec<String> = [
+        ("copy", "copied"),
+        ("update", "updated"),
+        ("meta", "metadata set"),
+        ("symlink", "links set"),
+        ("mkdir", "folders made"),
+        ("delete", "deleted"),
+        ("rmdir", "folders removed"),
+        ("skip", "skipped"),
+        ("warn", "warnings"),
+        ("errors", "errors"),
+    ]
+    .iter()
+    .filter(|(key, _)| n(key) > 0)
+    .map(|(key, word)| format!("{} {word}", n(key)))
+    .collect();
+    if done.is_empty() {
+        done.push("nothing to do".into());
+    }
+    let secs = n("elapsed_ms") as f64 / 1000.0;
+    let bytes = n("bytes");
+    let mut line = format!("sync {}: {}", n("seq"), done.join(", "));
+    if bytes > 0 {
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        line.push_str(&format!(
+            "; {} in {secs:.2} s ({}/s)",
+            human_bytes(bytes as f64),
+            human_bytes(rate)
+        ));
+    } else {
+        line.push_str(&format!(" in {secs:.2} s"));
+    }
+    if let Some(LogValue::Str(mode)) = ev.field("mode") {
+        line.push_str(&format!(" [{mode}, {} folders listed]", n("rescanned")));
+    }
+    for flag in ["guard", "interrupted"] {
+        if ev.field(flag).is_some() {
+            line.push_str(&format!(" [{flag}]"));
+        }
+    }
+    if ev.dry_run {
+        line.push_str(" [dry run]");
+    }
+    line
+}
+
+fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = b;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// A path as the text format and the terminal show it.
 pub fn text_path(path: &RelPath) -> String {
     if path.is_root() {
@@ -357,5 +425,29 @@ mod tests {
         let ev = op(Verb::Copy, b"a\nb\x1b\"\\");
         let obj = parse(&json_line(fixed_time(), &ev));
         assert_eq!(obj["path"], "a\nb\u{1b}\"\\");
+    }
+
+    #[test]
+    fn tick_summary_reads_as_a_sentence() {
+        let tick = LogEvent::new(Verb::Tick, None)
+            .with_u64("seq", 3)
+            .with_u64("copy", 2)
+            .with_u64("delete", 1)
+            .with_u64("bytes", 5_200_000)
+            .with_u64("errors", 0)
+            .with_u64("elapsed_ms", 310);
+        assert_eq!(
+            tick_summary(&tick),
+            "sync 3: 2 copied, 1 deleted; 5.2 MB in 0.31 s (16.8 MB/s)"
+        );
+        let idle = LogEvent::new(Verb::Tick, None)
+            .with_u64("seq", 9)
+            .with_u64("elapsed_ms", 2)
+            .with_str("mode", "incremental")
+            .with_u64("rescanned", 0);
+        assert_eq!(
+            tick_summary(&idle),
+            "sync 9: nothing to do in 0.00 s [incremental, 0 folders listed]"
+        );
     }
 }

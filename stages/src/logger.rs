@@ -105,12 +105,18 @@ impl Logger {
             emit(&self.sinks.file, ev.level(), &line, &());
         }
         if shows_on_terminal(self.terminal, ev) {
-            emit(
-                &self.sinks.terminal,
-                ev.level(),
-                ev.verb.as_str(),
-                &TermFields(ev),
-            );
+            if ev.verb == Verb::Tick {
+                // People read the summary; the log file keeps the fields.
+                let summary = log_format::tick_summary(ev);
+                emit(&self.sinks.terminal, ev.level(), &summary, &());
+            } else {
+                emit(
+                    &self.sinks.terminal,
+                    ev.level(),
+                    ev.verb.as_str(),
+                    &TermFields(ev),
+                );
+            }
         }
     }
 
