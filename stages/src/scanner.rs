@@ -183,6 +183,19 @@ pub struct Scan {
 /// plain blocking function. `known` are the devices recorded so far; an
 /// `Err` is the reason the tick cannot run.
 pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan, String> {
+    let (source, replica, devices) = open_roots(opts, known)?;
+    let walk_opts = walk_options(opts, stop, None);
+    let walked = walk(&source, replica.as_ref(), &walk_opts);
+    Ok(Scan {
+        walk: walked,
+        devices,
+        partial: None,
+        unchanged: false,
+    })
+}
+
+/// Opens both roots and checks they are the folders seen so far.
+fn open_roots(opts: &SyncOptions, known: Devices) -> Result<(Root, Option<Root>, Devices), String> {
     let (source, source_dev) =
         open_root(&opts.source, "source", known.source).map_err(|e| e.message)?;
     let replica = match open_root(&opts.replica, "replica", known.replica) {
@@ -196,14 +209,7 @@ pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan,
         source: Some(source_dev),
         replica: replica.as_ref().map(|(_, dev)| *dev),
     };
-    let walk_opts = walk_options(opts, stop, None);
-    let walked = walk(&source, replica.as_ref().map(|(root, _)| root), &walk_opts);
-    Ok(Scan {
-        walk: walked,
-        devices,
-        partial: None,
-        unchanged: false,
-    })
+    Ok((source, replica.map(|(root, _)| root), devices))
 }
 
 fn walk_options<'a>(
@@ -232,20 +238,10 @@ pub fn scan_folders(
     folders: &[RelPath],
 ) -> Result<Scan, String> {
     let full = || scan(opts, known, stop);
-    let (source, source_dev) =
-        open_root(&opts.source, "source", known.source).map_err(|e| e.message)?;
-    let replica = match open_root(&opts.replica, "replica", known.replica) {
-        Ok(root) => Some(root),
-        Err(e) if e.missing && opts.dry_run && known.replica.is_none() => None,
-        Err(e) => return Err(e.message),
-    };
+    let (source, replica, devices) = open_roots(opts, known)?;
     if replica.is_some() && known.replica.is_none() {
         return full();
     }
-    let devices = Devices {
-        source: Some(source_dev),
-        replica: replica.as_ref().map(|(_, dev)| *dev),
-    };
     let Previous {
         source: old_src,
         replica: old_rep,
@@ -282,7 +278,7 @@ pub fn scan_folders(
     };
     let replica_excluded = |rel: &RelPath| old_rep.get(rel).is_some_and(|e| e.excluded);
     let walk_opts = walk_options(opts, stop, Some(&is_known));
-    let replica_root = replica.as_ref().map(|(root, _)| root);
+    let replica_root = replica.as_ref();
     let Ok(fresh) = walk_folders(&source, replica_root, &seeds, &replica_excluded, &walk_opts)
     else {
         return full();
