@@ -91,7 +91,9 @@ impl Config {
             .jobs
             .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let watch = cli.interval.is_some() && !cli.once && !cli.no_watch;
+        // A dry run changes nothing, so each tick must plan everything again:
+        // narrowing ticks to what changed would hide what is still to do.
+        let watch = cli.interval.is_some() && !cli.once && !cli.no_watch && !cli.dry_run;
         let sync = SyncOptions {
             source,
             replica,
