@@ -107,13 +107,11 @@ impl Config {
             preserve_owner: rustix::process::geteuid().is_root(),
             fsync: cli.fsync,
             watch,
+            fresh_replica: replica_missing,
         };
         let log = LogConfig {
             file: log_file,
-            format: match cli.log_format {
-                LogFormatArg::Text => LogFormat::Text,
-                LogFormatArg::Json => LogFormat::Json,
-            },
+            format: log_format(cli.log_format),
             terminal: if cli.quiet {
                 Verbosity::Quiet
             } else if cli.verbose {
@@ -129,6 +127,13 @@ impl Config {
             rescan: cli.rescan,
             replica_missing,
         })
+    }
+}
+
+pub fn log_format(arg: LogFormatArg) -> LogFormat {
+    match arg {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
     }
 }
 

@@ -8,8 +8,11 @@ mod shutdown;
 
 use clap::Parser;
 use cli::Cli;
-use config::Config;
+use config::{Config, ConfigError};
+use treesync_stages::log_format;
 use treesync_stages::logger::Logger;
+use treesync_stages::logger::{LogConfig, Verbosity};
+use treesync_stages::messages::LogEvent;
 
 fn main() {
     let cli = Cli::parse();
@@ -17,16 +20,29 @@ fn main() {
 }
 
 fn run(cli: Cli) -> i32 {
-    let fatal = |msg: &dyn std::fmt::Display| {
-        eprintln!("treesync: {msg}");
-        pipeline::exit::FATAL
+    // Where fatal errors go besides the terminal, known before the checks:
+    // a mirror started by cron has no terminal to show them.
+    let fallback_log = LogConfig {
+        file: cli.log_file.clone(),
+        format: config::log_format(cli.log_format),
+        terminal: Verbosity::Quiet,
     };
     let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
+            // Never write a log the mirror would delete or into a folder
+            // that does not exist.
+            if !matches!(e, ConfigError::LogInReplica(_) | ConfigError::LogDir { .. }) {
+                log_fatal(&fallback_log, &e);
+            }
             eprintln!("treesync: {e}");
             return e.exit_code();
         }
+    };
+    let fatal = |msg: &dyn std::fmt::Display| {
+        log_fatal(&config.log, msg);
+        eprintln!("treesync: {msg}");
+        pipeline::exit::FATAL
     };
     // A dry run writes nothing under the replica: no folder, no lock.
     let _lock = if config.sync.dry_run {
@@ -48,11 +64,29 @@ fn run(cli: Cli) -> i32 {
     let logger = match Logger::open(&config.log) {
         Ok(l) => l,
         Err(e) => {
-            return fatal(&format!(
-                "cannot open log file {}: {e}",
+            eprintln!(
+                "treesync: cannot open log file {}: {e}",
                 config.log.file.display()
-            ))
+            );
+            return pipeline::exit::FATAL;
         }
     };
     actix::System::new().block_on(pipeline::run(config, logger))
+}
+
+/// Appends a fatal error to the log file, if it can be opened; the error is
+/// on the terminal either way.
+fn log_fatal(log: &LogConfig, msg: &dyn std::fmt::Display) {
+    let line = log_format::file_line(
+        log.format,
+        std::time::SystemTime::now(),
+        &LogEvent::error(None, "start", msg),
+    );
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log.file);
+    if let Ok(mut f) = file {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
 }

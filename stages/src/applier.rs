@@ -93,7 +93,9 @@ pub fn apply(
 ) -> TickOutcome {
     let mut tally = Tally::default();
     if let Some(trip) = &plan.guard {
+        // An `error` entry like any other: the tick's count includes it.
         log(guard_event(trip).dry_run(opts.dry_run));
+        tally.errors += 1;
     }
     let target = open_target(opts, log, &mut tally);
     let run = Run {
@@ -816,7 +818,8 @@ mod tests {
         );
         assert_eq!(events[3].field("op"), Some(&LogValue::Str("delete".into())));
         assert!(out.guard_tripped);
-        assert_eq!((out.counts.warn, out.counts.skip, out.errors), (1, 1, 1));
+        // The guard's entry and the refusal: two errors.
+        assert_eq!((out.counts.warn, out.counts.skip, out.errors), (1, 1, 2));
     }
 
     #[test]

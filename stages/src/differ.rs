@@ -27,6 +27,9 @@ pub struct DiffOptions {
     pub delete_excluded: bool,
     pub max_delete: MaxDelete,
     pub preserve_owner: bool,
+    /// The replica root was just created: its metadata is set as part of
+    /// creating it, not reported as changed.
+    pub fresh_root: bool,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -36,6 +39,7 @@ impl From<&SyncOptions> for DiffOptions {
             delete_excluded: o.delete_excluded,
             max_delete: o.max_delete,
             preserve_owner: o.preserve_owner,
+            fresh_root: o.fresh_replica,
         }
     }
 }
@@ -333,13 +337,14 @@ impl<'a> Planner<'a> {
         let path = s.path.clone();
         match &s.kind {
             EntryKind::Dir => {
-                let other_changed = self.perm_or_owner_differs(&s.meta, &r.meta);
+                let fresh = path.is_root() && self.opts.fresh_root;
+                let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
                 self.dirs.push(DirState {
                     path,
                     meta: s.meta,
-                    mtime_changed: s.meta.mtime != r.meta.mtime,
+                    mtime_changed: !fresh && s.meta.mtime != r.meta.mtime,
                     other_changed,
-                    created: false,
+                    created: fresh,
                 });
             }
             EntryKind::File => {
@@ -468,6 +473,8 @@ pub struct Differ {
     opts: Arc<SyncOptions>,
     next: Recipient<PlanMade>,
     log: Recipient<LogEvent>,
+    /// No plan made yet (a fresh replica root matters only to the first).
+    first: bool,
 }
 
 impl Differ {
@@ -476,7 +483,12 @@ impl Differ {
         next: Recipient<PlanMade>,
         log: Recipient<LogEvent>,
     ) -> Self {
-        Differ { opts, next, log }
+        Differ {
+            opts,
+            next,
+            log,
+            first: true,
+        }
     }
 }
 
@@ -492,8 +504,12 @@ impl Handler<TreesHashed> for Differ {
             &msg.source,
             &msg.replica,
             &msg.contents,
-            DiffOptions::from(&*self.opts),
+            DiffOptions {
+                fresh_root: self.first && self.opts.fresh_replica,
+                ..DiffOptions::from(&*self.opts)
+            },
         );
+        self.first = false;
         self.log.do_send(
             LogEvent::new(crate::messages::Verb::Detail("plan"), None)
                 .with_u64("ops", plan.ops.len() as u64)
@@ -558,6 +574,7 @@ mod tests {
             delete_excluded: false,
             max_delete: MaxDelete::Percent(100),
             preserve_owner: false,
+            fresh_root: false,
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -887,6 +904,23 @@ mod tests {
         assert_eq!(
             render(&plan(&s, &r)),
             "symlink a -> new\nmeta b link=true\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn a_replica_root_made_by_this_run_is_finished_without_a_meta() {
+        let mut s = listing(vec![]);
+        s.entries[0].meta.perm = 0o700;
+        s.entries[0].meta.mtime = Timestamp::new(42, 0);
+        let r = listing(vec![]);
+        assert_eq!(render(&plan(&s, &r)), "finish . changed=true\n");
+        let fresh = DiffOptions {
+            fresh_root: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &r, &HashMap::new(), fresh)),
+            "finish . changed=false\n"
         );
     }
 

@@ -90,6 +90,9 @@ pub struct SyncOptions {
     /// Filesystem events narrow the ticks: the Scanner keeps its listings
     /// between ticks to update them.
     pub watch: bool,
+    /// The replica root was created by this run: the first sync gives it
+    /// the source root's metadata as part of making it, not as `meta`.
+    pub fresh_replica: bool,
 }
 
 impl SyncOptions {
@@ -108,6 +111,7 @@ impl SyncOptions {
             preserve_owner: false,
             fsync: false,
             watch: false,
+            fresh_replica: false,
         }
     }
 }

@@ -289,7 +289,9 @@ impl ReplicaOps {
     pub fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
         let (dir, name) = self.replica_parent(path)?;
         fail_point!("replica_ops::mkdir::before");
-        match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+        match self.in_writable(dir.as_fd(), || {
+            rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
+        }) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let st = root_stat(dir.as_fd(), name, path)?;
@@ -343,9 +345,25 @@ impl ReplicaOps {
             Err(e) => return Err(std_err("open the replica folder", path)(e)),
         };
         fail_point!("replica_ops::delete::before_unlink");
-        match rfs::unlinkat(&dir, name, flags) {
+        match self.in_writable(dir.as_fd(), || rfs::unlinkat(&dir, name, flags)) {
             Ok(()) | Err(Errno::NOENT) => self.sync_dir(dir.as_fd(), path),
             Err(e) => Err(io_err("remove", path)(e)),
+        }
+    }
+
+    /// Runs `op`, which adds or removes an entry of the folder `dir`. When
+    /// it is refused because the folder is read-only (a mirrored `0o555`
+    /// folder, and we are not root), and the folder is ours, it is made
+    /// writable for us and `op` runs once more: the folder gets its mode
+    /// back when it is finished (`finish_dir`), or goes with its parent.
+    fn in_writable<T>(
+        &self,
+        dir: BorrowedFd<'_>,
+        mut op: impl FnMut() -> rustix::io::Result<T>,
+    ) -> rustix::io::Result<T> {
+        match op() {
+            Err(Errno::ACCESS) if unlock_dir(dir) => op(),
+            other => other,
         }
     }
 
@@ -367,7 +385,7 @@ impl ReplicaOps {
         let mut last = Errno::EXIST;
         for _ in 0..TEMP_ATTEMPTS {
             let name = self.temp_name();
-            match create(&name) {
+            match self.in_writable(dir, || create(&name)) {
                 Ok(made) => return Ok((made, Temp { dir, name })),
                 Err(Errno::EXIST) => last = Errno::EXIST,
                 Err(e) => return Err(io_err(step, path)(e)),
@@ -626,6 +644,19 @@ fn type_name(ft: FileType) -> &'static str {
         FileType::BlockDevice => "block device",
         FileType::Unknown => "unknown file type",
     }
+}
+
+/// Gives the owner write and search permission on a folder we own that
+/// lacks them; true if it did.
+fn unlock_dir(dir: BorrowedFd<'_>) -> bool {
+    let Ok(st) = rfs::fstat(dir) else {
+        return false;
+    };
+    let ours = st.st_uid == rustix::process::geteuid().as_raw();
+    if !ours || st.st_mode & 0o300 == 0o300 {
+        return false;
+    }
+    rfs::fchmod(dir, Mode::from_raw_mode((st.st_mode | 0o300) & 0o7777)).is_ok()
 }
 
 #[cfg(test)]
