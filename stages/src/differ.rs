@@ -12,7 +12,9 @@
 //! and are withheld as a whole when they exceed `--max-delete`.
 
 use crate::messages::{LogEvent, PlanMade, TreesHashed};
-use crate::model::{is_temp_name, Content, Entry, EntryKind, Listing, Meta, STATE_DIR};
+use crate::model::{
+    is_temp_name, Content, Entry, EntryKind, Listing, Meta, IGNORE_FILE, STATE_DIR,
+};
 use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan};
 use crate::relpath::RelPath;
@@ -229,6 +231,10 @@ impl<'a> Planner<'a> {
         false
     }
 
+    fn parent_blocked(&self, path: &RelPath) -> bool {
+        path.parent().is_some_and(|p| self.blocked.contains(&p))
+    }
+
     fn touch_parent(&mut self, path: &RelPath) {
         if let Some(parent) = path.parent() {
             self.touched.insert(parent);
@@ -236,7 +242,7 @@ impl<'a> Planner<'a> {
     }
 
     fn source_only(&mut self, s: &Entry) {
-        if self.skipped(s) {
+        if in_state_dir(&s.path) || self.skipped(s) {
             return;
         }
         self.create(s);
@@ -290,6 +296,9 @@ impl<'a> Planner<'a> {
     }
 
     fn replica_only(&mut self, r: &Entry) {
+        if in_state_dir(&r.path) {
+            return;
+        }
         match self.fate(r) {
             Fate::Keep => {}
             Fate::Stale => {
@@ -298,6 +307,9 @@ impl<'a> Planner<'a> {
                     path: r.path.clone(),
                 });
             }
+            // The rules of a folder kept for its excluded entries stay with
+            // it: without them those entries would go at the next sync.
+            Fate::Remove if r.path.name() == IGNORE_FILE && self.parent_blocked(&r.path) => {}
             Fate::Remove => {
                 if r.kind.is_dir() && self.blocked.contains(&r.path) {
                     if !r.excluded {
@@ -328,7 +340,7 @@ impl<'a> Planner<'a> {
     }
 
     fn both(&mut self, s: &Entry, r: &Entry) {
-        if self.skipped(s) {
+        if in_state_dir(&s.path) || self.skipped(s) {
             return;
         }
         if !s.kind.same_type(&r.kind) {
@@ -449,6 +461,11 @@ impl<'a> Planner<'a> {
             deletions: self.deletions,
         }
     }
+}
+
+/// Below the tool's own folder: never planned for, on either side.
+fn in_state_dir(path: &RelPath) -> bool {
+    path.depth() >= 2 && path.components().next() == Some(STATE_DIR)
 }
 
 fn link_target(e: &Entry) -> Option<&[u8]> {
@@ -800,6 +817,34 @@ mod tests {
             dir("locked/sub"),
         ]);
         assert_eq!(plan(&s, &r), Plan::default());
+    }
+
+    #[test]
+    fn a_kept_folder_keeps_the_rules_that_keep_its_entries() {
+        let s = listing(vec![]);
+        let r = listing(vec![
+            dir("gone"),
+            file("gone/.syncignore", 6, 1),
+            excluded(file("gone/x.log", 1, 1)),
+            file("gone/plain", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        warn gone (folder kept: it still holds excluded or unreadable entries)
+        delete gone/plain
+        ");
+    }
+
+    #[test]
+    fn nothing_below_the_state_folder_is_ever_planned() {
+        let s = listing(vec![dir(".treesync"), file(".treesync/lock", 1, 1)]);
+        let r = listing(vec![
+            file(".treesync/hashes", 1, 1),
+            file(".treesync/lock", 2, 2),
+        ]);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "skip .treesync (reserved name: the replica keeps treesync's state there)\n"
+        );
     }
 
     #[test]

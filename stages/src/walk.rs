@@ -66,6 +66,10 @@ pub struct WalkResult {
     /// The stop flag was raised before the walk finished: the listings are
     /// partial.
     pub interrupted: bool,
+    /// The folders whose entries each listing holds (what a partial walk
+    /// replaces in the last listings).
+    pub listed_source: Vec<RelPath>,
+    pub listed_replica: Vec<RelPath>,
 }
 
 /// Walks `source` and, when given, `replica` with `opts.jobs` threads.
@@ -110,7 +114,18 @@ pub fn walk_folders(
             // The folder's own entry is listed again too: a change inside
             // it moves its mtime, which no event reports to its parent.
             let mut open = |root: &Root, side: Side| {
-                let fd = root.open_dir(rel).ok()?;
+                let fd = match root.open_dir(rel) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let errno = e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error);
+                        // Gone is news for its parent's listing; anything
+                        // else keeps what is below it, as a full walk would.
+                        if !vanished(errno) {
+                            out.folder_failed(side, rel, "cannot open folder", errno);
+                        }
+                        return None;
+                    }
+                };
                 let stat = rfs::fstat(&fd).ok()?;
                 out.listing(side).entries.push(Entry {
                     path: rel.clone(),
@@ -449,6 +464,9 @@ impl Output {
     }
 
     fn finish(mut self, interrupted: bool) -> WalkResult {
+        let folders = |chunks: &[Chunk]| chunks.iter().map(|c| c.folder.clone()).collect();
+        let listed_source = folders(&self.source_chunks);
+        let listed_replica = folders(&self.replica_chunks);
         stitch(&mut self.source, self.source_chunks);
         stitch(&mut self.replica, self.replica_chunks);
         self.events.sort_by(|a, b| a.path.cmp(&b.path));
@@ -458,6 +476,8 @@ impl Output {
             events: self.events,
             errors: self.errors,
             interrupted,
+            listed_source,
+            listed_replica,
         }
     }
 }
@@ -548,8 +568,9 @@ struct Worker<'w, 'a> {
 struct Listed {
     /// The folder's handle, kept only when it has subfolders to open.
     fd: Option<OwnedFd>,
-    /// Subfolders, with whether each is excluded (replica side).
-    dirs: Vec<(RelPath, bool)>,
+    /// Subfolders, with whether each is excluded (replica side) and
+    /// whether a partial walk already knows it.
+    dirs: Vec<(RelPath, bool, bool)>,
     rules: Rules,
 }
 
@@ -640,12 +661,11 @@ impl<'w, 'a> Worker<'w, 'a> {
         subfolder_jobs(src, rep)
     }
 
-    /// Whether to descend into the folder `entry` (partial walks skip the
-    /// folders they already know).
-    fn descend(&self, entry: &Entry, source_side: bool) -> bool {
+    /// Whether a partial walk already knows the folder `entry`.
+    fn is_known(&self, entry: &Entry, source_side: bool) -> bool {
         self.opts()
             .known
-            .is_none_or(|known| !known(entry, source_side))
+            .is_some_and(|known| known(entry, source_side))
     }
 
     /// Lists a source folder: entries the rules exclude or that are hidden
@@ -672,11 +692,9 @@ impl<'w, 'a> Worker<'w, 'a> {
             };
             // The state folder's namesake at the source root is listed (the
             // plan skips it) but never entered.
-            if is_dir
-                && !(rel.is_root() && entry.path.name() == STATE_DIR)
-                && self.descend(&entry, true)
-            {
-                dirs.push((entry.path.clone(), false));
+            if is_dir && !(rel.is_root() && entry.path.name() == STATE_DIR) {
+                let known = self.is_known(&entry, true);
+                dirs.push((entry.path.clone(), false, known));
             }
             entries.push(entry);
         }
@@ -723,8 +741,9 @@ impl<'w, 'a> Worker<'w, 'a> {
             let Some(entry) = self.entry(&fd, rel, raw, excluded, Side::Replica) else {
                 continue;
             };
-            if is_dir && (!excluded || descend_excluded) && self.descend(&entry, false) {
-                dirs.push((entry.path.clone(), excluded));
+            if is_dir && (!excluded || descend_excluded) {
+                let known = self.is_known(&entry, false);
+                dirs.push((entry.path.clone(), excluded, known));
             }
             entries.push(entry);
         }
@@ -848,7 +867,9 @@ impl<'w, 'a> Worker<'w, 'a> {
 }
 
 /// The jobs for the subfolders of one folder: a folder on both sides is one
-/// job, so its replica side gets the source side's rules.
+/// job, so its replica side gets the source side's rules; partial walks
+/// leave out what they know (a folder on both sides only when both sides
+/// are known, again for the rules).
 fn subfolder_jobs(src: Listed, rep: Listed) -> Vec<Job> {
     let Listed {
         fd: src_fd,
@@ -877,29 +898,35 @@ fn subfolder_jobs(src: Listed, rep: Listed) -> Vec<Job> {
             (Some(s), Some(r)) => s.0.as_bytes().cmp(r.0.as_bytes()),
         };
         let job = match order {
-            Ordering::Less => src_iter.next().map(|(rel, _)| Job {
+            Ordering::Less => src_iter.next().filter(|d| !d.2).map(|(rel, ..)| Job {
                 rel,
                 source: under(&src_fd),
                 replica: None,
                 replica_excluded: false,
                 inherited: src_rules.clone(),
             }),
-            Ordering::Greater => rep_iter.next().map(|(rel, excluded)| Job {
-                rel,
-                source: None,
-                replica: under(&rep_fd),
-                replica_excluded: excluded,
-                inherited: rep_rules.clone(),
-            }),
-            Ordering::Equal => {
-                let (_, excluded) = rep_iter.next().unwrap_or_default();
-                src_iter.next().map(|(rel, _)| Job {
+            Ordering::Greater => rep_iter
+                .next()
+                .filter(|d| !d.2)
+                .map(|(rel, excluded, _)| Job {
                     rel,
-                    source: under(&src_fd),
+                    source: None,
                     replica: under(&rep_fd),
                     replica_excluded: excluded,
-                    inherited: src_rules.clone(),
-                })
+                    inherited: rep_rules.clone(),
+                }),
+            Ordering::Equal => {
+                let (_, excluded, rep_known) = rep_iter.next().unwrap_or_default();
+                src_iter
+                    .next()
+                    .filter(|d| !(d.2 && rep_known))
+                    .map(|(rel, ..)| Job {
+                        rel,
+                        source: under(&src_fd),
+                        replica: under(&rep_fd),
+                        replica_excluded: excluded,
+                        inherited: src_rules.clone(),
+                    })
             }
         };
         jobs.extend(job);
