@@ -17,7 +17,7 @@
 
 use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
 use crate::options::SyncOptions;
-use crate::plan::{GuardTrip, Op, Phase, Plan};
+use crate::plan::{GuardTrip, Op, Phase, Plan, RootIds};
 use crate::replica_ops::{fail_point, Copied, OpError, ReplicaOps};
 use crate::stop::StopFlag;
 use actix::{Actor, Context, Handler, Recipient};
@@ -97,7 +97,7 @@ pub fn apply(
         log(guard_event(trip).dry_run(opts.dry_run));
         tally.errors += 1;
     }
-    let target = open_target(opts, log, &mut tally);
+    let target = open_target(opts, plan.roots, log, &mut tally);
     let run = Run {
         opts,
         stop,
@@ -153,11 +153,24 @@ enum Target {
     Unavailable,
 }
 
-fn open_target(opts: &SyncOptions, log: &(dyn Fn(LogEvent) + Sync), tally: &mut Tally) -> Target {
+fn open_target(
+    opts: &SyncOptions,
+    roots: Option<RootIds>,
+    log: &(dyn Fn(LogEvent) + Sync),
+    tally: &mut Tally,
+) -> Target {
     if opts.dry_run {
         return Target::DryRun;
     }
     match ReplicaOps::open(opts) {
+        Ok(ops) if roots.is_some_and(|ids| !ops.roots_are(ids)) => {
+            // Planned for other folders: a disk unmounted or swapped since
+            // the scan. Writing now could fill an empty mount point.
+            let msg = "a root is no longer the folder that was scanned (unmounted or replaced?): nothing done";
+            log(LogEvent::error(None, "apply", msg));
+            tally.errors += 1;
+            Target::Unavailable
+        }
         Ok(ops) => Target::Replica(ops),
         Err(e) => {
             log(LogEvent::error(None, "apply", &e));
@@ -442,7 +455,11 @@ mod tests {
     }
 
     fn plan(ops: Vec<Op>) -> Plan {
-        Plan { ops, guard: None }
+        Plan {
+            ops,
+            guard: None,
+            roots: None,
+        }
     }
 
     fn verbs(events: &[LogEvent]) -> Vec<(&'static str, String)> {
@@ -774,6 +791,39 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_root_other_than_the_one_scanned_gets_nothing() {
+        let t = trees();
+        let m = source_file(&t.src.join("f"), b"data", 0o644, (1, 0));
+        let mut p = plan(vec![Op::Copy {
+            path: rel("f"),
+            meta: m,
+        }]);
+        let id = |path: &std::path::Path| {
+            let st = std::fs::metadata(path).unwrap();
+            crate::model::FileId {
+                dev: std::os::unix::fs::MetadataExt::dev(&st),
+                ino: std::os::unix::fs::MetadataExt::ino(&st),
+            }
+        };
+        // Scanned: another folder than the one now at the replica's path.
+        p.roots = Some(RootIds {
+            source: id(&t.src),
+            replica: id(&t.src),
+        });
+        let (out, events) = run(&p, &t.opts);
+        assert_eq!((out.counts.copy, out.errors), (0, 1));
+        assert_eq!(events[0].field("op"), Some(&LogValue::Str("apply".into())));
+        assert!(!t.dst.join("f").exists());
+        // Twin: the very roots scanned.
+        p.roots = Some(RootIds {
+            source: id(&t.src),
+            replica: id(&t.dst),
+        });
+        let (out, _) = run(&p, &t.opts);
+        assert_eq!((out.counts.copy, out.errors), (1, 0));
+    }
+
+    #[test]
     fn applier_logs_the_guard_first_and_reports() {
         let t = trees();
         let p = Plan {
@@ -797,6 +847,7 @@ mod tests {
                 managed: 40,
                 limit: MaxDelete::Percent(50),
             }),
+            roots: None,
         };
         let (out, events) = run(&p, &t.opts);
         assert_eq!(events[0].verb, Verb::Error);

@@ -1,6 +1,6 @@
 //! The Plan: what the Differ decides and the Applier carries out.
 
-use crate::model::Meta;
+use crate::model::{FileId, Meta};
 use crate::options::MaxDelete;
 use crate::relpath::RelPath;
 
@@ -111,4 +111,15 @@ pub struct GuardTrip {
 pub struct Plan {
     pub ops: Vec<Op>,
     pub guard: Option<GuardTrip>,
+    /// The roots the plan was made for, as scanned: the Applier writes
+    /// nothing if the folders it opens are others (a disk unmounted or
+    /// swapped meanwhile). `None` where no root was listed (dry runs).
+    pub roots: Option<RootIds>,
+}
+
+/// Identities of the two roots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootIds {
+    pub source: FileId,
+    pub replica: FileId,
 }

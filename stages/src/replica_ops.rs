@@ -18,6 +18,7 @@
 
 use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
 use crate::options::SyncOptions;
+use crate::plan::RootIds;
 use crate::relpath::RelPath;
 use crate::root::{meta_of, Root};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -181,6 +182,17 @@ impl ReplicaOps {
                 .unsigned_abs(),
             temp_seq: AtomicU64::new(0),
         })
+    }
+
+    /// True when the opened roots are the folders `ids` names.
+    pub fn roots_are(&self, ids: RootIds) -> bool {
+        let id = |root: &Root| {
+            root.stat().ok().map(|st| FileId {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            })
+        };
+        id(&self.source) == Some(ids.source) && id(&self.replica) == Some(ids.replica)
     }
 
     /// Writes the source file at `path` to the replica, atomically: `Copy`

@@ -239,7 +239,16 @@ pub fn scan_folders(
 ) -> Result<Scan, String> {
     let full = || scan(opts, known, stop);
     let (source, replica, devices) = open_roots(opts, known)?;
-    if replica.is_some() && known.replica.is_none() {
+    // A root that is another folder now (same device, new inode) shares
+    // nothing with the last listings.
+    let same_root = |root: Option<&Root>, old: &Listing| match (root, old.root()) {
+        (Some(root), Some(e)) => root.stat().is_ok_and(|st| st.st_ino == e.meta.id.ino),
+        (None, None) => true,
+        _ => false,
+    };
+    if !same_root(Some(&source), &previous.source)
+        || !same_root(replica.as_ref(), &previous.replica)
+    {
         return full();
     }
     let Previous {

@@ -43,6 +43,19 @@ fn reduce(roots: &[PathBuf], event: notify::Result<Event>) -> Reduced {
             reason: "file events were lost (queue overflow): full rescan".into(),
             unwatched: false,
         },
+        // inotify watches the folder, not its path: a root moved away or
+        // removed (and perhaps made again) is no longer watched.
+        Ok(ev)
+            if matches!(
+                ev.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+            ) && ev.paths.iter().any(|p| roots.iter().any(|r| r == p)) =>
+        {
+            Reduced::Lost {
+                reason: "a root folder was moved or removed: every tick rescans fully".into(),
+                unwatched: true,
+            }
+        }
         Ok(ev) => {
             let mut folders = Vec::new();
             for path in &ev.paths {
@@ -218,6 +231,25 @@ mod tests {
             folder("/elsewhere/f", EventKind::Create(CreateKind::File)),
             None
         );
+    }
+
+    #[test]
+    fn a_root_moved_away_means_unwatched() {
+        let roots = vec![PathBuf::from("/src"), PathBuf::from("/dst")];
+        let moved = Event::new(EventKind::Modify(ModifyKind::Name(
+            notify::event::RenameMode::From,
+        )))
+        .add_path(PathBuf::from("/src"));
+        assert!(matches!(
+            reduce(&roots, Ok(moved)),
+            Reduced::Lost {
+                unwatched: true,
+                ..
+            }
+        ));
+        let inner =
+            Event::new(EventKind::Remove(RemoveKind::Any)).add_path(PathBuf::from("/src/a"));
+        assert!(matches!(reduce(&roots, Ok(inner)), Reduced::Folders(f) if f.len() == 1));
     }
 
     #[actix_rt::test]
