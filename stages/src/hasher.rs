@@ -128,14 +128,18 @@ fn compare_pair(
                 source_after,
                 replica_after,
             }) => {
-                // Cache only what was read from the very versions scanned.
+                // Equal bytes of versions other than the ones scanned say
+                // nothing about those: let the copy decide (and re-check).
+                let (s_same, r_same) = (
+                    CacheKey::from(&source_after) == s_key,
+                    CacheKey::from(&replica_after) == r_key,
+                );
+                if !(s_same && r_same) {
+                    return (Content::Unknown, "changed while being compared".into());
+                }
                 let mut c = lock();
-                if CacheKey::from(&source_after) == s_key {
-                    c.insert(s_key, digest, tick);
-                }
-                if CacheKey::from(&replica_after) == r_key {
-                    c.insert(r_key, digest, tick);
-                }
+                c.insert(s_key, digest, tick);
+                c.insert(r_key, digest, tick);
                 same(true, "compared")
             }
             Err((side, e)) => unknown(side, e),
@@ -312,6 +316,18 @@ impl Handler<TreesScanned> for Hasher {
         let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());
         let (next, log) = (self.next.clone(), self.log.clone());
         let load = !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
+        // Kept here too, so that a failed task still ends the tick.
+        let (tick_info, source, replica, errors) = (
+            msg.tick,
+            msg.source.clone(),
+            msg.replica.clone(),
+            msg.errors,
+        );
+        let unknown: HashMap<RelPath, Content> = pairs
+            .iter()
+            .map(|(s, _)| (s.path.clone(), Content::Unknown))
+            .collect();
+        let log_failure = self.log.clone();
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
             let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
@@ -355,7 +371,21 @@ impl Handler<TreesScanned> for Hasher {
         ctx.spawn(actix::fut::wrap_future(async move {
             match work.await {
                 Ok(hashed) => next.do_send(hashed),
-                Err(e) => panic!("hashing task failed: {e}"),
+                Err(e) => {
+                    // Unknown contents are copied: the tick goes on safely.
+                    log_failure.do_send(LogEvent::error(
+                        None,
+                        "compare",
+                        format!("hashing failed: {e}"),
+                    ));
+                    next.do_send(TreesHashed {
+                        tick: tick_info,
+                        source,
+                        replica,
+                        contents: unknown,
+                        errors: errors + 1,
+                    });
+                }
             }
         }));
     }

@@ -72,7 +72,11 @@ fn meta(path: &Path) -> Meta {
 }
 
 fn plan(ops: Vec<Op>) -> Plan {
-    Plan { ops, guard: None }
+    Plan {
+        ops,
+        guard: None,
+        roots: None,
+    }
 }
 
 fn copy_op(src: &Path, path: &str) -> Op {
@@ -473,10 +477,10 @@ fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
     let cache = Mutex::new(HashCache::default());
     let (verdicts, _) = compare_all(&pairs, &s, &r, &cache, 1, 1, &StopFlag::new());
     assert_eq!(reads.load(Ordering::SeqCst), 2);
-    assert_eq!(verdicts[&rel("f")], Content::Same);
-    // Only the replica's digest is kept: the source's was read from a
-    // version other than the one scanned.
-    assert_eq!(cache.lock().unwrap().len(), 1);
+    // The bytes compared are not the version scanned: no verdict (the copy
+    // decides and checks again), and nothing cached.
+    assert_eq!(verdicts[&rel("f")], Content::Unknown);
+    assert_eq!(cache.lock().unwrap().len(), 0);
 
     // Twin: a file left alone is cached on both sides.
     fail::remove("hasher::before_read");
