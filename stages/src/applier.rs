@@ -18,6 +18,7 @@
 use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
 use crate::options::SyncOptions;
 use crate::plan::{GuardTrip, Op, Phase, Plan, RootIds};
+use crate::relpath::RelPath;
 use crate::replica_ops::{fail_point, Copied, OpError, ReplicaOps};
 use crate::stop::StopFlag;
 use actix::{Actor, Context, Handler, Recipient};
@@ -122,6 +123,7 @@ pub fn apply(
         guard_tripped: plan.guard.is_some(),
         aborted: None,
         interrupted: tally.stopped,
+        retry: tally.retry,
     }
 }
 
@@ -188,6 +190,8 @@ struct Tally {
     errors: u64,
     /// An operation was not started because a stop was asked.
     stopped: bool,
+    /// Folders of operations that failed or were skipped while applied.
+    retry: Vec<RelPath>,
 }
 
 impl Tally {
@@ -225,6 +229,7 @@ impl Tally {
         c.warn += o.warn;
         self.bytes += other.bytes;
         self.errors += other.errors;
+        self.retry.extend(other.retry);
         self.stopped |= other.stopped;
     }
 }
@@ -295,6 +300,10 @@ impl Run<'_> {
             Ok(None) => return,
             Err(e) => LogEvent::error(Some(op.path()), op_name(op), e),
         };
+        let failed = matches!(event.verb, Verb::Error | Verb::Skip);
+        if failed && op.phase() != Phase::Report {
+            tally.retry.extend(op.path().parent());
+        }
         tally.count(&event);
         (self.log)(event.dry_run(self.opts.dry_run));
     }
@@ -687,6 +696,10 @@ mod tests {
         assert_eq!(reason("f"), "replaced by another file since the scan");
         assert_eq!(reason("now-a-folder"), "changed type: now a folder");
         assert_eq!(fs::read_dir(&t.dst).unwrap().count(), 0);
+        // Each skip's folder is to be listed again at the next tick.
+        let mut retry: Vec<String> = out.retry.iter().map(|r| r.to_string()).collect();
+        retry.sort();
+        assert_eq!(retry, [".", ".", ".", "gone-folder"]);
     }
 
     #[test]

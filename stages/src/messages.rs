@@ -154,6 +154,10 @@ pub struct TickOutcome {
     pub aborted: Option<String>,
     /// A stop was asked before the tick finished.
     pub interrupted: bool,
+    /// Folders holding an operation that failed or was skipped at run time
+    /// (a file changing while copied): in watch mode the next tick lists
+    /// them again, so the operation is retried without a full walk.
+    pub retry: Vec<RelPath>,
 }
 
 /// Severity, as the log contract names it.

@@ -182,8 +182,10 @@ impl Handler<TickFinished> for Scheduler {
                 _ => ("full", 0),
             };
             event = event.with_str("mode", mode).with_u64("rescanned", folders);
-            // What a tick that did not complete missed, only a walk finds.
+            // What a tick that did not complete missed, only a walk finds;
+            // what failed is tried again where it failed.
             w.full_due |= msg.outcome.aborted.is_some() || msg.outcome.interrupted;
+            w.dirty.extend(msg.outcome.retry.iter().cloned());
         }
         self.log.do_send(event);
         self.last = Some(msg.outcome);
@@ -342,20 +344,32 @@ mod tests {
         let folders =
             |v: &[&str]| ScanScope::Folders(v.iter().map(|f| RelPath::from_str_lossy(f)).collect());
         assert_eq!(scope(2), folders(&["a", "b"]));
-        finish(&r, 2, 0);
+        let tick = r.scans.lock().unwrap()[1].tick;
+        let outcome = TickOutcome {
+            retry: vec![RelPath::from_str_lossy("failed/here")],
+            ..TickOutcome::default()
+        };
+        r.scheduler.do_send(TickFinished { tick, outcome });
         wait_until(|| r.scans.lock().unwrap().len() == 3).await;
-        assert_eq!(scope(3), folders(&[]), "nothing changed: nothing to list");
-        r.scheduler.do_send(changed(&["c"], true, false));
+        assert_eq!(
+            scope(3),
+            folders(&["failed/here"]),
+            "what failed is listed again"
+        );
         finish(&r, 3, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 4).await;
-        assert_eq!(scope(4), ScanScope::Full, "lost events: full rescan");
-        r.scheduler.do_send(changed(&[], true, true));
+        assert_eq!(scope(4), folders(&[]), "nothing changed: nothing to list");
+        r.scheduler.do_send(changed(&["c"], true, false));
         finish(&r, 4, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 5).await;
+        assert_eq!(scope(5), ScanScope::Full, "lost events: full rescan");
+        r.scheduler.do_send(changed(&[], true, true));
         finish(&r, 5, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 6).await;
-        assert_eq!(scope(5), ScanScope::Full);
-        assert_eq!(scope(6), ScanScope::Full, "unwatched: every tick is full");
+        finish(&r, 6, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 7).await;
+        assert_eq!(scope(6), ScanScope::Full);
+        assert_eq!(scope(7), ScanScope::Full, "unwatched: every tick is full");
         let logs = r.logs.lock().unwrap();
         assert_eq!(
             logs[1].field("mode"),
