@@ -16,6 +16,9 @@ use treesync_stages::root::Root;
 #[derive(Debug)]
 pub struct ReplicaLock {
     _file: File,
+    /// The state folder was made just now (its creation moved the replica
+    /// root's mtime).
+    pub made_state_dir: bool,
 }
 
 #[derive(Debug, Error)]
@@ -32,10 +35,11 @@ pub fn acquire(replica: &Path) -> Result<ReplicaLock, LockError> {
         source,
     };
     let root = Root::open(replica).map_err(io_err)?;
-    match mkdirat(root.fd(), STATE_DIR, Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(Errno::EXIST) => {}
+    let made_state_dir = match mkdirat(root.fd(), STATE_DIR, Mode::from_raw_mode(0o755)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
         Err(e) => return Err(io_err(e.into())),
-    }
+    };
     // Never through a link: the replica's content is not ours to trust.
     let dir_flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
     let dir =
@@ -64,7 +68,10 @@ pub fn acquire(replica: &Path) -> Result<ReplicaLock, LockError> {
     file.set_len(0).map_err(io_err)?;
     file.rewind().map_err(io_err)?;
     writeln!(file, "{}", std::process::id()).map_err(io_err)?;
-    Ok(ReplicaLock { _file: file })
+    Ok(ReplicaLock {
+        _file: file,
+        made_state_dir,
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ fn run(cli: Cli) -> i32 {
         format: config::log_format(cli.log_format),
         terminal: Verbosity::Quiet,
     };
-    let config = match Config::from_cli(cli) {
+    let mut config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             // Never write a log the mirror would delete or into a folder
@@ -45,7 +45,7 @@ fn run(cli: Cli) -> i32 {
         pipeline::exit::FATAL
     };
     // A dry run writes nothing under the replica: no folder, no lock.
-    let _lock = if config.sync.dry_run {
+    let lock = if config.sync.dry_run {
         None
     } else {
         if config.replica_missing {
@@ -61,6 +61,11 @@ fn run(cli: Cli) -> i32 {
             Err(e) => return fatal(&e),
         }
     };
+    // Making the state folder moved the root's mtime: the first sync sets
+    // it back as part of that, not as a change of the source.
+    if lock.as_ref().is_some_and(|l| l.made_state_dir) {
+        config.sync.fresh_replica = true;
+    }
     let logger = match Logger::open(&config.log) {
         Ok(l) => l,
         Err(e) => {
@@ -71,7 +76,10 @@ fn run(cli: Cli) -> i32 {
             return pipeline::exit::FATAL;
         }
     };
-    actix::System::new().block_on(pipeline::run(config, logger))
+    let status = actix::System::new().block_on(pipeline::run(config, logger));
+    // Held until the run is over.
+    drop(lock);
+    status
 }
 
 /// Appends a fatal error to the log file, if it can be opened; the error is
