@@ -98,7 +98,9 @@ impl HashCache {
     pub fn save(&mut self, replica: &Root) -> io::Result<()> {
         let state =
             replica.open_dir(&crate::relpath::RelPath::new(STATE_DIR).unwrap_or_default())?;
-        let tmp = format!("{FILE_NAME}.tmp-{}", std::process::id());
+        // One process per replica (the lock): a fixed name, so a crash
+        // leaves at most one stale temporary, replaced next time.
+        let tmp = format!("{FILE_NAME}.tmp");
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&state, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;

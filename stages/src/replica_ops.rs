@@ -212,7 +212,9 @@ impl ReplicaOps {
         let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
             rfs::openat(dir.as_fd(), n, TEMP_FLAGS, Mode::from_raw_mode(0o600))
         })?;
-        let bytes = copy_content(&src, &tmp_fd).map_err(std_err("copy the content", path))?;
+        let expected = before.st_size as u64;
+        let bytes =
+            copy_content(&src, &tmp_fd, expected).map_err(std_err("copy the content", path))?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
         if !same_content_stamp(&before, &after) || bytes != after.st_size as u64 {
             // `temp` is dropped here, which removes it.
@@ -561,12 +563,18 @@ fn source_parent_failed(e: io::Error, path: &RelPath) -> Halt {
 
 /// Copies from the current position of `src` to that of `dst` until the
 /// end of `src`, with the kernel's `copy_file_range` where it works.
-fn copy_content(src: &OwnedFd, dst: &OwnedFd) -> io::Result<u64> {
+/// Copies `src` to its end into `dst` in the kernel. `expected` is the size
+/// seen when `src` was opened: some filesystems (FUSE, procfs-like) end a
+/// kernel copy early, so short of it, reading finds what is really there.
+fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         // An injected write failure (the disk filling up mid-copy).
         fail_point!("replica_ops::copy::write", |_| Err(Errno::NOSPC.into()));
         match rfs::copy_file_range(src, None, dst, None, RANGE_CHUNK) {
+            Ok(0) if total < expected => {
+                return copy_buffered(src, dst).map(|rest| total + rest);
+            }
             Ok(0) => return Ok(total),
             Ok(n) => total += n as u64,
             Err(Errno::INTR) => {}
@@ -804,7 +812,7 @@ mod tests {
             let n = if buffered {
                 copy_buffered(&src, &dst).unwrap()
             } else {
-                copy_content(&src, &dst).unwrap()
+                copy_content(&src, &dst, data.len() as u64).unwrap()
             };
             assert_eq!(n, data.len() as u64);
             assert_eq!(fs::read(tmp.path().join(name)).unwrap(), data);
