@@ -355,26 +355,32 @@ impl<'a> Planner<'a> {
         if !s.kind.same_type(&r.kind) {
             return self.replace(s, r);
         }
-        let path = s.path.clone();
+        // Paths are cloned only for what the plan keeps: on a no-change
+        // tick this runs for every entry.
+        let path = || s.path.clone();
         match &s.kind {
             EntryKind::Dir => {
-                let fresh = path.is_root() && self.opts.fresh_root;
+                let fresh = s.path.is_root() && self.opts.fresh_root;
                 let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
+                let mtime_changed = !fresh && s.meta.mtime != r.meta.mtime;
                 self.dirs.push(DirState {
-                    path,
+                    path: path(),
                     meta: s.meta,
-                    mtime_changed: !fresh && s.meta.mtime != r.meta.mtime,
+                    mtime_changed,
                     other_changed,
                     created: fresh,
                 });
             }
             EntryKind::File => {
                 if self.content_differs(s, r) {
-                    self.touch_parent(&path);
-                    self.files.push(Op::Update { path, meta: s.meta });
+                    self.touch_parent(&s.path);
+                    self.files.push(Op::Update {
+                        path: path(),
+                        meta: s.meta,
+                    });
                 } else if self.meta_differs(&s.meta, &r.meta, true) {
                     self.files.push(Op::SetMeta {
-                        path,
+                        path: path(),
                         link: false,
                         meta: s.meta,
                     });
@@ -382,15 +388,15 @@ impl<'a> Planner<'a> {
             }
             EntryKind::Symlink { target } => {
                 if Some(target.as_ref()) != link_target(r) {
-                    self.touch_parent(&path);
+                    self.touch_parent(&s.path);
                     self.files.push(Op::Symlink {
-                        path,
+                        path: path(),
                         target: target.clone(),
                         meta: s.meta,
                     });
                 } else if self.meta_differs(&s.meta, &r.meta, false) {
                     self.files.push(Op::SetMeta {
-                        path,
+                        path: path(),
                         link: true,
                         meta: s.meta,
                     });
