@@ -23,6 +23,10 @@ pub struct Root {
     path: PathBuf,
 }
 
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
     .union(OFlags::CLOEXEC)
@@ -61,17 +65,42 @@ impl Root {
         if rel.is_root() {
             return Ok(rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?);
         }
-        let resolve =
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rfs::openat2(&self.fd, rel.as_bytes(), DIR_FLAGS, Mode::empty(), resolve) {
+        match rfs::openat2(&self.fd, rel.as_bytes(), DIR_FLAGS, Mode::empty(), RESOLVE) {
             Ok(fd) => Ok(fd),
-            // No openat2, a path over PATH_MAX, or a concurrent rename that
-            // openat2 refuses to resolve: walk one component at a time.
-            Err(Errno::NOSYS | Errno::NAMETOOLONG | Errno::AGAIN | Errno::PERM) => {
-                self.open_dir_stepwise(rel)
-            }
+            // Longer than PATH_MAX: a few calls, each a piece that fits.
+            Err(Errno::NAMETOOLONG) => match self.open_dir_in_pieces(rel) {
+                Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => self.open_dir_stepwise(rel),
+                other => Ok(other?),
+            },
+            // No openat2, or a concurrent rename that openat2 refuses to
+            // resolve: walk one component at a time.
+            Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => self.open_dir_stepwise(rel),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Opens a folder deeper than PATH_MAX: pieces of the path that fit are
+    /// opened one after the other, each confined like a whole path, so the
+    /// cost grows with the path's length, not with its square.
+    fn open_dir_in_pieces(&self, rel: &RelPath) -> Result<OwnedFd, Errno> {
+        const PIECE: usize = 2048;
+        let mut fd = rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?;
+        let mut piece: Vec<u8> = Vec::with_capacity(PIECE + 256);
+        let mut names = rel.components().peekable();
+        while let Some(name) = names.next() {
+            if !piece.is_empty() {
+                piece.push(b'/');
+            }
+            piece.extend_from_slice(name);
+            if names
+                .peek()
+                .is_none_or(|next| piece.len() + 1 + next.len() > PIECE)
+            {
+                fd = rfs::openat2(&fd, piece.as_slice(), DIR_FLAGS, Mode::empty(), RESOLVE)?;
+                piece.clear();
+            }
+        }
+        Ok(fd)
     }
 
     fn open_dir_stepwise(&self, rel: &RelPath) -> io::Result<OwnedFd> {
@@ -166,6 +195,30 @@ mod tests {
         let ab = RelPath::from_str_lossy("a/b");
         let (_, name) = r.open_parent(&ab).unwrap();
         assert_eq!(name, b"b");
+    }
+
+    #[test]
+    fn opens_folders_deeper_than_path_max_in_pieces_and_never_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = [b'd'; 200];
+        let mut fd = rfs::openat(rfs::CWD, tmp.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let mut rel = RelPath::root();
+        for _ in 0..40 {
+            rfs::mkdirat(&fd, &name[..], Mode::from_raw_mode(0o755)).unwrap();
+            fd = rfs::openat(&fd, &name[..], DIR_FLAGS, Mode::empty()).unwrap();
+            rel = rel.join(&name);
+        }
+        assert!(rel.as_bytes().len() > 4096);
+        rfs::mkdirat(&fd, "leaf", Mode::from_raw_mode(0o755)).unwrap();
+        rfs::symlinkat("/", &fd, "link").unwrap();
+        let r = Root::open(tmp.path()).unwrap();
+        let leaf = r.open_dir(&rel.join(b"leaf")).unwrap();
+        let ino = rfs::fstat(&leaf).unwrap().st_ino;
+        assert_eq!(
+            ino,
+            rfs::statat(&fd, "leaf", AtFlags::empty()).unwrap().st_ino
+        );
+        assert!(r.open_dir(&rel.join(b"link")).is_err());
     }
 
     #[test]
