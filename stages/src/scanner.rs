@@ -284,7 +284,9 @@ pub fn scan_folders(
         }
         let old = if source_side { &old_src } else { &old_rep };
         old.get(&fresh.path).is_some_and(|e| {
+            // An excluded folder was not entered: its listing is not known.
             e.kind.is_dir()
+                && e.excluded == fresh.excluded
                 && e.meta.id == fresh.meta.id
                 && e.meta.mtime == fresh.meta.mtime
                 && e.meta.ctime == fresh.meta.ctime
@@ -313,6 +315,9 @@ pub fn scan_folders(
     }
     let src_relisted: HashSet<RelPath> = fresh.listed_source.iter().cloned().collect();
     let rep_relisted: HashSet<RelPath> = fresh.listed_replica.iter().cloned().collect();
+    if source_folder_went(&src_relisted, &old_src, &fresh.source, &old_rep) {
+        return full();
+    }
     let count = src_relisted.union(&rep_relisted).count() as u64;
     // The stages downstream are done with the last listings by now: they
     // are updated in place, not copied.
@@ -358,6 +363,26 @@ fn relistable(
     seeds
 }
 
+/// True when a folder of the source went (or became something else) while
+/// the replica still has it: the rules deciding there were the source's and
+/// now are the replica's own, for the whole subtree.
+fn source_folder_went(
+    relisted: &HashSet<RelPath>,
+    old_src: &Listing,
+    fresh_src: &Listing,
+    old_rep: &Listing,
+) -> bool {
+    relisted.iter().any(|folder| {
+        old_src.entries[subtree(&old_src.entries, folder)]
+            .iter()
+            .filter(|e| e.kind.is_dir() && e.path.parent().as_ref() == Some(folder))
+            .any(|e| {
+                !fresh_src.get(&e.path).is_some_and(|f| f.kind.is_dir())
+                    && old_rep.get(&e.path).is_some_and(|r| r.kind.is_dir())
+            })
+    })
+}
+
 /// True when a `.syncignore` in a listed folder appeared, went or changed.
 fn rules_changed(seeds: &[RelPath], old: &Listing, fresh: &Listing) -> bool {
     seeds.iter().any(|folder| {
@@ -375,31 +400,26 @@ fn rules_changed(seeds: &[RelPath], old: &Listing, fresh: &Listing) -> bool {
 /// by the fresh ones. An old folder that is no longer a folder takes its
 /// whole subtree with it; one still there keeps its subtree (whatever
 /// changed inside it was listed again).
-pub fn merge(old: Listing, fresh: Listing, relisted: &HashSet<RelPath>) -> Listing {
-    let mut kept: Vec<Entry> = Vec::with_capacity(old.entries.len());
-    let mut gone: Option<RelPath> = None;
-    for e in old.entries {
-        if let Some(prefix) = &gone {
-            if e.path.starts_with(prefix) {
-                continue;
-            }
-            gone = None;
-        }
-        // Listed again: as an entry of a folder listed again, or as such a
-        // folder itself (its own entry is listed with it).
-        let replaced = e.path.parent().is_some_and(|p| relisted.contains(&p))
-            || (relisted.contains(&e.path) && fresh.get(&e.path).is_some());
-        if !replaced {
-            kept.push(e);
-            continue;
-        }
-        let still_dir = fresh.get(&e.path).is_some_and(|f| f.kind.is_dir());
-        if e.kind.is_dir() && !still_dir {
-            gone = Some(e.path);
-        }
+pub fn merge(old: Listing, mut fresh: Listing, relisted: &HashSet<RelPath>) -> Listing {
+    let mut entries = old.entries;
+    // Only the subtrees of the folders listed again change: each is one
+    // contiguous run of the sorted listing, replaced in place. The rest of
+    // the listing (all of it but what changed, usually) is not touched.
+    let mut tops: Vec<&RelPath> = relisted
+        .iter()
+        .filter(|f| !ancestors(f).any(|a| relisted.contains(&a)))
+        .collect();
+    tops.sort_unstable();
+    for top in tops.into_iter().rev() {
+        let old_run = subtree(&entries, top);
+        let fresh_run = subtree(&fresh.entries, top);
+        let fresh_part: Vec<Entry> = fresh.entries.drain(fresh_run).collect();
+        let old_part: Vec<Entry> = entries.drain(old_run.clone()).collect();
+        let merged = merge_run(old_part, fresh_part, relisted);
+        entries.splice(old_run.start..old_run.start, merged);
     }
     let mut merged = Listing {
-        entries: merge_sorted(kept, fresh.entries),
+        entries,
         incomplete: old.incomplete,
     };
     merged.incomplete.retain(|d| !relisted.contains(d));
@@ -411,6 +431,54 @@ pub fn merge(old: Listing, fresh: Listing, relisted: &HashSet<RelPath>) -> Listi
         .incomplete
         .retain(|d| entries.binary_search_by(|e| e.path.cmp(d)).is_ok());
     merged
+}
+
+/// The folders above `path`, nearest first.
+fn ancestors(path: &RelPath) -> impl Iterator<Item = RelPath> {
+    std::iter::successors(path.parent(), RelPath::parent)
+}
+
+/// The index range of `folder` and everything below it in a sorted listing.
+fn subtree(entries: &[Entry], folder: &RelPath) -> std::ops::Range<usize> {
+    let start = entries.partition_point(|e| e.path < *folder);
+    let len = entries[start..].partition_point(|e| e.path.starts_with(folder));
+    start..start + len
+}
+
+/// One subtree of the previous listing with the entries of the folders
+/// listed again replaced by the fresh ones. An old folder that is no longer
+/// a folder takes its whole subtree with it; one still there keeps its
+/// subtree (whatever changed inside it was listed again).
+fn merge_run(old: Vec<Entry>, fresh: Vec<Entry>, relisted: &HashSet<RelPath>) -> Vec<Entry> {
+    let in_fresh = |path: &RelPath| {
+        fresh
+            .binary_search_by(|e| e.path.cmp(path))
+            .ok()
+            .map(|i| &fresh[i])
+    };
+    let mut kept: Vec<Entry> = Vec::with_capacity(old.len());
+    let mut gone: Option<RelPath> = None;
+    for e in old {
+        if let Some(prefix) = &gone {
+            if e.path.starts_with(prefix) {
+                continue;
+            }
+            gone = None;
+        }
+        // Listed again: as an entry of a folder listed again, or as such a
+        // folder itself (its own entry is listed with it).
+        let now = in_fresh(&e.path);
+        let replaced = e.path.parent().is_some_and(|p| relisted.contains(&p))
+            || (relisted.contains(&e.path) && now.is_some());
+        if !replaced {
+            kept.push(e);
+            continue;
+        }
+        if e.kind.is_dir() && !now.is_some_and(|f| f.kind.is_dir()) {
+            gone = Some(e.path);
+        }
+    }
+    merge_sorted(kept, fresh)
 }
 
 /// Merges two sorted, disjoint entry lists.
