@@ -234,6 +234,27 @@ mod tests {
     }
 
     #[test]
+    fn overflow_means_a_rescan_and_a_watch_limit_means_full_rescans_for_good() {
+        let roots = vec![PathBuf::from("/src")];
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(matches!(
+            reduce(&roots, Ok(overflow)),
+            Reduced::Lost {
+                unwatched: false,
+                ..
+            }
+        ));
+        let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        assert!(matches!(
+            reduce(&roots, Err(limit)),
+            Reduced::Lost {
+                unwatched: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn a_root_moved_away_means_unwatched() {
         let roots = vec![PathBuf::from("/src"), PathBuf::from("/dst")];
         let moved = Event::new(EventKind::Modify(ModifyKind::Name(
