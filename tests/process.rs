@@ -415,6 +415,13 @@ fn without_watching_each_tick_repairs_the_replica() {
 }
 
 #[test]
+fn watching_repairs_the_replica_from_its_events_alone() {
+    // The default rescan period is an hour: only the replica's own events
+    // can bring the repair within the test's deadline.
+    repairs_the_replica(&[]);
+}
+
+#[test]
 fn the_periodic_rescan_repairs_the_replica() {
     repairs_the_replica(&["--rescan", "2s"]);
 }
