@@ -757,6 +757,11 @@ fn check_contract(e: &Entry, line: &str) {
             assert!(e.str("op").is_some(), "error without `op`: {line}");
             assert!(e.str("error").is_some(), "error without `error`: {line}");
         }
+        // Warnings about watching concern the whole run, not a path (like
+        // the entries about a whole tick).
+        "warn" if e.path.is_none() => {
+            assert!(e.str("reason").is_some(), "warn without reason: {line}");
+        }
         verb => {
             let p = e
                 .path
