@@ -121,7 +121,7 @@ fn compare_pair(
             Ok(a) => same(a == b, "source hashed"),
             Err(e) => unknown("source", e),
         },
-        (None, None) => match compare_contents(source, &s.path, replica, &r.path) {
+        (None, None) => match compare_contents(source, &s.path, replica, &r.path, s.meta.size) {
             Ok(Compared::Differ { at }) => same(false, &format!("first difference at byte {at}")),
             Ok(Compared::Equal {
                 digest,
@@ -185,10 +185,11 @@ fn compare_contents(
     s_path: &RelPath,
     replica: &Root,
     r_path: &RelPath,
+    size: u64,
 ) -> Result<Compared, (&'static str, io::Error)> {
     let mut a = open_regular(source, s_path).map_err(|e| ("source", e))?;
     let mut b = open_regular(replica, r_path).map_err(|e| ("replica", e))?;
-    let (mut buf_a, mut buf_b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let (mut buf_a, mut buf_b) = (buffer(size), buffer(size));
     let mut hasher = Sha1::new();
     let mut offset = 0u64;
     loop {
@@ -218,6 +219,13 @@ fn compare_contents(
         source_after: after(&a).map_err(|e| ("source", e.into()))?,
         replica_after: after(&b).map_err(|e| ("replica", e.into()))?,
     })
+}
+
+/// A read buffer for a file of `size` bytes: small files (most of them)
+/// must not pay for zeroing a large block each.
+fn buffer(size: u64) -> Vec<u8> {
+    let len = usize::try_from(size).unwrap_or(BLOCK).saturating_add(1);
+    vec![0u8; len.clamp(4096, BLOCK)]
 }
 
 /// Fills `buf` as far as the file allows; 0 at the end.
@@ -252,8 +260,9 @@ fn open_regular(root: &Root, path: &RelPath) -> io::Result<std::fs::File> {
 /// links; returns the digest with the file's metadata after reading.
 pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
     let mut file = open_regular(root, path)?;
+    let size = file.metadata().map_or(BLOCK as u64, |m| m.len());
     let mut hasher = Sha1::new();
-    let mut buf = vec![0u8; BLOCK];
+    let mut buf = buffer(size);
     loop {
         let n = read_full(&mut file, &mut buf)?;
         if n == 0 {
