@@ -108,6 +108,7 @@ impl Config {
             fsync: cli.fsync,
             watch,
             fresh_replica: replica_missing,
+            verbose: cli.verbose,
         };
         let log = LogConfig {
             file: log_file,

@@ -366,8 +366,10 @@ impl Handler<TreesScanned> for Hasher {
                 }
             }
             drop(cache);
-            for ev in events {
-                log.do_send(ev);
+            if opts.verbose {
+                for ev in events {
+                    log.do_send(ev);
+                }
             }
             TreesHashed {
                 tick: msg.tick,

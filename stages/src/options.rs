@@ -90,6 +90,9 @@ pub struct SyncOptions {
     /// Filesystem events narrow the ticks: the Scanner keeps its listings
     /// between ticks to update them.
     pub watch: bool,
+    /// `-v`: stages send their detail events (what was compared, why);
+    /// otherwise they spare the Logger events it would drop.
+    pub verbose: bool,
     /// The replica root was created by this run: the first sync gives it
     /// the source root's metadata as part of making it, not as `meta`.
     pub fresh_replica: bool,
@@ -112,6 +115,7 @@ impl SyncOptions {
             fsync: false,
             watch: false,
             fresh_replica: false,
+            verbose: false,
         }
     }
 }
