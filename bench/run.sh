@@ -58,7 +58,7 @@ peers_for() { # kind scenario checksum
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM,"
   echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r);"
-  echo "$(rsync --version | head -1 | cut -d' ' -f1-3), $(rclone --version 2>/dev/null | head -1),"
+  echo "rsync $(rsync --version | head -1 | awk '{print $3}'), $(rclone --version 2>/dev/null | head -1),"
   echo "treesync $(git -C "$ROOT" rev-parse --short HEAD)."
   echo
 } >"$OUT"
