@@ -9,6 +9,7 @@
 //! the check and is ignored (the cache starts empty), never trusted.
 
 use crate::model::{Digest, Meta, Timestamp, STATE_DIR};
+use crate::relpath::RelPath;
 use crate::root::Root;
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
@@ -128,8 +129,7 @@ impl HashCache {
 
     /// Replaces the saved cache atomically.
     pub fn save(&mut self, replica: &Root) -> io::Result<()> {
-        let state =
-            replica.open_dir(&crate::relpath::RelPath::new(STATE_DIR).unwrap_or_default())?;
+        let state = open_state_dir(replica)?;
         // One process per replica (the lock): a fixed name, so a crash
         // leaves at most one stale temporary, replaced next time.
         let tmp = format!("{FILE_NAME}.tmp");
@@ -168,8 +168,14 @@ impl HashCache {
     }
 }
 
+/// `REPLICA/.treesync`, reached like any replica folder (never via a link).
+fn open_state_dir(replica: &Root) -> io::Result<rustix::fd::OwnedFd> {
+    let state = RelPath::root().join(STATE_DIR);
+    replica.open_dir(&state)
+}
+
 fn read_state_file(replica: &Root) -> io::Result<Vec<u8>> {
-    let state = replica.open_dir(&crate::relpath::RelPath::new(STATE_DIR).unwrap_or_default())?;
+    let state = open_state_dir(replica)?;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&state, FILE_NAME, flags, Mode::empty())?;
     let mut bytes = Vec::new();
