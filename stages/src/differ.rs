@@ -546,9 +546,20 @@ impl Handler<TreesHashed> for Differ {
             },
         );
         self.first = false;
+        // Totals of the writes ahead, for the progress display.
+        let (copies, bytes) = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Copy { meta, .. } | Op::Update { meta, .. } => Some(meta.size),
+                _ => None,
+            })
+            .fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
         self.log.do_send(
             LogEvent::new(crate::messages::Verb::Detail("plan"), None)
                 .with_u64("ops", plan.ops.len() as u64)
+                .with_u64("copies", copies)
+                .with_u64("bytes", bytes)
                 .with_u64("source_entries", msg.source.entries.len() as u64)
                 .with_u64("replica_entries", msg.replica.entries.len() as u64),
         );
