@@ -13,13 +13,13 @@
 
 use crate::messages::{LogEvent, PlanMade, TreesHashed};
 use crate::model::{
-    is_temp_name, Content, Entry, EntryKind, Listing, Meta, IGNORE_FILE, STATE_DIR,
+    is_temp_name, Entry, EntryKind, Listing, Meta, SameContent, IGNORE_FILE, STATE_DIR,
 };
 use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan, RootIds};
 use crate::relpath::RelPath;
 use actix::{Actor, Context, Handler, Recipient};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// The options that shape a plan.
@@ -50,7 +50,7 @@ impl From<&SyncOptions> for DiffOptions {
 pub fn diff(
     source: &Listing,
     replica: &Listing,
-    contents: &HashMap<RelPath, Content>,
+    contents: &SameContent,
     opts: DiffOptions,
 ) -> Plan {
     let roots = match (source.root(), replica.root()) {
@@ -114,7 +114,7 @@ struct DirState {
 struct Planner<'a> {
     source: &'a Listing,
     replica: &'a Listing,
-    contents: &'a HashMap<RelPath, Content>,
+    contents: &'a SameContent,
     opts: DiffOptions,
     allow_deletions: bool,
     report: Vec<Op>,
@@ -134,7 +134,7 @@ impl<'a> Planner<'a> {
     fn new(
         source: &'a Listing,
         replica: &'a Listing,
-        contents: &'a HashMap<RelPath, Content>,
+        contents: &'a SameContent,
         opts: DiffOptions,
         allow_deletions: bool,
     ) -> Self {
@@ -162,7 +162,7 @@ impl<'a> Planner<'a> {
         while i < src.len() || j < rep.len() {
             match (src.get(i), rep.get(j)) {
                 (Some(s), Some(r)) if s.path == r.path => {
-                    self.both(s, r);
+                    self.both(s, r, i);
                     i += 1;
                     j += 1;
                 }
@@ -348,7 +348,8 @@ impl<'a> Planner<'a> {
         });
     }
 
-    fn both(&mut self, s: &Entry, r: &Entry) {
+    /// `index`: the source entry's place in the source listing.
+    fn both(&mut self, s: &Entry, r: &Entry, index: usize) {
         if in_state_dir(&s.path) || self.skipped(s) {
             return;
         }
@@ -372,7 +373,7 @@ impl<'a> Planner<'a> {
                 });
             }
             EntryKind::File => {
-                if self.content_differs(s, r) {
+                if self.content_differs(s, r, index) {
                     self.touch_parent(&s.path);
                     self.files.push(Op::Update {
                         path: path(),
@@ -428,12 +429,12 @@ impl<'a> Planner<'a> {
         self.create(s);
     }
 
-    fn content_differs(&self, s: &Entry, r: &Entry) -> bool {
+    fn content_differs(&self, s: &Entry, r: &Entry, index: usize) -> bool {
         if s.meta.size != r.meta.size {
             return true;
         }
         if crate::model::needs_content_check(&s.meta, &r.meta, self.opts.checksum) {
-            return self.contents.get(&s.path) != Some(&Content::Same);
+            return !self.contents.contains(index);
         }
         false
     }
@@ -625,7 +626,7 @@ mod tests {
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
-        diff(src, rep, &HashMap::new(), opts())
+        diff(src, rep, &SameContent::default(), opts())
     }
     fn render(plan: &Plan) -> String {
         let mut out = String::new();
@@ -695,11 +696,8 @@ mod tests {
             file("differs", 5, 10),
             file("unread", 5, 10),
         ]);
-        let contents = HashMap::from([
-            (RelPath::from_str_lossy("same"), Content::Same),
-            (RelPath::from_str_lossy("differs"), Content::Differs),
-            (RelPath::from_str_lossy("unread"), Content::Unknown),
-        ]);
+        // "differs" was found different, "unread" could not be read.
+        let contents = SameContent::of_paths(&s, ["same"]);
         insta::assert_snapshot!(render(&diff(&s, &r, &contents, opts())), @r"
         update differs 5
         meta same link=false
@@ -721,10 +719,7 @@ mod tests {
     #[test]
     fn checksum_compares_content_even_when_metadata_agrees() {
         let s = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
-        let contents = HashMap::from([
-            (RelPath::from_str_lossy("a"), Content::Differs),
-            (RelPath::from_str_lossy("b"), Content::Same),
-        ]);
+        let contents = SameContent::of_paths(&s, ["b"]);
         let o = DiffOptions {
             checksum: true,
             ..opts()
@@ -748,7 +743,7 @@ mod tests {
             ..opts()
         };
         assert_eq!(
-            render(&diff(&s, &r, &HashMap::new(), as_root)),
+            render(&diff(&s, &r, &SameContent::default(), as_root)),
             "meta suid link=false\nmeta x link=false\n"
         );
     }
@@ -827,7 +822,7 @@ mod tests {
             delete_excluded: true,
             ..opts()
         };
-        insta::assert_snapshot!(render(&diff(&s, &r, &HashMap::new(), o)), @r"
+        insta::assert_snapshot!(render(&diff(&s, &r, &SameContent::default(), o)), @r"
         delete gone/plain
         delete gone/cache
         rmdir gone
@@ -902,7 +897,7 @@ mod tests {
             max_delete: MaxDelete::Percent(50),
             ..opts()
         };
-        let p = diff(&listing(src), &listing(rep), &HashMap::new(), o);
+        let p = diff(&listing(src), &listing(rep), &SameContent::default(), o);
         insta::assert_snapshot!(render(&p), @r"
         GUARD would_delete=16 managed=22 limit=50%
         delete t
@@ -921,7 +916,7 @@ mod tests {
         let p = diff(
             &listing(vec![]),
             &listing(vec![file("x", 1, 1)]),
-            &HashMap::new(),
+            &SameContent::default(),
             o,
         );
         assert!(p.guard.is_some());
@@ -994,7 +989,7 @@ mod tests {
             ..opts()
         };
         assert_eq!(
-            render(&diff(&s, &r, &HashMap::new(), fresh)),
+            render(&diff(&s, &r, &SameContent::default(), fresh)),
             "finish . changed=false\n"
         );
     }

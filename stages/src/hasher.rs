@@ -10,7 +10,9 @@
 
 use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
-use crate::model::{needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta};
+use crate::model::{
+    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, SameContent,
+};
 use crate::options::SyncOptions;
 use crate::relpath::RelPath;
 use crate::root::Root;
@@ -18,13 +20,22 @@ use crate::stop::StopFlag;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient};
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Paths of files present on both sides whose content needs comparing.
-pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<(Entry, Entry)> {
+/// A file present on both sides whose content needs comparing: its
+/// places in the source and replica listings. Indices, not copies: a
+/// `--checksum` tick has a pair for every file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub source: usize,
+    pub replica: usize,
+}
+
+/// The files present on both sides whose content needs comparing.
+pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<Pair> {
     let (src, rep) = (&source.entries, &replica.entries);
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < src.len() && j < rep.len() {
@@ -37,7 +48,10 @@ pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<(E
                     && r.kind == EntryKind::File
                     && needs_content_check(&s.meta, &r.meta, checksum)
                 {
-                    out.push((s.clone(), r.clone()));
+                    out.push(Pair {
+                        source: i,
+                        replica: j,
+                    });
                 }
                 i += 1;
                 j += 1;
@@ -47,82 +61,141 @@ pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<(E
     out
 }
 
-/// Compares the candidates on `jobs` threads; returns each verdict and the
-/// detail events to log.
+/// Both trees as scanned and opened, for the comparisons of one tick.
+pub struct Sides<'a> {
+    pub source: &'a Listing,
+    pub replica: &'a Listing,
+    pub source_root: &'a Root,
+    pub replica_root: &'a Root,
+}
+
+/// Why a comparison found what it found (the `-v` detail).
+type Why = Cow<'static, str>;
+
+/// Compares the candidates; returns the files found equal and, when
+/// `explain`, a detail event per comparison.
+///
+/// Pairs whose digests are both cached are decided first, under one lock
+/// of the cache: on a `--checksum` tick of an unchanged tree that is every
+/// pair, and nothing is read. The rest are read on `jobs` threads.
 pub fn compare_all(
-    pairs: &[(Entry, Entry)],
-    source: &Root,
-    replica: &Root,
+    pairs: &[Pair],
+    sides: &Sides,
     cache: &Mutex<HashCache>,
     tick: u64,
     jobs: usize,
+    explain: bool,
     stop: &StopFlag,
-) -> (HashMap<RelPath, Content>, Vec<LogEvent>) {
-    let next = AtomicUsize::new(0);
-    let results = Mutex::new((HashMap::with_capacity(pairs.len()), Vec::new()));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, pairs.len().max(1)) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((s, r)) = pairs.get(i) else { break };
-                if stop.is_requested() {
-                    break;
-                }
-                let (verdict, why) = compare_pair(source, s, replica, r, cache, tick);
-                let ev = LogEvent::op(Verb::Detail("compare"), &s.path).with_str("content", why);
-                let mut guard = results.lock().unwrap_or_else(|p| p.into_inner());
-                guard.0.insert(s.path.clone(), verdict);
-                guard.1.push(ev);
-            });
+) -> (SameContent, Vec<LogEvent>) {
+    let mut same = SameContent::default();
+    let mut events = Vec::new();
+    let mut record = |p: &Pair, verdict: Content, why: Why| {
+        if verdict == Content::Same {
+            same.mark(p.source);
         }
+        if explain {
+            let path = &sides.source.entries[p.source].path;
+            events.push(LogEvent::op(Verb::Detail("compare"), path).with_str("content", why));
+        }
+    };
+    let mut misses = Vec::new();
+    {
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        for p in pairs {
+            let (s, r) = sides.pair(p);
+            match (
+                c.get(&CacheKey::from(&s.meta), tick),
+                c.get(&CacheKey::from(&r.meta), tick),
+            ) {
+                (Some(a), Some(b)) => {
+                    let (verdict, why) = judge(a == b, "cached digests");
+                    record(p, verdict, why);
+                }
+                halves => misses.push((*p, halves)),
+            }
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let found = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, misses.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut found = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((p, halves)) = misses.get(i) else {
+                            break;
+                        };
+                        if stop.is_requested() {
+                            break;
+                        }
+                        let (verdict, why) = compare_pair(sides, p, *halves, cache, tick);
+                        found.push((*p, verdict, why));
+                    }
+                    found
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect::<Vec<_>>()
     });
-    results.into_inner().unwrap_or_else(|p| p.into_inner())
+    for (p, verdict, why) in found {
+        record(&p, verdict, why);
+    }
+    (same, events)
 }
 
-/// Decides whether a source file and its replica hold the same bytes.
+impl Sides<'_> {
+    fn pair(&self, p: &Pair) -> (&Entry, &Entry) {
+        (
+            &self.source.entries[p.source],
+            &self.replica.entries[p.replica],
+        )
+    }
+}
+
+fn judge(equal: bool, how: &str) -> (Content, Why) {
+    if equal {
+        (Content::Same, format!("same ({how})").into())
+    } else {
+        (Content::Differs, format!("differs ({how})").into())
+    }
+}
+
+/// Decides whether a source file and its replica hold the same bytes;
+/// `cached` holds the digests the cache already had for either side.
 ///
-/// Cached digests answer without reading. With one side cached, the other
-/// is hashed. With none, both files are read side by side and the first
-/// differing block ends the comparison: a large file with a small change
-/// costs a short read before its copy, and equal files cost one read of
-/// each plus one SHA-1 (kept for both, so the next comparison reads
-/// nothing).
+/// With one side cached, the other is hashed. With none, both files are
+/// read side by side and the first differing block ends the comparison: a
+/// large file with a small change costs a short read before its copy, and
+/// equal files cost one read of each plus one SHA-1 (kept for both, so the
+/// next comparison reads nothing).
 fn compare_pair(
-    source: &Root,
-    s: &Entry,
-    replica: &Root,
-    r: &Entry,
+    sides: &Sides,
+    p: &Pair,
+    cached: (Option<Digest>, Option<Digest>),
     cache: &Mutex<HashCache>,
     tick: u64,
-) -> (Content, String) {
-    let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+) -> (Content, Why) {
+    let (s, r) = sides.pair(p);
+    let (source, replica) = (sides.source_root, sides.replica_root);
     let (s_key, r_key) = (CacheKey::from(&s.meta), CacheKey::from(&r.meta));
-    let cached = {
-        let mut c = lock();
-        (c.get(&s_key, tick), c.get(&r_key, tick))
-    };
-    let same = |equal: bool, how: &str| {
-        let content = if equal {
-            Content::Same
-        } else {
-            Content::Differs
-        };
-        let word = if equal { "same" } else { "differs" };
-        (content, format!("{word} ({how})"))
-    };
-    let unknown = |side: &str, e: io::Error| (Content::Unknown, format!("{side} unreadable: {e}"));
+    let unknown =
+        |side: &str, e: io::Error| (Content::Unknown, format!("{side} unreadable: {e}").into());
     match cached {
-        (Some(a), Some(b)) => same(a == b, "cached digests"),
+        (Some(a), Some(b)) => judge(a == b, "cached digests"),
         (Some(a), None) => match digest_cached(replica, r, cache, tick) {
-            Ok(b) => same(a == b, "replica hashed"),
+            Ok(b) => judge(a == b, "replica hashed"),
             Err(e) => unknown("replica", e),
         },
         (None, Some(b)) => match digest_cached(source, s, cache, tick) {
-            Ok(a) => same(a == b, "source hashed"),
+            Ok(a) => judge(a == b, "source hashed"),
             Err(e) => unknown("source", e),
         },
         (None, None) => match compare_contents(source, &s.path, replica, &r.path, s.meta.size) {
-            Ok(Compared::Differ { at }) => same(false, &format!("first difference at byte {at}")),
+            Ok(Compared::Differ { at }) => judge(false, &format!("first difference at byte {at}")),
             Ok(Compared::Equal {
                 digest,
                 source_after,
@@ -137,10 +210,10 @@ fn compare_pair(
                 if !(s_same && r_same) {
                     return (Content::Unknown, "changed while being compared".into());
                 }
-                let mut c = lock();
+                let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
                 c.insert(s_key, digest, tick);
                 c.insert(r_key, digest, tick);
-                same(true, "compared")
+                judge(true, "compared")
             }
             Err((side, e)) => unknown(side, e),
         },
@@ -317,7 +390,7 @@ impl Handler<TreesScanned> for Hasher {
                 tick: msg.tick,
                 source: msg.source,
                 replica: msg.replica,
-                contents: HashMap::new(),
+                contents: SameContent::default(),
                 errors: msg.errors,
             });
             return;
@@ -332,10 +405,6 @@ impl Handler<TreesScanned> for Hasher {
             msg.replica.clone(),
             msg.errors,
         );
-        let unknown: HashMap<RelPath, Content> = pairs
-            .iter()
-            .map(|(s, _)| (s.path.clone(), Content::Unknown))
-            .collect();
         let log_failure = self.log.clone();
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
@@ -344,16 +413,19 @@ impl Handler<TreesScanned> for Hasher {
                 *cache.lock().unwrap_or_else(|p| p.into_inner()) = HashCache::load(replica, tick);
             }
             let (contents, events) = match &roots {
-                Ok((s, r)) => compare_all(&pairs, s, r, &cache, tick, opts.jobs, &stop),
+                Ok((s, r)) => {
+                    let sides = Sides {
+                        source: &msg.source,
+                        replica: &msg.replica,
+                        source_root: s,
+                        replica_root: r,
+                    };
+                    let (jobs, verbose) = (opts.jobs, opts.verbose);
+                    compare_all(&pairs, &sides, &cache, tick, jobs, verbose, &stop)
+                }
                 // The Scanner just listed both roots; if one is gone now,
                 // every pair counts as unknown and the Applier reports it.
-                Err(_) => (
-                    pairs
-                        .iter()
-                        .map(|(s, _)| (s.path.clone(), Content::Unknown))
-                        .collect(),
-                    Vec::new(),
-                ),
+                Err(_) => (SameContent::default(), Vec::new()),
             };
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             cache.prune(tick);
@@ -366,10 +438,8 @@ impl Handler<TreesScanned> for Hasher {
                 }
             }
             drop(cache);
-            if opts.verbose {
-                for ev in events {
-                    log.do_send(ev);
-                }
+            for ev in events {
+                log.do_send(ev);
             }
             TreesHashed {
                 tick: msg.tick,
@@ -393,7 +463,7 @@ impl Handler<TreesScanned> for Hasher {
                         tick: tick_info,
                         source,
                         replica,
-                        contents: unknown,
+                        contents: SameContent::default(),
                         errors: errors + 1,
                     });
                 }
@@ -464,51 +534,91 @@ mod tests {
         assert_eq!(candidates(&mk(5, 1), &mk(5, 1), true).len(), 1);
     }
 
+    /// Listings of `names` (sorted) on both sides, each file paired with
+    /// its namesake.
+    fn listed(s: &Root, r: &Root, names: &[&str]) -> (Listing, Listing, Vec<Pair>) {
+        let mut names = names.to_vec();
+        names.sort_unstable();
+        let side = |root| Listing {
+            entries: names.iter().map(|n| scanned(root, n)).collect(),
+            incomplete: Vec::new(),
+        };
+        let pairs = (0..names.len())
+            .map(|i| Pair {
+                source: i,
+                replica: i,
+            })
+            .collect();
+        (side(s), side(r), pairs)
+    }
+
+    /// Runs `compare_all` with every detail explained; returns whether
+    /// each pair was found equal, and the reasons, in pair order.
+    fn check(
+        (source, replica, pairs): &(Listing, Listing, Vec<Pair>),
+        roots: (&Root, &Root),
+        cache: &Mutex<HashCache>,
+        tick: u64,
+        jobs: usize,
+    ) -> Vec<(bool, String)> {
+        let sides = Sides {
+            source,
+            replica,
+            source_root: roots.0,
+            replica_root: roots.1,
+        };
+        let (same, events) = compare_all(pairs, &sides, cache, tick, jobs, true, &StopFlag::new());
+        assert_eq!(events.len(), pairs.len());
+        pairs
+            .iter()
+            .map(|p| {
+                let path = &source.entries[p.source].path;
+                let ev = events
+                    .iter()
+                    .find(|e| e.path.as_ref() == Some(path))
+                    .unwrap();
+                let Some(LogValue::Str(why)) = ev.field("content") else {
+                    panic!("no reason in {ev:?}");
+                };
+                (same.contains(p.source), why.clone())
+            })
+            .collect()
+    }
+
     #[test]
     fn compares_contents_and_reuses_cached_digests() {
         let (_tmp, s, r) = two_roots(&[("same", b"hello", b"hello"), ("diff", b"hello", b"HELLO")]);
-        let pairs = vec![
-            (scanned(&s, "same"), scanned(&r, "same")),
-            (scanned(&s, "diff"), scanned(&r, "diff")),
-        ];
+        let listed = listed(&s, &r, &["diff", "same"]);
         let cache = Mutex::new(HashCache::default());
-        let (v, events) = compare_all(&pairs, &s, &r, &cache, 1, 2, &StopFlag::new());
-        assert_eq!(v[&RelPath::from_str_lossy("same")], Content::Same);
-        assert_eq!(v[&RelPath::from_str_lossy("diff")], Content::Differs);
-        assert_eq!(events.len(), 2);
+        let v = check(&listed, (&s, &r), &cache, 1, 2);
+        assert_eq!(v[0], (false, "differs (first difference at byte 0)".into()));
+        assert_eq!(v[1], (true, "same (compared)".into()));
         // Equal files leave a digest for each side; files found different
         // at their first block were not read to the end, so none.
         assert_eq!(cache.lock().unwrap().len(), 2);
+        let v = check(&listed, (&s, &r), &cache, 2, 2);
+        assert_eq!(v[1], (true, "same (cached digests)".into()));
         // A cached digest stands for the file as long as its metadata does:
         // plant a wrong one and the verdict follows it, so no read happened.
-        let key = CacheKey::from(&pairs[0].1.meta);
+        let key = CacheKey::from(&listed.1.entries[1].meta);
         cache.lock().unwrap().insert(key, Digest([0; 20]), 1);
-        let (v, _) = compare_all(&pairs, &s, &r, &cache, 2, 1, &StopFlag::new());
-        assert_eq!(v[&RelPath::from_str_lossy("same")], Content::Differs);
+        let v = check(&listed, (&s, &r), &cache, 2, 1);
+        assert_eq!(v[1], (false, "differs (cached digests)".into()));
     }
 
     #[test]
     fn unreadable_side_is_unknown_and_prune_drops_unused_entries() {
         let (tmp, s, r) = two_roots(&[("a", b"x", b"y")]);
-        let pair = (scanned(&s, "a"), scanned(&r, "a"));
+        let listed = listed(&s, &r, &["a"]);
         std::fs::remove_file(tmp.path().join("r/a")).unwrap();
         let cache = Mutex::new(HashCache::default());
-        let (v, _) = compare_all(
-            std::slice::from_ref(&pair),
-            &s,
-            &r,
-            &cache,
-            7,
-            1,
-            &StopFlag::new(),
-        );
-        assert_eq!(v[&RelPath::from_str_lossy("a")], Content::Unknown);
+        let v = check(&listed, (&s, &r), &cache, 7, 1);
+        assert!(!v[0].0 && v[0].1.starts_with("replica unreadable"), "{v:?}");
         // With the source's digest cached, only the replica is opened.
-        let mut c = cache.into_inner().unwrap();
-        c.insert(CacheKey::from(&pair.0.meta), Digest([1; 20]), 7);
-        let cache = Mutex::new(c);
-        let (v, _) = compare_all(&[pair], &s, &r, &cache, 7, 1, &StopFlag::new());
-        assert_eq!(v[&RelPath::from_str_lossy("a")], Content::Unknown);
+        let key = CacheKey::from(&listed.0.entries[0].meta);
+        cache.lock().unwrap().insert(key, Digest([1; 20]), 7);
+        let v = check(&listed, (&s, &r), &cache, 7, 1);
+        assert!(!v[0].0 && v[0].1.starts_with("replica unreadable"), "{v:?}");
         let mut c = cache.into_inner().unwrap();
         assert_eq!(c.len(), 1);
         c.prune(8);
@@ -521,29 +631,52 @@ mod tests {
         let (tmp, s, r) = two_roots(&[("big", &big, &big)]);
         big[2 * BLOCK + 5] = 8;
         std::fs::write(tmp.path().join("r/big"), &big).unwrap();
-        let pair = (scanned(&s, "big"), scanned(&r, "big"));
         let cache = Mutex::new(HashCache::default());
-        let (v, events) = compare_all(&[pair], &s, &r, &cache, 1, 1, &StopFlag::new());
-        assert_eq!(v[&RelPath::from_str_lossy("big")], Content::Differs);
+        let v = check(&listed(&s, &r, &["big"]), (&s, &r), &cache, 1, 1);
         let at = format!("{}", 2 * BLOCK + 5);
-        assert!(matches!(events[0].field("content"), Some(LogValue::Str(s)) if s.contains(&at)));
+        assert_eq!(
+            v[0],
+            (false, format!("differs (first difference at byte {at})"))
+        );
         // Equal: the digest is SHA-1 of the content, shared by both sides.
         std::fs::write(tmp.path().join("s/big"), &big).unwrap();
-        let pair = (scanned(&s, "big"), scanned(&r, "big"));
-        let (v, _) = compare_all(
-            std::slice::from_ref(&pair),
-            &s,
-            &r,
-            &cache,
-            1,
-            1,
-            &StopFlag::new(),
-        );
-        assert_eq!(v[&RelPath::from_str_lossy("big")], Content::Same);
+        let listed = listed(&s, &r, &["big"]);
+        let v = check(&listed, (&s, &r), &cache, 1, 1);
+        assert!(v[0].0);
         let expected = Digest(Sha1::digest(&big).into());
         let mut c = cache.lock().unwrap();
-        assert_eq!(c.get(&CacheKey::from(&pair.0.meta), 1), Some(expected));
-        assert_eq!(c.get(&CacheKey::from(&pair.1.meta), 1), Some(expected));
+        let (src, rep) = (&listed.0.entries[0].meta, &listed.1.entries[0].meta);
+        assert_eq!(c.get(&CacheKey::from(src), 1), Some(expected));
+        assert_eq!(c.get(&CacheKey::from(rep), 1), Some(expected));
+    }
+
+    #[test]
+    fn many_pairs_on_several_threads_each_get_their_own_verdict() {
+        let files: Vec<(String, Vec<u8>, Vec<u8>)> = (0..200)
+            .map(|i| {
+                let body = format!("file {i}").into_bytes();
+                let other = if i % 3 == 0 {
+                    b"x".repeat(body.len())
+                } else {
+                    body.clone()
+                };
+                (format!("f{i:03}"), body, other)
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8], &[u8])> = files
+            .iter()
+            .map(|(n, a, b)| (n.as_str(), a.as_slice(), b.as_slice()))
+            .collect();
+        let (_tmp, s, r) = two_roots(&refs);
+        let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        let listed = listed(&s, &r, &names);
+        let cache = Mutex::new(HashCache::default());
+        for tick in [1, 2] {
+            let v = check(&listed, (&s, &r), &cache, tick, 2);
+            for (i, (same, _)) in v.iter().enumerate() {
+                assert_eq!(*same, i % 3 != 0, "f{i:03} at tick {tick}");
+            }
+        }
     }
 
     #[actix_rt::test]
@@ -577,9 +710,6 @@ mod tests {
         });
         wait_until(|| !got.lock().unwrap().is_empty()).await;
         let got = got.lock().unwrap();
-        assert_eq!(
-            got[0].contents[&RelPath::from_str_lossy("f")],
-            Content::Differs
-        );
+        assert_eq!(got[0].contents, SameContent::default());
     }
 }

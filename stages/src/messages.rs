@@ -9,11 +9,10 @@
 //! with a tick (a root vanished) sends `TickFinished` straight to the
 //! Scheduler with the reason.
 
-use crate::model::{Content, Listing};
+use crate::model::{Listing, SameContent};
 use crate::plan::Plan;
 use crate::relpath::RelPath;
 use actix::Message;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,8 +64,9 @@ pub struct TreesHashed {
     pub tick: TickInfo,
     pub source: Arc<Listing>,
     pub replica: Arc<Listing>,
-    /// For each file present on both sides that needed a content check.
-    pub contents: HashMap<RelPath, Content>,
+    /// The files a content check found equal; every other file that
+    /// needed a check counts as different.
+    pub contents: SameContent,
     pub errors: u64,
 }
 

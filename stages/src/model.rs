@@ -169,6 +169,49 @@ pub enum Content {
     Unknown,
 }
 
+/// Source files that a content check found equal to their replica, by
+/// index in the source listing. A file not marked counts as different:
+/// found different, unreadable, or never checked. One bit per source
+/// entry, so a `--checksum` tick over every file costs kilobytes, not a
+/// map of paths.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SameContent {
+    bits: Vec<u64>,
+}
+
+impl SameContent {
+    pub fn mark(&mut self, index: usize) {
+        let word = index / 64;
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << (index % 64);
+    }
+
+    pub fn contains(&self, index: usize) -> bool {
+        self.bits
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    /// How many files are marked.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Marks the entries of `listing` at `paths`; paths it lacks are left out.
+    pub fn of_paths<'a>(listing: &Listing, paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut same = SameContent::default();
+        for p in paths {
+            let path = RelPath::from_str_lossy(p);
+            if let Ok(i) = listing.entries.binary_search_by(|e| e.path.cmp(&path)) {
+                same.mark(i);
+            }
+        }
+        same
+    }
+}
+
 /// True when metadata alone cannot decide whether two regular files hold
 /// the same content: same size with different mtimes, or `--checksum`.
 /// (Different sizes always differ; same size and mtime count as equal.)

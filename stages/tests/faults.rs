@@ -10,7 +10,6 @@
 #![cfg(feature = "failpoints")]
 
 use fail::FailScenario;
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -20,9 +19,9 @@ use std::time::Duration;
 use treesync_stages::applier::apply;
 use treesync_stages::differ::{diff, DiffOptions};
 use treesync_stages::hash_cache::HashCache;
-use treesync_stages::hasher::{candidates, compare_all};
+use treesync_stages::hasher::{candidates, compare_all, Sides};
 use treesync_stages::messages::{LogEvent, LogValue, TickOutcome, Verb};
-use treesync_stages::model::{Content, Meta, TEMP_PREFIX};
+use treesync_stages::model::{Meta, SameContent, TEMP_PREFIX};
 use treesync_stages::options::SyncOptions;
 use treesync_stages::plan::{Op, Plan};
 use treesync_stages::relpath::RelPath;
@@ -92,14 +91,10 @@ fn scanned_plan(opts: &SyncOptions) -> Plan {
     let walk = scan(opts, Devices::default(), &StopFlag::new())
         .unwrap()
         .walk;
-    let contents: HashMap<RelPath, Content> = candidates(&walk.source, &walk.replica, false)
-        .into_iter()
-        .map(|(s, _)| (s.path, Content::Differs))
-        .collect();
     diff(
         &walk.source,
         &walk.replica,
-        &contents,
+        &SameContent::default(),
         DiffOptions::from(opts),
     )
 }
@@ -455,14 +450,22 @@ fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
     fs::write(t.dst.join("f"), b"bbbb").unwrap();
     filetime::set_file_mtime(t.dst.join("f"), filetime::FileTime::from_unix_time(1, 0)).unwrap();
     let (s, r) = (Root::open(&t.src).unwrap(), Root::open(&t.dst).unwrap());
-    let scan_now = || {
+    // Compares what a scan now finds; true when found equal.
+    let compare_now = |cache: &Mutex<HashCache>| {
         let walk = scan(&t.opts, Devices::default(), &StopFlag::new())
             .unwrap()
             .walk;
-        candidates(&walk.source, &walk.replica, false)
+        let pairs = candidates(&walk.source, &walk.replica, false);
+        assert_eq!(pairs.len(), 1);
+        let sides = Sides {
+            source: &walk.source,
+            replica: &walk.replica,
+            source_root: &s,
+            replica_root: &r,
+        };
+        let (same, events) = compare_all(&pairs, &sides, cache, 1, 1, true, &StopFlag::new());
+        (same.contains(pairs[0].source), events)
     };
-    let pairs = scan_now();
-    assert_eq!(pairs.len(), 1);
 
     // Between the open and the read, the source gets the replica's
     // content: the digest read is of the new version only.
@@ -475,19 +478,22 @@ fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
     })
     .unwrap();
     let cache = Mutex::new(HashCache::default());
-    let (verdicts, _) = compare_all(&pairs, &s, &r, &cache, 1, 1, &StopFlag::new());
+    let (same, events) = compare_now(&cache);
     assert_eq!(reads.load(Ordering::SeqCst), 2);
     // The bytes compared are not the version scanned: no verdict (the copy
     // decides and checks again), and nothing cached.
-    assert_eq!(verdicts[&rel("f")], Content::Unknown);
+    assert!(!same);
+    assert!(
+        matches!(events[0].field("content"), Some(LogValue::Str(w)) if w == "changed while being compared"),
+        "{events:?}"
+    );
     assert_eq!(cache.lock().unwrap().len(), 0);
 
     // Twin: a file left alone is cached on both sides.
     fail::remove("hasher::before_read");
     let cache = Mutex::new(HashCache::default());
-    let pairs = scan_now();
-    let (verdicts, _) = compare_all(&pairs, &s, &r, &cache, 1, 1, &StopFlag::new());
-    assert_eq!(verdicts[&rel("f")], Content::Same);
+    let (same, _) = compare_now(&cache);
+    assert!(same);
     assert_eq!(cache.lock().unwrap().len(), 2);
     scenario.teardown();
 }
