@@ -8,7 +8,7 @@
 //! SHA-1 of everything before it: a torn, truncated or foreign file fails
 //! the check and is ignored (the cache starts empty), never trusted.
 
-use crate::model::{Digest, Meta, Timestamp, STATE_DIR};
+use crate::model::{Digest, Meta, STATE_DIR};
 use crate::relpath::RelPath;
 use crate::root::Root;
 use rustix::fs::{Mode, OFlags};
@@ -21,14 +21,18 @@ const MAGIC: &[u8; 8] = b"TSHASH01";
 const FILE_NAME: &str = "hashes";
 const RECORD: usize = 8 * 3 + 12 * 2 + 20 + 8;
 
-/// What identifies one version of one file.
+/// What identifies one version of one file. Seconds and nanoseconds are
+/// kept apart so the key packs into 48 bytes (no padding): the cache holds
+/// two keys per file on a `--checksum` tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     dev: u64,
     ino: u64,
     size: u64,
-    mtime: Timestamp,
-    ctime: Timestamp,
+    mtime_secs: i64,
+    ctime_secs: i64,
+    mtime_nanos: u32,
+    ctime_nanos: u32,
 }
 
 impl From<&Meta> for CacheKey {
@@ -37,8 +41,10 @@ impl From<&Meta> for CacheKey {
             dev: m.id.dev,
             ino: m.id.ino,
             size: m.size,
-            mtime: m.mtime,
-            ctime: m.ctime,
+            mtime_secs: m.mtime.secs,
+            ctime_secs: m.ctime.secs,
+            mtime_nanos: m.mtime.nanos,
+            ctime_nanos: m.ctime.nanos,
         }
     }
 }
@@ -75,31 +81,32 @@ impl Hasher for KeyHasher {
 }
 
 /// Digests with the tick each was last used in, so entries of files that
-/// are gone can be dropped.
+/// are gone can be dropped. Ticks are stored in 32 bits (136 years of
+/// one-second ticks) to keep an entry at 72 bytes.
 #[derive(Default, Debug)]
 pub struct HashCache {
-    map: HashMap<CacheKey, (Digest, u64), BuildHasherDefault<KeyHasher>>,
+    map: HashMap<CacheKey, (Digest, u32), BuildHasherDefault<KeyHasher>>,
     /// Changed since it was loaded or saved.
     dirty: bool,
 }
 
 impl HashCache {
     pub fn get(&mut self, key: &CacheKey, tick: u64) -> Option<Digest> {
+        let tick = stored_tick(tick);
         self.map.get_mut(key).map(|(d, used)| {
-            if *used != tick {
-                *used = tick;
-            }
+            *used = tick;
             *d
         })
     }
 
     pub fn insert(&mut self, key: CacheKey, digest: Digest, tick: u64) {
-        self.map.insert(key, (digest, tick));
+        self.map.insert(key, (digest, stored_tick(tick)));
         self.dirty = true;
     }
 
     /// Forgets digests not used since tick `oldest`.
     pub fn prune(&mut self, oldest: u64) {
+        let oldest = stored_tick(oldest);
         let before = self.map.len();
         self.map.retain(|_, (_, used)| *used >= oldest);
         self.dirty |= self.map.len() != before;
@@ -120,11 +127,14 @@ impl HashCache {
     /// Reads the saved cache; entries count as used in tick `tick`. A
     /// missing or damaged file gives an empty cache.
     pub fn load(replica: &Root, tick: u64) -> HashCache {
-        let bytes = match read_state_file(replica) {
-            Ok(b) => b,
-            Err(_) => return HashCache::default(),
+        let read = || -> io::Result<Option<HashCache>> {
+            let state = open_state_dir(replica)?;
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&state, FILE_NAME, flags, Mode::empty())?;
+            let size = rustix::fs::fstat(&fd)?.st_size as u64;
+            decode(std::fs::File::from(fd), size, tick)
         };
-        decode(&bytes, tick).unwrap_or_default()
+        read().ok().flatten().unwrap_or_default()
     }
 
     /// Replaces the saved cache atomically.
@@ -136,8 +146,7 @@ impl HashCache {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&state, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;
-        let mut file = std::fs::File::from(fd);
-        let written = file.write_all(&self.encode());
+        let written = self.encode(std::fs::File::from(fd));
         if let Err(e) = written {
             let _ = rustix::fs::unlinkat(&state, tmp.as_str(), rustix::fs::AtFlags::empty());
             return Err(e);
@@ -147,24 +156,95 @@ impl HashCache {
         Ok(())
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.map.len() * RECORD + 20);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+    /// Writes the records as they are encoded, never the whole file in
+    /// memory: it is as large as the cache.
+    fn encode(&self, file: std::fs::File) -> io::Result<()> {
+        let mut out = Summed::new(io::BufWriter::with_capacity(1 << 16, file));
+        out.write_all(MAGIC)?;
+        out.write_all(&(self.map.len() as u64).to_le_bytes())?;
+        let mut record = [0u8; RECORD];
         for (k, (d, _)) in &self.map {
-            for n in [k.dev, k.ino, k.size] {
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-            for t in [k.mtime, k.ctime] {
-                out.extend_from_slice(&t.secs.to_le_bytes());
-                out.extend_from_slice(&t.nanos.to_le_bytes());
-            }
-            out.extend_from_slice(&d.0);
-            out.extend_from_slice(&[0; 8]);
+            encode_record(k, d, &mut record);
+            out.write_all(&record)?;
         }
-        let sum: [u8; 20] = Sha1::digest(&out).into();
-        out.extend_from_slice(&sum);
-        out
+        let (mut inner, sum) = out.finish();
+        inner.write_all(&sum)?;
+        inner.flush()
+    }
+}
+
+/// Ticks past 32 bits (136 years of one-second ticks) stay at the last.
+fn stored_tick(tick: u64) -> u32 {
+    u32::try_from(tick).unwrap_or(u32::MAX)
+}
+
+/// A record: dev, ino, size, mtime (secs, nanos), ctime (secs, nanos),
+/// digest, 8 reserved bytes; little-endian.
+fn encode_record(k: &CacheKey, d: &Digest, out: &mut [u8; RECORD]) {
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&k.dev.to_le_bytes());
+    put(&k.ino.to_le_bytes());
+    put(&k.size.to_le_bytes());
+    put(&k.mtime_secs.to_le_bytes());
+    put(&k.mtime_nanos.to_le_bytes());
+    put(&k.ctime_secs.to_le_bytes());
+    put(&k.ctime_nanos.to_le_bytes());
+    put(&d.0);
+    put(&[0; 8]);
+}
+
+fn decode_record(r: &[u8; RECORD]) -> (CacheKey, Digest) {
+    let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default());
+    let n = |i: usize| u32::from_le_bytes(r[i..i + 4].try_into().unwrap_or_default());
+    let key = CacheKey {
+        dev: u(0),
+        ino: u(8),
+        size: u(16),
+        mtime_secs: u(24) as i64,
+        mtime_nanos: n(32),
+        ctime_secs: u(36) as i64,
+        ctime_nanos: n(44),
+    };
+    let mut digest = [0u8; 20];
+    digest.copy_from_slice(&r[48..68]);
+    (key, Digest(digest))
+}
+
+/// A writer or reader that keeps the SHA-1 of the bytes through it.
+struct Summed<T> {
+    inner: T,
+    sum: Sha1,
+}
+
+impl<T> Summed<T> {
+    fn new(inner: T) -> Self {
+        Summed {
+            inner,
+            sum: Sha1::new(),
+        }
+    }
+
+    fn finish(self) -> (T, [u8; 20]) {
+        (self.inner, self.sum.finalize().into())
+    }
+}
+
+impl<W: Write> Summed<W> {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.sum.update(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+impl<R: Read> Summed<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)?;
+        self.sum.update(&*buf);
+        Ok(())
     }
 }
 
@@ -174,59 +254,53 @@ fn open_state_dir(replica: &Root) -> io::Result<rustix::fd::OwnedFd> {
     replica.open_dir(&state)
 }
 
-fn read_state_file(replica: &Root) -> io::Result<Vec<u8>> {
-    let state = open_state_dir(replica)?;
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&state, FILE_NAME, flags, Mode::empty())?;
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn decode(bytes: &[u8], tick: u64) -> Option<HashCache> {
-    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(20)?)?;
-    if Sha1::digest(body).as_slice() != sum || !body.starts_with(MAGIC) {
-        return None;
+/// Reads a saved cache of `size` bytes record by record, checking the
+/// trailing SHA-1 as it goes; `None` when anything is off. The file's
+/// size must match the count in its header before anything is allocated
+/// for it, so a foreign file cannot make us reserve memory it claims.
+fn decode(file: std::fs::File, size: u64, tick: u64) -> io::Result<Option<HashCache>> {
+    let mut input = Summed::new(io::BufReader::with_capacity(1 << 16, file));
+    let mut header = [0u8; 16];
+    input.read_exact(&mut header)?;
+    let count = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let expected = count
+        .checked_mul(RECORD as u64)
+        .and_then(|n| n.checked_add(16 + 20));
+    if &header[..8] != MAGIC || expected != Some(size) {
+        return Ok(None);
     }
-    let count = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?) as usize;
-    let records = body.get(16..)?;
-    if records.len() != count.checked_mul(RECORD)? {
-        return None;
-    }
+    let count = usize::try_from(count).map_err(io::Error::other)?;
     let mut map = HashMap::with_capacity_and_hasher(count, Default::default());
-    for r in records.chunks_exact(RECORD) {
-        let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default());
-        let t = |i: usize| {
-            Timestamp::new(
-                i64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default()),
-                u32::from_le_bytes(r[i + 8..i + 12].try_into().unwrap_or_default()),
-            )
-        };
-        let key = CacheKey {
-            dev: u(0),
-            ino: u(8),
-            size: u(16),
-            mtime: t(24),
-            ctime: t(36),
-        };
-        let digest = Digest(r[48..68].try_into().ok()?);
-        map.insert(key, (digest, tick));
+    let mut record = [0u8; RECORD];
+    for _ in 0..count {
+        input.read_exact(&mut record)?;
+        let (key, digest) = decode_record(&record);
+        map.insert(key, (digest, stored_tick(tick)));
     }
-    Some(HashCache { map, dirty: false })
+    let (mut rest, sum) = input.finish();
+    let mut trailer = [0u8; 20];
+    rest.read_exact(&mut trailer)?;
+    if trailer != sum || rest.read(&mut [0u8; 1])? != 0 {
+        return Ok(None);
+    }
+    Ok(Some(HashCache { map, dirty: false }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timestamp;
 
     fn key(n: u64) -> CacheKey {
-        CacheKey {
-            dev: 1,
-            ino: n,
+        let mut m = Meta {
             size: n * 10,
             mtime: Timestamp::new(n as i64, 5),
             ctime: Timestamp::new(n as i64 + 1, 7),
-        }
+            ..Meta::default()
+        };
+        m.id.dev = 1;
+        m.id.ino = n;
+        CacheKey::from(&m)
     }
 
     fn replica_with_state() -> (tempfile::TempDir, Root) {
@@ -268,8 +342,23 @@ mod tests {
         assert!(HashCache::load(&root, 1).is_empty());
         std::fs::write(&path, b"garbage").unwrap();
         assert!(HashCache::load(&root, 1).is_empty());
+        // A header claiming more records than the file holds is refused
+        // before anything is reserved for them.
+        let mut huge = full.clone();
+        huge[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(HashCache::load(&root, 1).is_empty());
+        let mut longer = full.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert!(HashCache::load(&root, 1).is_empty());
         std::fs::write(&path, &full).unwrap();
         assert_eq!(HashCache::load(&root, 1).len(), 1);
+    }
+
+    #[test]
+    fn an_entry_takes_72_bytes() {
+        assert_eq!(std::mem::size_of::<(CacheKey, (Digest, u32))>(), 72);
     }
 
     #[test]
