@@ -403,7 +403,12 @@ struct Output {
     /// The roots' own entries and the incomplete folders.
     source: Listing,
     replica: Listing,
-    /// The entries, one chunk per folder listed.
+    /// The entries of every folder listed, one after the other, and where
+    /// each folder's run is: one large vector rather than one per folder,
+    /// so that putting them in order moves them in place (`stitch`) and the
+    /// tree is never held twice.
+    source_pool: Vec<Entry>,
+    replica_pool: Vec<Entry>,
     source_chunks: Vec<Chunk>,
     replica_chunks: Vec<Chunk>,
     events: Vec<LogEvent>,
@@ -455,20 +460,43 @@ impl Output {
     fn merge(&mut self, other: Output) {
         self.source.entries.extend(other.source.entries);
         self.source.incomplete.extend(other.source.incomplete);
-        self.source_chunks.extend(other.source_chunks);
+        absorb(
+            (&mut self.source_pool, &mut self.source_chunks),
+            (other.source_pool, other.source_chunks),
+        );
         self.replica.entries.extend(other.replica.entries);
         self.replica.incomplete.extend(other.replica.incomplete);
-        self.replica_chunks.extend(other.replica_chunks);
+        absorb(
+            (&mut self.replica_pool, &mut self.replica_chunks),
+            (other.replica_pool, other.replica_chunks),
+        );
         self.events.extend(other.events);
         self.errors += other.errors;
+    }
+
+    /// Adds a folder's entries, ordered by name: siblings share their
+    /// parent's path, so byte order is name order, which is `RelPath`
+    /// order among siblings.
+    fn add_chunk(&mut self, side: Side, folder: &RelPath, entries: &mut Vec<Entry>) {
+        entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let (pool, chunks) = match side {
+            Side::Source => (&mut self.source_pool, &mut self.source_chunks),
+            Side::Replica => (&mut self.replica_pool, &mut self.replica_chunks),
+        };
+        chunks.push(Chunk {
+            folder: folder.clone(),
+            start: pool.len(),
+            len: entries.len(),
+        });
+        pool.append(entries);
     }
 
     fn finish(mut self, interrupted: bool) -> WalkResult {
         let folders = |chunks: &[Chunk]| chunks.iter().map(|c| c.folder.clone()).collect();
         let listed_source = folders(&self.source_chunks);
         let listed_replica = folders(&self.replica_chunks);
-        stitch(&mut self.source, self.source_chunks);
-        stitch(&mut self.replica, self.replica_chunks);
+        stitch(&mut self.source, self.source_pool, self.source_chunks);
+        stitch(&mut self.replica, self.replica_pool, self.replica_chunks);
         self.events.sort_by(|a, b| a.path.cmp(&b.path));
         WalkResult {
             source: self.source,
@@ -482,56 +510,73 @@ impl Output {
     }
 }
 
-/// The entries of one folder on one side, ordered by name.
+/// Where one folder's entries lie in a pool.
 struct Chunk {
     folder: RelPath,
-    entries: Vec<Entry>,
+    start: usize,
+    len: usize,
 }
 
-impl Chunk {
-    /// Orders a folder's entries: siblings share their parent's path, so
-    /// byte order is name order, which is `RelPath` order among siblings.
-    fn new(folder: &RelPath, mut entries: Vec<Entry>) -> Self {
-        entries.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-        Chunk {
-            folder: folder.clone(),
-            entries,
-        }
+/// Appends another worker's pool to ours. The larger pool is kept and the
+/// smaller copied onto its end: large vectors grow in place (the
+/// allocator remaps them), so only the smaller is ever held twice.
+fn absorb(
+    (pool, chunks): (&mut Vec<Entry>, &mut Vec<Chunk>),
+    (mut other_pool, mut other_chunks): (Vec<Entry>, Vec<Chunk>),
+) {
+    if other_pool.len() > pool.len() {
+        std::mem::swap(pool, &mut other_pool);
+        std::mem::swap(chunks, &mut other_chunks);
     }
+    let base = pool.len();
+    pool.append(&mut other_pool);
+    chunks.extend(other_chunks.into_iter().map(|c| Chunk {
+        start: c.start + base,
+        ..c
+    }));
 }
 
 /// Puts the folders' chunks into `listing` in the canonical order (what
 /// `Listing::sort` gives) without sorting the whole tree: each folder's
 /// chunk goes right after the folder's own entry, depth first. Sorting
 /// small sorted chunks by name is far cheaper than sorting every path by
-/// components.
-fn stitch(listing: &mut Listing, chunks: Vec<Chunk>) {
-    let total = listing.entries.len() + chunks.iter().map(|c| c.entries.len()).sum::<usize>();
-    let mut by_folder: HashMap<RelPath, Vec<Entry>> =
-        chunks.into_iter().map(|c| (c.folder, c.entries)).collect();
-    let mut entries = Vec::with_capacity(total);
-    entries.append(&mut listing.entries);
+/// components. The order is worked out as indices, then the pool is
+/// permuted in place.
+fn stitch(listing: &mut Listing, mut pool: Vec<Entry>, chunks: Vec<Chunk>) {
+    // The entries listed outside any chunk (the roots') come first.
+    let head = pool.len()..pool.len() + listing.entries.len();
+    pool.append(&mut listing.entries);
+    let mut by_folder: HashMap<&RelPath, std::ops::Range<usize>> = HashMap::new();
+    for c in &chunks {
+        by_folder.insert(&c.folder, c.start..c.start + c.len);
+    }
+    let mut order = Vec::with_capacity(pool.len());
+    order.extend(head);
     // An explicit stack: trees deeper than PATH_MAX would overflow recursion.
     let mut stack = Vec::new();
-    stack.extend(by_folder.remove(&RelPath::root()).map(Vec::into_iter));
+    stack.extend(by_folder.remove(&RelPath::root()));
     while let Some(top) = stack.last_mut() {
-        let Some(entry) = top.next() else {
+        let Some(i) = top.next() else {
             stack.pop();
             continue;
         };
-        let below = if entry.kind.is_dir() {
-            by_folder.remove(&entry.path)
-        } else {
-            None
-        };
-        entries.push(entry);
-        stack.extend(below.map(Vec::into_iter));
+        order.push(i);
+        if pool[i].kind.is_dir() {
+            stack.extend(by_folder.remove(&pool[i].path));
+        }
     }
-    listing.entries = entries;
-    if !by_folder.is_empty() {
-        // A folder listed without its own entry (it changed between the
-        // two reads): keep its entries, in order all the same.
-        listing.entries.extend(by_folder.into_values().flatten());
+    // A folder listed without its own entry (it changed between the two
+    // reads), or listed twice: keep its entries, in order all the same.
+    let mut placed = vec![false; pool.len()];
+    for &i in &order {
+        placed[i] = true;
+    }
+    let stray = order.len() != pool.len();
+    order.extend((0..pool.len()).filter(|&i| !placed[i]));
+    drop(by_folder);
+    permute(&mut pool, &order);
+    listing.entries = pool;
+    if stray {
         listing.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     }
     listing.incomplete.sort_unstable();
@@ -541,6 +586,26 @@ fn stitch(listing: &mut Listing, chunks: Vec<Chunk>) {
         // listings: the same folder may come twice, out of place.
         listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
         listing.entries.dedup_by(|a, b| a.path == b.path);
+    }
+}
+
+/// Reorders `items` so that the entry at `k` becomes the one that was at
+/// `order[k]`; `order` must hold every index once. Follows each cycle of
+/// the permutation with swaps: no second copy of the items.
+fn permute<T>(items: &mut [T], order: &[usize]) {
+    debug_assert_eq!(items.len(), order.len());
+    let mut done = vec![false; items.len()];
+    for start in 0..items.len() {
+        let mut at = start;
+        while !done[at] {
+            done[at] = true;
+            let from = order[at];
+            if from == start {
+                break;
+            }
+            items.swap(at, from);
+            at = from;
+        }
     }
 }
 
@@ -699,7 +764,7 @@ impl<'w, 'a> Worker<'w, 'a> {
             entries.push(entry);
         }
         self.scratch = raws;
-        self.out.source_chunks.push(Chunk::new(rel, entries));
+        self.out.add_chunk(Side::Source, rel, &mut entries);
         Listed {
             fd: (!dirs.is_empty()).then_some(fd),
             dirs,
@@ -748,7 +813,7 @@ impl<'w, 'a> Worker<'w, 'a> {
             entries.push(entry);
         }
         self.scratch = raws;
-        self.out.replica_chunks.push(Chunk::new(rel, entries));
+        self.out.add_chunk(Side::Replica, rel, &mut entries);
         Listed {
             fd: (!dirs.is_empty()).then_some(fd),
             dirs,
@@ -1024,6 +1089,17 @@ mod tests {
         let mut sorted = listing.entries.clone();
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(sorted, listing.entries);
+    }
+
+    #[test]
+    fn permute_puts_each_item_where_the_order_says() {
+        let cases: [&[usize]; 5] = [&[], &[0], &[2, 0, 1], &[1, 0, 3, 2, 4], &[4, 3, 2, 1, 0]];
+        for order in cases {
+            let mut items: Vec<usize> = (0..order.len()).map(|i| i * 10).collect();
+            permute(&mut items, order);
+            let expected: Vec<usize> = order.iter().map(|&i| i * 10).collect();
+            assert_eq!(items, expected, "order {order:?}");
+        }
     }
 
     #[test]
