@@ -297,7 +297,7 @@ impl<'a> Planner<'a> {
             EntryKind::File => self.files.push(Op::Copy { path, meta: s.meta }),
             EntryKind::Symlink { target } => self.files.push(Op::Symlink {
                 path,
-                target: target.clone(),
+                target: target.as_bytes().into(),
                 meta: s.meta,
             }),
             EntryKind::Special { .. } => {}
@@ -388,11 +388,11 @@ impl<'a> Planner<'a> {
                 }
             }
             EntryKind::Symlink { target } => {
-                if Some(target.as_ref()) != link_target(r) {
+                if Some(target.as_bytes()) != link_target(r) {
                     self.touch_parent(&s.path);
                     self.files.push(Op::Symlink {
                         path: path(),
-                        target: target.clone(),
+                        target: target.as_bytes().into(),
                         meta: s.meta,
                     });
                 } else if self.meta_differs(&s.meta, &r.meta, false) {
@@ -490,7 +490,7 @@ fn in_state_dir(path: &RelPath) -> bool {
 
 fn link_target(e: &Entry) -> Option<&[u8]> {
     match &e.kind {
-        EntryKind::Symlink { target } => Some(target.as_ref()),
+        EntryKind::Symlink { target } => Some(target.as_bytes()),
         _ => None,
     }
 }
@@ -575,7 +575,7 @@ impl Handler<TreesHashed> for Differ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SpecialKind, Timestamp};
+    use crate::model::{LinkTarget, SpecialKind, Timestamp};
     use std::fmt::Write;
 
     fn entry(path: &str, kind: EntryKind, size: u64, mtime: i64) -> Entry {
@@ -600,7 +600,7 @@ mod tests {
         e
     }
     fn link(path: &str, target: &str) -> Entry {
-        let target = target.as_bytes().to_vec().into_boxed_slice();
+        let target = LinkTarget::new(target.as_bytes());
         entry(path, EntryKind::Symlink { target }, 0, 100)
     }
     fn excluded(mut e: Entry) -> Entry {

@@ -8,7 +8,7 @@
 //! the kernel lacks it, or the path is longer than `PATH_MAX`, each
 //! component is opened with `O_NOFOLLOW | O_DIRECTORY`.
 
-use crate::model::{EntryKind, FileId, Meta, SpecialKind, Timestamp};
+use crate::model::{EntryKind, FileId, LinkTarget, Meta, SpecialKind, Timestamp};
 use crate::relpath::RelPath;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
@@ -134,7 +134,7 @@ pub fn kind_of(stat: &rfs::Stat, dir: impl AsFd, name: &[u8]) -> io::Result<Entr
         FileType::Symlink => {
             let target = rfs::readlinkat(dir, name, Vec::new())?;
             EntryKind::Symlink {
-                target: target.into_bytes().into_boxed_slice(),
+                target: LinkTarget::new(target.into_bytes()),
             }
         }
         FileType::Fifo => EntryKind::Special {
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(
             kind_of(&st, r.fd(), b"l").unwrap(),
             EntryKind::Symlink {
-                target: b"../nowhere".to_vec().into_boxed_slice()
+                target: LinkTarget::new(&b"../nowhere"[..])
             }
         );
     }

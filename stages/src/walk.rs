@@ -1138,7 +1138,7 @@ mod tests {
         assert_eq!((r.errors, r.interrupted), (0, false));
         let get = |p: &str| r.source.get(&RelPath::from_str_lossy(p)).unwrap().clone();
         let target = |p: &str| match get(p).kind {
-            EntryKind::Symlink { target } => target.to_vec(),
+            EntryKind::Symlink { target } => target.as_bytes().to_vec(),
             other => panic!("{other:?}"),
         };
         assert_eq!(target("link"), b"b/file");
