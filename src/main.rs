@@ -15,8 +15,25 @@ use treesync_stages::logger::{LogConfig, Verbosity};
 use treesync_stages::messages::LogEvent;
 
 fn main() {
+    fix_mmap_threshold();
     let cli = Cli::parse();
     std::process::exit(run(cli));
+}
+
+/// Keeps peak memory flat from tick to tick. glibc raises its mmap
+/// threshold to the size of any mapped block freed, up to 32 MiB, so after
+/// the first tick the walk's large vectors came from the heap: they grew by
+/// copying, and the heap never shrank (a 100k-file tree peaked at 40 MiB
+/// in the first tick and 72 MiB by the fourth). A fixed threshold turns
+/// that adjustment off; blocks of 1 MiB and more are mapped, grown in place
+/// and returned when freed.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn run(cli: Cli) -> i32 {
