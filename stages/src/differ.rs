@@ -32,6 +32,9 @@ pub struct DiffOptions {
     /// The replica root was just created: its metadata is set as part of
     /// creating it, not reported as changed.
     pub fresh_root: bool,
+    /// The guard's base when the listings are parts of the trees; `None`:
+    /// counted in the replica listing.
+    pub managed: Option<u64>,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -42,6 +45,7 @@ impl From<&SyncOptions> for DiffOptions {
             max_delete: o.max_delete,
             preserve_owner: o.preserve_owner,
             fresh_root: o.fresh_replica,
+            managed: None,
         }
     }
 }
@@ -61,7 +65,9 @@ pub fn diff(
         _ => None,
     };
     let mut full = Planner::new(source, replica, contents, opts, true).plan();
-    let managed = managed_entries(replica, source, opts);
+    let managed = opts
+        .managed
+        .unwrap_or_else(|| managed_entries(replica, source, opts));
     if !opts.max_delete.trips(full.deletions, managed) {
         full.plan.roots = roots;
         return full.plan;
@@ -77,7 +83,7 @@ pub fn diff(
 }
 
 /// Replica non-folder entries that the mirror manages: the guard's base.
-fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -> u64 {
+pub fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -> u64 {
     replica
         .entries
         .iter()
@@ -543,6 +549,7 @@ impl Handler<TreesHashed> for Differ {
             &msg.contents,
             DiffOptions {
                 fresh_root: self.first && self.opts.fresh_replica,
+                managed: msg.managed,
                 ..DiffOptions::from(&*self.opts)
             },
         );
@@ -623,6 +630,7 @@ mod tests {
             max_delete: MaxDelete::Percent(100),
             preserve_owner: false,
             fresh_root: false,
+            managed: None,
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {

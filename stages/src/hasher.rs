@@ -391,6 +391,7 @@ impl Handler<TreesScanned> for Hasher {
                 source: msg.source,
                 replica: msg.replica,
                 contents: SameContent::default(),
+                managed: msg.managed,
                 errors: msg.errors,
             });
             return;
@@ -399,10 +400,11 @@ impl Handler<TreesScanned> for Hasher {
         let (next, log) = (self.next.clone(), self.log.clone());
         let load = !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         // Kept here too, so that a failed task still ends the tick.
-        let (tick_info, source, replica, errors) = (
+        let (tick_info, source, replica, managed, errors) = (
             msg.tick,
             msg.source.clone(),
             msg.replica.clone(),
+            msg.managed,
             msg.errors,
         );
         let log_failure = self.log.clone();
@@ -446,6 +448,7 @@ impl Handler<TreesScanned> for Hasher {
                 source: msg.source,
                 replica: msg.replica,
                 contents,
+                managed: msg.managed,
                 errors: msg.errors,
             }
         });
@@ -464,6 +467,7 @@ impl Handler<TreesScanned> for Hasher {
                         source,
                         replica,
                         contents: SameContent::default(),
+                        managed,
                         errors: errors + 1,
                     });
                 }
@@ -706,6 +710,7 @@ mod tests {
             tick,
             source: Arc::new(source),
             replica: Arc::new(replica),
+            managed: None,
             errors: 0,
         });
         wait_until(|| !got.lock().unwrap().is_empty()).await;

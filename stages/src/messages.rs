@@ -31,6 +31,10 @@ pub struct TickInfo {
 pub struct ScanTrees {
     pub tick: TickInfo,
     pub scope: ScanScope,
+    /// Plan over the whole listings even after a partial scan: the last
+    /// tick withheld deletions (the guard), and each tick reports them
+    /// again until they are resolved.
+    pub whole_plan: bool,
 }
 
 /// How much of the trees a tick lists.
@@ -53,6 +57,10 @@ pub struct TreesScanned {
     pub source: Arc<Listing>,
     /// Empty when the replica does not exist yet (a dry run).
     pub replica: Arc<Listing>,
+    /// Set when the listings are only the parts of the trees that changed
+    /// (see `scanner::narrowed`): the replica's managed entries in all of
+    /// it, the `--max-delete` guard's base.
+    pub managed: Option<u64>,
     /// Errors already logged while scanning (folders that could not be listed).
     pub errors: u64,
 }
@@ -67,6 +75,8 @@ pub struct TreesHashed {
     /// The files a content check found equal; every other file that
     /// needed a check counts as different.
     pub contents: SameContent,
+    /// As in `TreesScanned`.
+    pub managed: Option<u64>,
     pub errors: u64,
 }
 

@@ -17,6 +17,7 @@
 //! not the tree. A changed `.syncignore` changes what a whole subtree
 //! excludes, so it makes the tick a full walk.
 
+use crate::differ::{managed_entries, DiffOptions};
 use crate::messages::{
     LogEvent, ScanScope, ScanTrees, TickFinished, TickInfo, TickOutcome, TreesScanned, Verb,
 };
@@ -80,7 +81,8 @@ impl Scanner {
     }
 
     /// Sends what the scan found on to the next stage, or ends the tick.
-    fn deliver(&mut self, tick: TickInfo, result: Result<Scan, String>) {
+    /// `narrow`: the plan may look only at what changed.
+    fn deliver(&mut self, tick: TickInfo, result: Result<Scan, String>, narrow: bool) {
         let scan = match result {
             Ok(scan) => scan,
             Err(msg) => return self.abort(tick, msg),
@@ -102,6 +104,7 @@ impl Scanner {
             self.log
                 .do_send(LogEvent::new(Verb::Detail("scan"), None).with_u64("folders_relisted", n));
         }
+        let (listed_source, listed_replica) = (scan.walk.listed_source, scan.walk.listed_replica);
         let listings = Previous {
             source: Arc::new(scan.walk.source),
             replica: Arc::new(scan.walk.replica),
@@ -114,10 +117,24 @@ impl Scanner {
             return;
         }
         self.previous = self.opts.watch.then(|| listings.clone());
+        let listed = listed_source.iter().chain(&listed_replica);
+        let parts = match scan.partial {
+            Some(_) if narrow => narrowed(&listings.source, &listings.replica, listed),
+            _ => None,
+        };
+        let (source, replica, managed) = match parts {
+            Some((source, replica)) => {
+                let opts = DiffOptions::from(&*self.opts);
+                let managed = managed_entries(&listings.replica, &listings.source, opts);
+                (Arc::new(source), Arc::new(replica), Some(managed))
+            }
+            None => (listings.source, listings.replica, None),
+        };
         self.next.do_send(TreesScanned {
             tick,
-            source: listings.source,
-            replica: listings.replica,
+            source,
+            replica,
+            managed,
             errors: scan.walk.errors,
         });
     }
@@ -145,6 +162,7 @@ impl Handler<ScanTrees> for Scanner {
         let stop = self.stop.clone();
         let devices = self.devices;
         let tick = msg.tick;
+        let narrow = !msg.whole_plan;
         // A partial scan updates the last listings; without them (first
         // tick, or after a failed one) only a full walk will do.
         let previous = match msg.scope {
@@ -161,7 +179,7 @@ impl Handler<ScanTrees> for Scanner {
         };
         ctx.spawn(task.into_actor(self).map(move |joined, scanner, _| {
             let result = joined.unwrap_or_else(|e| Err(format!("the scan failed: {e}")));
-            scanner.deliver(tick, result);
+            scanner.deliver(tick, result, narrow);
         }));
     }
 }
@@ -438,6 +456,90 @@ fn ancestors(path: &RelPath) -> impl Iterator<Item = RelPath> {
     std::iter::successors(path.parent(), RelPath::parent)
 }
 
+/// The parts of the listings a plan needs after a partial scan, `None`
+/// where the whole is needed. Outside the folders listed again, the last
+/// tick left the replica equal to the source (what failed is listed again
+/// as a retried folder; an incomplete tick is followed by a full walk), so
+/// a plan there finds nothing; at a million files that plan over the whole
+/// listings was most of a tick's work. A part holds, for each folder listed
+/// again: the folder, its entries, the whole subtree of an entry that is a
+/// folder on one side only (created, removed or replaced), and the
+/// folder's ancestors up to one listed again, whose times the plan
+/// restores. Everything else
+/// stands as it was. `None` too when the parts would be most of the tree,
+/// or when an ancestor is not a folder on both sides.
+pub fn narrowed<'a>(
+    source: &Listing,
+    replica: &Listing,
+    listed: impl Iterator<Item = &'a RelPath>,
+) -> Option<(Listing, Listing)> {
+    let (s, r) = parts(source, replica, listed)?;
+    let whole = source.entries.len() + replica.entries.len();
+    (2 * (s.entries.len() + r.entries.len()) < whole).then_some((s, r))
+}
+
+/// The parts themselves (see `narrowed`), however large.
+fn parts<'a>(
+    source: &Listing,
+    replica: &Listing,
+    listed: impl Iterator<Item = &'a RelPath>,
+) -> Option<(Listing, Listing)> {
+    let folders: HashSet<&RelPath> = listed.collect();
+    let is_dir = |l: &Listing, p: &RelPath| l.get(p).is_some_and(|e| e.kind.is_dir());
+    let mut context: HashSet<RelPath> = HashSet::new();
+    for f in &folders {
+        // Above a folder that is listed again too, that one's part holds
+        // what is needed (a new folder is walked with its parent).
+        for a in ancestors(f).take_while(|a| !folders.contains(a)) {
+            if !(is_dir(source, &a) && is_dir(replica, &a)) {
+                return None;
+            }
+            context.insert(a);
+        }
+    }
+    let part = |this: &Listing, other: &Listing| {
+        let mut picked = Vec::new();
+        picked.extend(
+            context
+                .iter()
+                .filter_map(|a| this.entries.binary_search_by(|e| e.path.cmp(a)).ok()),
+        );
+        for f in &folders {
+            let range = subtree(&this.entries, f);
+            let mut i = range.start;
+            while i < range.end {
+                let e = &this.entries[i];
+                let child = e.path.parent().as_ref() == Some(*f);
+                if e.path == **f || child {
+                    picked.push(i);
+                }
+                if child && e.kind.is_dir() && !is_dir(other, &e.path) {
+                    let below = subtree(&this.entries[i..range.end], &e.path);
+                    picked.extend(i + 1..i + below.end);
+                    i += below.end;
+                    continue;
+                }
+                if child && e.kind.is_dir() {
+                    // A folder on both sides: what is below it stands.
+                    i += subtree(&this.entries[i..range.end], &e.path).end;
+                    continue;
+                }
+                i += 1;
+            }
+        }
+        picked.sort_unstable();
+        picked.dedup();
+        Listing {
+            entries: picked
+                .into_iter()
+                .map(|i| this.entries[i].clone())
+                .collect(),
+            incomplete: this.incomplete.clone(),
+        }
+    };
+    Some((part(source, replica), part(replica, source)))
+}
+
 /// The index range of `folder` and everything below it in a sorted listing.
 fn subtree(entries: &[Entry], folder: &RelPath) -> std::ops::Range<usize> {
     let start = entries.partition_point(|e| e.path < *folder);
@@ -648,6 +750,7 @@ mod tests {
         scanner.do_send(ScanTrees {
             tick: tick(1),
             scope: ScanScope::Full,
+            whole_plan: false,
         });
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
@@ -672,6 +775,7 @@ mod tests {
         scanner.do_send(ScanTrees {
             tick: tick(7),
             scope: ScanScope::Full,
+            whole_plan: false,
         });
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         let end = ended.lock().unwrap().remove(0);
@@ -697,6 +801,7 @@ mod tests {
         scanner.do_send(ScanTrees {
             tick: tick(2),
             scope: ScanScope::Full,
+            whole_plan: false,
         });
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         assert!(ended.lock().unwrap()[0].outcome.interrupted);
@@ -711,6 +816,7 @@ mod tests {
         scanner.do_send(ScanTrees {
             tick: tick(1),
             scope: ScanScope::Full,
+            whole_plan: false,
         });
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
@@ -738,6 +844,64 @@ mod partial_tests {
         let mut o = SyncOptions::new(src.to_path_buf(), dst.to_path_buf());
         o.watch = true;
         o
+    }
+
+    #[test]
+    fn a_plan_after_a_partial_scan_sees_only_what_changed_and_its_ancestors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        for root in [&s, &r] {
+            for d in 0..10 {
+                fs::create_dir_all(root.join(format!("d{d}/sub"))).unwrap();
+                for f in 0..4 {
+                    fs::write(root.join(format!("d{d}/f{f}")), b"x").unwrap();
+                }
+            }
+        }
+        let o = opts(&s, &r);
+        let stop = StopFlag::new();
+        let first = scan(&o, Devices::default(), &stop).unwrap();
+        let prev = Previous {
+            source: Arc::new(first.walk.source),
+            replica: Arc::new(first.walk.replica),
+        };
+        fs::write(s.join("d3/sub/new"), b"y").unwrap();
+        fs::create_dir_all(s.join("d3/sub/made/deeper")).unwrap();
+        fs::remove_dir_all(r.join("d7/sub")).unwrap();
+        fs::write(r.join("d7/sub"), b"now a file").unwrap();
+        let dirty = [
+            RelPath::from_str_lossy("d3/sub"),
+            RelPath::from_str_lossy("d7"),
+        ];
+        let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+        let w = &partial.walk;
+        let listed = w.listed_source.iter().chain(&w.listed_replica);
+        let (ps, pr) = narrowed(&w.source, &w.replica, listed).expect("a small part");
+        let kinds = |l: &Listing| listing_paths(l).join(", ");
+        assert_eq!(
+            kinds(&ps),
+            ". folder, d3 folder, d3/sub folder, d3/sub/made folder, d3/sub/made/deeper folder, \
+             d3/sub/new file, d7 folder, d7/f0 file, d7/f1 file, d7/f2 file, d7/f3 file, \
+             d7/sub folder"
+        );
+        assert_eq!(
+            kinds(&pr),
+            ". folder, d3 folder, d3/sub folder, d7 folder, d7/f0 file, d7/f1 file, \
+             d7/f2 file, d7/f3 file, d7/sub file"
+        );
+        // The root listed again: its entries, not what is below them.
+        let root = [RelPath::root()];
+        let (ps, _) = narrowed(&w.source, &w.replica, root.iter()).unwrap();
+        assert_eq!(ps.entries.len(), 11);
+        // Every folder listed again is most of the tree: the plan takes the
+        // whole listings.
+        let every = w
+            .source
+            .entries
+            .iter()
+            .filter(|e| e.kind.is_dir())
+            .map(|e| &e.path);
+        assert!(narrowed(&w.source, &w.replica, every).is_none());
     }
 
     /// A partial scan of the changed folders must give what a full scan
@@ -1042,6 +1206,60 @@ mod partial_properties {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// From a mirrored state, whatever changes on either side, the plan
+        /// made from the parts of the listings (`narrowed`) is the plan
+        /// made from the whole listings, but for reports (skips, warnings)
+        /// about entries outside the parts.
+        #[test]
+        fn narrowed_plans_equal_whole_plans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
+            use crate::differ::{diff, managed_entries, DiffOptions};
+            use crate::model::SameContent;
+            use crate::plan::Op;
+            let tmp = tempfile::tempdir().unwrap();
+            let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+            fs::create_dir_all(&s).unwrap();
+            fs::create_dir_all(&r).unwrap();
+            let mut o = SyncOptions::new(s.clone(), r.clone());
+            o.watch = true;
+            let stop = StopFlag::new();
+            let first = scan(&o, Devices::default(), &stop).unwrap();
+            let mut prev = Previous {
+                source: Arc::new(first.walk.source),
+                replica: Arc::new(first.walk.replica),
+            };
+            let is_report = |op: &Op| matches!(op, Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. });
+            for batch in &batches {
+                let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
+                let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+                let w = &partial.walk;
+                let listed = w.listed_source.iter().chain(&w.listed_replica);
+                // Content checks decide nothing here: every candidate differs.
+                let same = SameContent::default();
+                let whole = diff(&w.source, &w.replica, &same, DiffOptions::from(&o));
+                if let Some((ps, pr)) = parts(&w.source, &w.replica, listed) {
+                    let opts = DiffOptions {
+                        managed: Some(managed_entries(&w.replica, &w.source, DiffOptions::from(&o))),
+                        ..DiffOptions::from(&o)
+                    };
+                    let part = diff(&ps, &pr, &same, opts);
+                    let work = |ops: &[Op]| ops.iter().filter(|op| !is_report(op)).cloned().collect::<Vec<_>>();
+                    prop_assert_eq!(work(&part.ops), work(&whole.ops));
+                    prop_assert_eq!(part.guard, whole.guard);
+                    for op in part.ops.iter().filter(|op| is_report(op)) {
+                        prop_assert!(whole.ops.contains(op), "{:?} not in the whole plan", op);
+                    }
+                }
+                // Mirror, so the next batch starts from a mirrored state.
+                let log = |_: LogEvent| {};
+                crate::applier::apply(&whole, &o, &stop, &log);
+                let after = scan(&o, first.devices, &stop).unwrap();
+                prev = Previous {
+                    source: Arc::new(after.walk.source),
+                    replica: Arc::new(after.walk.replica),
+                };
+            }
+        }
 
         /// Whatever changes between two ticks, listing only the folders a
         /// watcher reports gives the listings a full walk gives.

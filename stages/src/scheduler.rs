@@ -50,6 +50,8 @@ struct Watching {
     last_full: Option<Instant>,
     /// The tick in flight: full, or how many folders it lists.
     current: Option<ScanScope>,
+    /// The last tick withheld deletions: plan over everything again.
+    guard_pending: bool,
 }
 
 impl Scheduler {
@@ -85,6 +87,7 @@ impl Scheduler {
             unwatched: false,
             last_full: None,
             current: None,
+            guard_pending: false,
         });
         self
     }
@@ -118,7 +121,12 @@ impl Scheduler {
         };
         self.in_flight = Some(tick);
         let scope = self.next_scope();
-        self.scan.do_send(ScanTrees { tick, scope });
+        let whole_plan = self.watch.as_ref().is_some_and(|w| w.guard_pending);
+        self.scan.do_send(ScanTrees {
+            tick,
+            scope,
+            whole_plan,
+        });
     }
 
     fn finish(&mut self) {
@@ -186,6 +194,7 @@ impl Handler<TickFinished> for Scheduler {
             // what failed is tried again where it failed.
             w.full_due |= msg.outcome.aborted.is_some() || msg.outcome.interrupted;
             w.dirty.extend(msg.outcome.retry.iter().cloned());
+            w.guard_pending = msg.outcome.guard_tripped;
         }
         self.log.do_send(event);
         self.last = Some(msg.outcome);
@@ -344,9 +353,12 @@ mod tests {
         let folders =
             |v: &[&str]| ScanScope::Folders(v.iter().map(|f| RelPath::from_str_lossy(f)).collect());
         assert_eq!(scope(2), folders(&["a", "b"]));
+        let whole_plan = |n: usize| r.scans.lock().unwrap()[n - 1].whole_plan;
+        assert!(!whole_plan(2), "plans look only at what changed");
         let tick = r.scans.lock().unwrap()[1].tick;
         let outcome = TickOutcome {
             retry: vec![RelPath::from_str_lossy("failed/here")],
+            guard_tripped: true,
             ..TickOutcome::default()
         };
         r.scheduler.do_send(TickFinished { tick, outcome });
@@ -356,8 +368,13 @@ mod tests {
             folders(&["failed/here"]),
             "what failed is listed again"
         );
+        assert!(
+            whole_plan(3),
+            "withheld deletions are planned (and reported) again"
+        );
         finish(&r, 3, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 4).await;
+        assert!(!whole_plan(4));
         assert_eq!(scope(4), folders(&[]), "nothing changed: nothing to list");
         r.scheduler.do_send(changed(&["c"], true, false));
         finish(&r, 4, 0);
