@@ -96,7 +96,8 @@ pub struct Cli {
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
 
-    /// Terminal: only errors and sync summaries (the log file keeps all).
+    /// Terminal: only errors and sync summaries, no progress bar (the log
+    /// file keeps all).
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
 

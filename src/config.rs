@@ -120,6 +120,8 @@ impl Config {
             } else {
                 Verbosity::Normal
             },
+            // `-q` keeps the terminal for errors and summaries.
+            progress: !cli.quiet,
         };
         Ok(Config {
             sync,
@@ -345,5 +347,24 @@ mod tests {
         .unwrap();
         assert!(c.replica_missing);
         assert_eq!(c.interval, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn quiet_turns_the_progress_bar_off() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        std::fs::create_dir(&s).unwrap();
+        let log = tmp.path().join("log");
+        let base = [s.to_str().unwrap(), r.to_str().unwrap(), "--log-file"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.push(log.to_str().unwrap());
+            args.extend_from_slice(extra);
+            config(&args).unwrap().log.progress
+        };
+        assert!(with(&[]));
+        assert!(with(&["-v"]));
+        assert!(!with(&["-q"]));
+        assert!(!with(&["--quiet"]));
     }
 }

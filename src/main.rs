@@ -43,6 +43,7 @@ fn run(cli: Cli) -> i32 {
         file: cli.log_file.clone(),
         format: config::log_format(cli.log_format),
         terminal: Verbosity::Quiet,
+        progress: false,
     };
     let mut config = match Config::from_cli(cli) {
         Ok(c) => c,

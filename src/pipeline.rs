@@ -31,6 +31,7 @@ pub async fn run(config: Config, logger: Logger) -> i32 {
     let once = config.interval.is_none();
     let stop = StopFlag::new();
     let opts = Arc::new(config.sync);
+    let terminal = logger.above();
     let log = logger.start();
 
     // The Scheduler both starts the pipeline and receives its end: its
@@ -62,7 +63,7 @@ pub async fn run(config: Config, logger: Logger) -> i32 {
     .start();
     let (done_tx, done_rx) = oneshot::channel();
     let coordinator =
-        ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx).start();
+        ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx, terminal).start();
     let mut schedule = Scheduler::new(
         config.interval,
         opts.dry_run,

@@ -10,6 +10,7 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipi
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use treesync_stages::messages::{StopTicks, TickOutcome, TicksOver};
+use treesync_stages::progress::Above;
 use treesync_stages::stop::StopFlag;
 
 /// How the run ended.
@@ -29,6 +30,8 @@ pub struct ShutdownCoordinator {
     scheduler: Recipient<StopTicks>,
     done: Option<oneshot::Sender<RunEnd>>,
     signals: u32,
+    /// The signal notices share standard error with the progress bar.
+    terminal: Above,
 }
 
 impl ShutdownCoordinator {
@@ -36,12 +39,14 @@ impl ShutdownCoordinator {
         stop: StopFlag,
         scheduler: Recipient<StopTicks>,
         done: oneshot::Sender<RunEnd>,
+        terminal: Above,
     ) -> Self {
         ShutdownCoordinator {
             stop,
             scheduler,
             done: Some(done),
             signals: 0,
+            terminal,
         }
     }
 }
@@ -75,13 +80,16 @@ impl Handler<SignalReceived> for ShutdownCoordinator {
     fn handle(&mut self, msg: SignalReceived, _: &mut Context<Self>) {
         self.signals += 1;
         if self.signals > 1 {
+            self.terminal.erase();
             eprintln!("treesync: second {} signal: exiting now", msg.0);
             std::process::exit(130);
         }
-        eprintln!(
-            "treesync: {} signal: stopping after the files in flight (again to exit at once)",
-            msg.0
-        );
+        self.terminal.write(|| {
+            eprintln!(
+                "treesync: {} signal: stopping after the files in flight (again to exit at once)",
+                msg.0
+            )
+        });
         self.stop.request();
         self.scheduler.do_send(StopTicks);
     }

@@ -12,6 +12,7 @@ pub mod messages;
 pub mod model;
 pub mod options;
 pub mod plan;
+pub mod progress;
 pub mod relpath;
 pub mod replica_ops;
 pub mod root;

@@ -134,7 +134,9 @@ pub fn tick_summary(ev: &LogEvent) -> String {
     line
 }
 
-fn human_bytes(b: f64) -> String {
+/// `512 B`, `5.2 MB`: decimal units, as the summary and the progress bar
+/// show sizes.
+pub(crate) fn human_bytes(b: f64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = b;
     let mut unit = 0;

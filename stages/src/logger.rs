@@ -13,10 +13,15 @@
 //! The log file gets every event but `-v` detail, whatever the terminal
 //! shows. A write error on the log file is reported once on standard error;
 //! logging goes on.
+//!
+//! The terminal also has the progress bar of long ticks (`progress`): every
+//! event passes through it, a timer on this actor refreshes it while a tick
+//! writes, and every write to standard error goes above it.
 
 use crate::log_format;
 use crate::messages::{FlushLog, Level, LogEvent, LogValue, Verb};
-use actix::{Actor, Context, Handler};
+use crate::progress::{Above, AboveBar, Progress, REFRESH};
+use actix::{Actor, AsyncContext, Context, Handler, SpawnHandle};
 use slog::{BorrowedKV, Drain, Never, OwnedKVList, Record, RecordLocation, RecordStatic, KV};
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
 use slog_term::{FullFormat, TermDecorator};
@@ -25,7 +30,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// Format of the log file (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +53,8 @@ pub struct LogConfig {
     pub file: PathBuf,
     pub format: LogFormat,
     pub terminal: Verbosity,
+    /// A progress bar for long syncs, if standard error is a terminal.
+    pub progress: bool,
 }
 
 /// Entries queued per drain before a sender waits. Large enough that a
@@ -77,6 +84,9 @@ pub struct Logger {
     /// the async drains are closed.
     file: Arc<FileDrain>,
     sinks: Sinks,
+    progress: Progress,
+    /// The timer that refreshes the bar while a tick writes.
+    refresh: Option<SpawnHandle>,
 }
 
 impl Logger {
@@ -84,17 +94,47 @@ impl Logger {
     /// both drains. The error is the one from opening the file; the caller
     /// adds the path.
     pub fn open(cfg: &LogConfig) -> io::Result<Logger> {
+        let progress = Progress::on_stderr(cfg.progress);
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&cfg.file)?;
-        let file = Arc::new(FileDrain::new(file));
+        let file = Arc::new(FileDrain::new(file, progress.above()));
         Ok(Logger {
             format: cfg.format,
             terminal: cfg.terminal,
-            sinks: Sinks::asynchronous(file.clone()),
+            sinks: Sinks::asynchronous(file.clone(), progress.above()),
             file,
+            progress,
+            refresh: None,
         })
+    }
+
+    /// For writers of standard error outside the Logger (the signal
+    /// notices), so that their lines do not cut through the bar.
+    pub fn above(&self) -> Above {
+        self.progress.above()
+    }
+
+    /// Lets the bar follow the event; starts its refresh timer when a tick
+    /// with files to write begins, stops it when the tick ends.
+    fn follow(&mut self, ev: &LogEvent, ctx: &mut Context<Self>) {
+        let started = self.progress.observe(ev, Instant::now());
+        if started && self.refresh.is_none() {
+            let timer = ctx.run_interval(REFRESH, |logger, _| {
+                logger.progress.refresh(Instant::now());
+            });
+            self.refresh = Some(timer);
+        }
+        if !self.progress.tracking() {
+            self.stop_refresh(ctx);
+        }
+    }
+
+    fn stop_refresh(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.refresh.take() {
+            ctx.cancel_future(timer);
+        }
     }
 
     fn log(&self, ev: &LogEvent) {
@@ -123,7 +163,8 @@ impl Logger {
     /// Writes out and closes the async drains; later events are written
     /// synchronously.
     fn flush(&mut self) {
-        let direct = Sinks::synchronous(self.file.clone());
+        self.progress.end();
+        let direct = Sinks::synchronous(self.file.clone(), self.progress.above());
         std::mem::replace(&mut self.sinks, direct).close();
     }
 }
@@ -135,7 +176,9 @@ impl Actor for Logger {
 impl Handler<LogEvent> for Logger {
     type Result = ();
 
-    fn handle(&mut self, msg: LogEvent, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: LogEvent, ctx: &mut Context<Self>) {
+        // Before the line is queued: the summary's line finds the bar gone.
+        self.follow(&msg, ctx);
         self.log(&msg);
     }
 }
@@ -143,7 +186,8 @@ impl Handler<LogEvent> for Logger {
 impl Handler<FlushLog> for Logger {
     type Result = ();
 
-    fn handle(&mut self, _msg: FlushLog, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _msg: FlushLog, ctx: &mut Context<Self>) {
+        self.stop_refresh(ctx);
         self.flush();
     }
 }
@@ -159,9 +203,9 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn asynchronous(file: Arc<FileDrain>) -> Sinks {
+    fn asynchronous(file: Arc<FileDrain>, above: Above) -> Sinks {
         let (file_drain, file_guard) = async_drain(file, "treesync-log-file");
-        let (term_drain, term_guard) = async_drain(terminal_drain(), "treesync-log-term");
+        let (term_drain, term_guard) = async_drain(terminal_drain(above), "treesync-log-term");
         Sinks {
             file: slog::Logger::root(file_drain.ignore_res(), slog::o!()),
             terminal: slog::Logger::root(term_drain.ignore_res(), slog::o!()),
@@ -181,10 +225,10 @@ impl Sinks {
         drop(guards);
     }
 
-    fn synchronous(file: Arc<FileDrain>) -> Sinks {
+    fn synchronous(file: Arc<FileDrain>, above: Above) -> Sinks {
         // The terminal formatter is not `Sync`; a mutex makes it usable
         // without its own thread.
-        let terminal = Mutex::new(terminal_drain()).ignore_res();
+        let terminal = Mutex::new(terminal_drain(above)).ignore_res();
         Sinks {
             file: slog::Logger::root(file, slog::o!()),
             terminal: slog::Logger::root(terminal, slog::o!()),
@@ -205,14 +249,13 @@ where
         .build_with_guard()
 }
 
-/// Human-readable lines on standard error, in colour on a terminal. A
-/// closed standard error must not stop the sync, hence `ignore_res`.
-fn terminal_drain() -> impl Drain<Ok = (), Err = Never> + Send + 'static {
+/// Human-readable lines on standard error, in colour on a terminal, above
+/// the progress bar. A closed standard error must not stop the sync, hence
+/// `ignore_res`.
+fn terminal_drain(above: Above) -> impl Drain<Ok = (), Err = Never> + Send + 'static {
     let decorator = TermDecorator::new().stderr().build();
-    FullFormat::new(decorator)
-        .use_local_timestamp()
-        .build()
-        .ignore_res()
+    let format = FullFormat::new(decorator).use_local_timestamp().build();
+    AboveBar::new(above, format).ignore_res()
 }
 
 /// Location of every record: our records do not come from `slog::info!`
@@ -280,19 +323,23 @@ struct FileDrain {
     file: File,
     /// Set after the first write error, so it is reported once.
     failed: AtomicBool,
+    /// The report goes to standard error, above the progress bar.
+    above: Above,
 }
 
 impl FileDrain {
-    fn new(file: File) -> FileDrain {
+    fn new(file: File, above: Above) -> FileDrain {
         FileDrain {
             file,
             failed: AtomicBool::new(false),
+            above,
         }
     }
 
     fn report(&self, err: &io::Error) {
         if !self.failed.swap(true, Ordering::Relaxed) {
-            eprintln!("treesync: cannot write to the log file: {err}");
+            self.above
+                .write(|| eprintln!("treesync: cannot write to the log file: {err}"));
         }
     }
 }
@@ -351,6 +398,7 @@ mod tests {
             file: dir.path().join("treesync.log"),
             format,
             terminal: Verbosity::Quiet,
+            progress: false,
         }
     }
 
@@ -415,6 +463,7 @@ mod tests {
             file: dir.path().join("missing").join("treesync.log"),
             format: LogFormat::Text,
             terminal: Verbosity::Normal,
+            progress: false,
         };
         let err = Logger::open(&cfg).err().map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::NotFound));
