@@ -355,8 +355,12 @@ fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
         Op::Rmdir { path } => replica.rmdir(path)?,
         Op::Mkdir { path, .. } => replica.mkdir(path)?,
         Op::Copy { path, meta } | Op::Update { path, meta } => {
+            let written = match op {
+                Op::Update { .. } => replica.update(path, meta)?,
+                _ => replica.copy(path, meta)?,
+            };
             // A source that vanished or changed is a skip, not a failure.
-            return Ok(match replica.copy(path, meta)? {
+            return Ok(match written {
                 Copied::Written { bytes } => done_event(op, Some(bytes)),
                 Copied::Skipped { reason } => {
                     Some(LogEvent::op(Verb::Skip, path).with_str("reason", reason))

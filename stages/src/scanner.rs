@@ -1204,6 +1204,23 @@ mod partial_properties {
             .collect()
     }
 
+    /// Two empty roots `s` and `r` in a temporary folder, watch-mode
+    /// options, and their first scan.
+    fn empty_trees() -> (tempfile::TempDir, SyncOptions, Devices, Previous) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        fs::create_dir_all(&s).unwrap();
+        fs::create_dir_all(&r).unwrap();
+        let mut o = SyncOptions::new(s, r);
+        o.watch = true;
+        let first = scan(&o, Devices::default(), &StopFlag::new()).unwrap();
+        let prev = Previous {
+            source: Arc::new(first.walk.source),
+            replica: Arc::new(first.walk.replica),
+        };
+        (tmp, o, first.devices, prev)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -1216,22 +1233,13 @@ mod partial_properties {
             use crate::differ::{diff, managed_entries, DiffOptions};
             use crate::model::SameContent;
             use crate::plan::Op;
-            let tmp = tempfile::tempdir().unwrap();
+            let (tmp, o, devices, mut prev) = empty_trees();
             let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
-            fs::create_dir_all(&s).unwrap();
-            fs::create_dir_all(&r).unwrap();
-            let mut o = SyncOptions::new(s.clone(), r.clone());
-            o.watch = true;
             let stop = StopFlag::new();
-            let first = scan(&o, Devices::default(), &stop).unwrap();
-            let mut prev = Previous {
-                source: Arc::new(first.walk.source),
-                replica: Arc::new(first.walk.replica),
-            };
             let is_report = |op: &Op| matches!(op, Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. });
             for batch in &batches {
                 let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
-                let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+                let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
                 let w = &partial.walk;
                 let listed = w.listed_source.iter().chain(&w.listed_replica);
                 // Content checks decide nothing here: every candidate differs.
@@ -1253,7 +1261,7 @@ mod partial_properties {
                 // Mirror, so the next batch starts from a mirrored state.
                 let log = |_: LogEvent| {};
                 crate::applier::apply(&whole, &o, &stop, &log);
-                let after = scan(&o, first.devices, &stop).unwrap();
+                let after = scan(&o, devices, &stop).unwrap();
                 prev = Previous {
                     source: Arc::new(after.walk.source),
                     replica: Arc::new(after.walk.replica),
@@ -1265,22 +1273,13 @@ mod partial_properties {
         /// watcher reports gives the listings a full walk gives.
         #[test]
         fn partial_scans_equal_full_scans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
-            let tmp = tempfile::tempdir().unwrap();
+            let (tmp, o, devices, mut prev) = empty_trees();
             let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
-            fs::create_dir_all(&s).unwrap();
-            fs::create_dir_all(&r).unwrap();
-            let mut o = SyncOptions::new(s.clone(), r.clone());
-            o.watch = true;
             let stop = StopFlag::new();
-            let first = scan(&o, Devices::default(), &stop).unwrap();
-            let mut prev = Previous {
-                source: Arc::new(first.walk.source),
-                replica: Arc::new(first.walk.replica),
-            };
             for batch in &batches {
                 let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
-                let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
-                let full = scan(&o, first.devices, &stop).unwrap();
+                let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
+                let full = scan(&o, devices, &stop).unwrap();
                 prop_assert_eq!(&partial.walk.source.entries, &full.walk.source.entries);
                 prop_assert_eq!(
                     planned(&partial.walk.replica.entries),
