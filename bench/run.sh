@@ -78,11 +78,10 @@ for s in "${SCENARIOS[@]}"; do
     cmd="{ [ ! -d $keep ] || mv $keep {dst}/.treesync; }; $T --once --quiet --checksum --log-file $LOG {src} {dst}; rc=\$?; mv {dst}/.treesync $keep; touch -m -r {src} {dst}; exit \$rc"
     rm -rf "${BENCH_WORK:-${TMPDIR:-/tmp}/treesync-bench}"/*/.treesync-kept-"$kind"
   fi
-  echo "## $kind/$scenario${flag:+ ($flag)} (scale $SCALE)" >>"$OUT"
-  echo >>"$OUT"
+  printf '## %s\n\n```\n' "$kind/$scenario${flag:+ ($flag)} (scale $SCALE)" >>"$OUT"
   "$HARNESS/compare.sh" --scale "$SCALE" --runs "$RUNS" --peers "$(peers_for "$kind" "$scenario" "$flag")" \
     --cmd "$name=$cmd" "$kind" "$scenario" \
     2>/dev/null | tee -a "$OUT"
-  echo >>"$OUT"
+  printf '```\n\n' >>"$OUT"
 done
 echo "wrote $OUT" >&2
