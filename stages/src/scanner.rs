@@ -485,6 +485,10 @@ fn parts<'a>(
     listed: impl Iterator<Item = &'a RelPath>,
 ) -> Option<(Listing, Listing)> {
     let folders: HashSet<&RelPath> = listed.collect();
+    if folders.is_empty() {
+        // Nothing listed: no part holds the roots the plan is checked by.
+        return None;
+    }
     let is_dir = |l: &Listing, p: &RelPath| l.get(p).is_some_and(|e| e.kind.is_dir());
     let mut context: HashSet<RelPath> = HashSet::new();
     for f in &folders {
