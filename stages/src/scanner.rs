@@ -832,6 +832,17 @@ mod tests {
     }
 }
 
+/// A first full scan, as the last tick's listings for a partial one.
+#[cfg(test)]
+fn first_scan(o: &SyncOptions) -> (Devices, Previous) {
+    let first = scan(o, Devices::default(), &StopFlag::new()).unwrap();
+    let prev = Previous {
+        source: Arc::new(first.walk.source),
+        replica: Arc::new(first.walk.replica),
+    };
+    (first.devices, prev)
+}
+
 #[cfg(test)]
 mod partial_tests {
     use super::*;
@@ -864,11 +875,7 @@ mod partial_tests {
         }
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let first = scan(&o, Devices::default(), &stop).unwrap();
-        let prev = Previous {
-            source: Arc::new(first.walk.source),
-            replica: Arc::new(first.walk.replica),
-        };
+        let (devices, prev) = first_scan(&o);
         fs::write(s.join("d3/sub/new"), b"y").unwrap();
         fs::create_dir_all(s.join("d3/sub/made/deeper")).unwrap();
         fs::remove_dir_all(r.join("d7/sub")).unwrap();
@@ -877,7 +884,7 @@ mod partial_tests {
             RelPath::from_str_lossy("d3/sub"),
             RelPath::from_str_lossy("d7"),
         ];
-        let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
+        let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
         let w = &partial.walk;
         let listed = w.listed_source.iter().chain(&w.listed_replica);
         let (ps, pr) = narrowed(&w.source, &w.replica, listed).expect("a small part");
@@ -922,15 +929,11 @@ mod partial_tests {
         setup(&s, &r);
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let first = scan(&o, Devices::default(), &stop).unwrap();
-        let prev = Previous {
-            source: Arc::new(first.walk.source),
-            replica: Arc::new(first.walk.replica),
-        };
+        let (devices, prev) = first_scan(&o);
         change(&s, &r);
         let dirty: Vec<RelPath> = dirty.iter().map(|d| RelPath::from_str_lossy(d)).collect();
-        let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
-        let full = scan(&o, first.devices, &stop).unwrap();
+        let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
+        let full = scan(&o, devices, &stop).unwrap();
         assert_eq!(
             listing_paths(&partial.walk.source),
             listing_paths(&full.walk.source),
@@ -990,11 +993,7 @@ mod partial_tests {
         }
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let first = scan(&o, Devices::default(), &stop).unwrap();
-        let mut prev = Previous {
-            source: Arc::new(first.walk.source),
-            replica: Arc::new(first.walk.replica),
-        };
+        let (devices, mut prev) = first_scan(&o);
         let rel = |v: &[&str]| {
             v.iter()
                 .map(|d| RelPath::from_str_lossy(d))
@@ -1019,8 +1018,8 @@ mod partial_tests {
         ];
         for (change, dirty) in steps {
             change();
-            let partial = scan_folders(&o, first.devices, &stop, prev, &dirty).unwrap();
-            let full = scan(&o, first.devices, &stop).unwrap();
+            let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
+            let full = scan(&o, devices, &stop).unwrap();
             assert_eq!(
                 listing_paths(&partial.walk.source),
                 listing_paths(&full.walk.source)
@@ -1217,12 +1216,8 @@ mod partial_properties {
         fs::create_dir_all(&r).unwrap();
         let mut o = SyncOptions::new(s, r);
         o.watch = true;
-        let first = scan(&o, Devices::default(), &StopFlag::new()).unwrap();
-        let prev = Previous {
-            source: Arc::new(first.walk.source),
-            replica: Arc::new(first.walk.replica),
-        };
-        (tmp, o, first.devices, prev)
+        let (devices, prev) = first_scan(&o);
+        (tmp, o, devices, prev)
     }
 
     proptest! {
