@@ -99,6 +99,8 @@ pub fn apply(
         tally.errors += 1;
     }
     let target = open_target(opts, plan.roots, log, &mut tally);
+    let unapplied = matches!(target, Target::Unavailable)
+        && plan.ops.iter().any(|op| op.phase() != Phase::Report);
     let run = Run {
         opts,
         stop,
@@ -123,6 +125,8 @@ pub fn apply(
         guard_tripped: plan.guard.is_some(),
         aborted: None,
         interrupted: tally.stopped,
+        unapplied,
+        idle: false,
         retry: tally.retry,
     }
 }
@@ -896,6 +900,7 @@ mod tests {
         });
         let (out, events) = run(&p, &t.opts);
         assert_eq!((out.counts.copy, out.errors), (0, 1));
+        assert!(out.unapplied, "the next tick must walk everything");
         assert_eq!(events[0].field("op"), Some(&LogValue::Str("apply".into())));
         assert!(!t.dst.join("f").exists());
         // Twin: the very roots scanned.
@@ -905,6 +910,7 @@ mod tests {
         });
         let (out, _) = run(&p, &t.opts);
         assert_eq!((out.counts.copy, out.errors), (1, 0));
+        assert!(!out.unapplied);
     }
 
     #[test]

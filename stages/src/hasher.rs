@@ -430,7 +430,12 @@ impl Handler<TreesScanned> for Hasher {
                 Err(_) => (SameContent::default(), Vec::new()),
             };
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.prune(tick);
+            // Only a tick that saw every pair knows which digests are of
+            // files gone; one given the changed parts (`managed` set) does
+            // not, and pruning there would empty the cache.
+            if msg.managed.is_none() {
+                cache.prune(tick);
+            }
             if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
                 // The cache only saves work: failing to save it is no error.
                 if let Err(e) = cache.save(replica) {
@@ -716,5 +721,52 @@ mod tests {
         wait_until(|| !got.lock().unwrap().is_empty()).await;
         let got = got.lock().unwrap();
         assert_eq!(got[0].contents, SameContent::default());
+    }
+
+    #[actix_rt::test]
+    async fn only_a_tick_over_the_whole_listings_prunes_the_cache() {
+        let (tmp, s, r) = two_roots(&[("f", b"same", b"same")]);
+        let listing = |root: &Root| Listing {
+            entries: vec![scanned(root, "f")],
+            incomplete: Vec::new(),
+        };
+        let (next, got) = Collector::<TreesHashed>::start();
+        let (log, _) = Collector::<LogEvent>::start();
+        let mut opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
+        opts.checksum = true;
+        opts.dry_run = true; // nothing loaded or saved: the cache is this one
+        let hasher = Hasher::new(
+            Arc::new(opts),
+            next.recipient(),
+            log.recipient(),
+            StopFlag::new(),
+        );
+        let cache = hasher.cache.clone();
+        let elsewhere = CacheKey::from(&Meta::default());
+        cache.lock().unwrap().insert(elsewhere, Digest([9; 20]), 1);
+        let hasher = hasher.start();
+        let send = |seq, managed| {
+            hasher.do_send(TreesScanned {
+                tick: TickInfo {
+                    seq,
+                    started: std::time::Instant::now(),
+                },
+                source: Arc::new(listing(&s)),
+                replica: Arc::new(listing(&r)),
+                managed,
+                errors: 0,
+            })
+        };
+        // The changed parts only: a digest of a file elsewhere stays.
+        send(2, Some(10));
+        wait_until(|| got.lock().unwrap().len() == 1).await;
+        assert_eq!(
+            cache.lock().unwrap().get(&elsewhere, 2),
+            Some(Digest([9; 20]))
+        );
+        // Every pair seen: one not used in this tick goes.
+        send(3, None);
+        wait_until(|| got.lock().unwrap().len() == 2).await;
+        assert_eq!(cache.lock().unwrap().get(&elsewhere, 3), None);
     }
 }

@@ -164,6 +164,12 @@ pub struct TickOutcome {
     pub aborted: Option<String>,
     /// A stop was asked before the tick finished.
     pub interrupted: bool,
+    /// The plan's operations were not carried out (a root could not be
+    /// opened, or was another folder than the one scanned; already
+    /// logged): what they would have done, only a full walk finds again.
+    pub unapplied: bool,
+    /// Nothing changed since the last tick: nothing was planned.
+    pub idle: bool,
     /// Folders holding an operation that failed or was skipped at run time
     /// (a file changing while copied): in watch mode the next tick lists
     /// them again, so the operation is retried without a full walk.

@@ -616,15 +616,13 @@ fn source_parent_failed(e: io::Error, path: &RelPath) -> Halt {
 /// Copies `src` into `dst` in the kernel (`copy_file_range`). `expected`
 /// is the size seen when `src` was opened: some filesystems (FUSE,
 /// procfs-like) end a kernel copy early, so short of it, reading finds what
-/// is really there. Once `expected` bytes are copied no call is spent
-/// looking for the end: a source that changed meanwhile is caught by the
-/// caller's stat after the copy.
+/// is really there. The copy goes on to the end, past `expected` if need
+/// be: a file whose size under-reports its content (some FUSE
+/// filesystems) then differs from its stat and is skipped, never copied
+/// cut short.
 fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        if expected > 0 && total >= expected {
-            return Ok(total);
-        }
         // An injected write failure (the disk filling up mid-copy).
         fail_point!("replica_ops::copy::write", |_| Err(Errno::NOSPC.into()));
         match rfs::copy_file_range(src, None, dst, None, RANGE_CHUNK) {

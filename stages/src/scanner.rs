@@ -112,7 +112,10 @@ impl Scanner {
         if scan.unchanged {
             // Nothing to plan: the tick ends here, idle ticks stay cheap.
             self.previous = Some(listings);
-            let outcome = TickOutcome::default();
+            let outcome = TickOutcome {
+                idle: true,
+                ..TickOutcome::default()
+            };
             self.finished.do_send(TickFinished { tick, outcome });
             return;
         }

@@ -192,9 +192,13 @@ impl Handler<TickFinished> for Scheduler {
             event = event.with_str("mode", mode).with_u64("rescanned", folders);
             // What a tick that did not complete missed, only a walk finds;
             // what failed is tried again where it failed.
-            w.full_due |= msg.outcome.aborted.is_some() || msg.outcome.interrupted;
-            w.dirty.extend(msg.outcome.retry.iter().cloned());
-            w.guard_pending = msg.outcome.guard_tripped;
+            let o = &msg.outcome;
+            w.full_due |= o.aborted.is_some() || o.interrupted || o.unapplied;
+            w.dirty.extend(o.retry.iter().cloned());
+            // An idle tick planned nothing: withheld deletions still are.
+            if !o.idle {
+                w.guard_pending = o.guard_tripped;
+            }
         }
         self.log.do_send(event);
         self.last = Some(msg.outcome);
@@ -372,21 +376,54 @@ mod tests {
             whole_plan(3),
             "withheld deletions are planned (and reported) again"
         );
-        finish(&r, 3, 0);
+        let tick = r.scans.lock().unwrap()[2].tick;
+        let idle = TickOutcome {
+            idle: true,
+            ..TickOutcome::default()
+        };
+        r.scheduler.do_send(TickFinished {
+            tick,
+            outcome: idle,
+        });
         wait_until(|| r.scans.lock().unwrap().len() == 4).await;
-        assert!(!whole_plan(4));
+        assert!(
+            whole_plan(4),
+            "an idle tick planned nothing: still withheld"
+        );
         assert_eq!(scope(4), folders(&[]), "nothing changed: nothing to list");
-        r.scheduler.do_send(changed(&["c"], true, false));
-        finish(&r, 4, 0);
+        let tick = r.scans.lock().unwrap()[3].tick;
+        let unapplied = TickOutcome {
+            unapplied: true,
+            ..TickOutcome::default()
+        };
+        r.scheduler.do_send(TickFinished {
+            tick,
+            outcome: unapplied,
+        });
         wait_until(|| r.scans.lock().unwrap().len() == 5).await;
-        assert_eq!(scope(5), ScanScope::Full, "lost events: full rescan");
-        r.scheduler.do_send(changed(&[], true, true));
+        assert!(
+            !whole_plan(5),
+            "a tick that planned without tripping the guard"
+        );
+        assert_eq!(
+            scope(5),
+            ScanScope::Full,
+            "a plan not carried out: full walk"
+        );
         finish(&r, 5, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 6).await;
+        assert_eq!(scope(6), folders(&[]));
+        r.scheduler.do_send(changed(&["c"], true, false));
         finish(&r, 6, 0);
         wait_until(|| r.scans.lock().unwrap().len() == 7).await;
-        assert_eq!(scope(6), ScanScope::Full);
-        assert_eq!(scope(7), ScanScope::Full, "unwatched: every tick is full");
+        assert_eq!(scope(7), ScanScope::Full, "lost events: full rescan");
+        r.scheduler.do_send(changed(&[], true, true));
+        finish(&r, 7, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 8).await;
+        finish(&r, 8, 0);
+        wait_until(|| r.scans.lock().unwrap().len() == 9).await;
+        assert_eq!(scope(8), ScanScope::Full);
+        assert_eq!(scope(9), ScanScope::Full, "unwatched: every tick is full");
         let logs = r.logs.lock().unwrap();
         assert_eq!(
             logs[1].field("mode"),
