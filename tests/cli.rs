@@ -167,13 +167,7 @@ fn dry_run_writes_nothing_and_plans_what_a_real_run_does() {
 #[test]
 fn dry_run_applies_the_guard() {
     let sb = Sandbox::new();
-    for i in 0..20 {
-        file(&sb.src, format!("f{i:02}.txt"), "x");
-    }
-    sb.sync(&[]).expect_code(0);
-    for i in 0..15 {
-        remove(&sb.s(format!("f{i:02}.txt")));
-    }
+    sb.mirror_then_remove_15_of_20();
     let run = sb.sync(&["--dry-run"]);
     run.expect_code(4);
     assert!(run.errors().iter().any(|e| e.str("op") == Some("guard")));

@@ -273,13 +273,7 @@ fn a_vanished_replica_is_not_recreated() {
 #[test]
 fn a_guard_trip_in_interval_mode_still_stops_with_zero() {
     let sb = Sandbox::new();
-    for i in 0..20 {
-        file(&sb.src, format!("f{i:02}.txt"), "x");
-    }
-    sb.sync(&[]).expect_code(0);
-    for i in 0..15 {
-        remove(&sb.s(format!("f{i:02}.txt")));
-    }
+    sb.mirror_then_remove_15_of_20();
     let mut r = sb.spawn_interval("1", &[]);
     r.wait_ticks(2);
     let run = r.stop("INT");

@@ -655,6 +655,15 @@ mod tests {
         }
     }
 
+    /// Tick `seq`, walking everything.
+    fn full_scan(seq: u64) -> ScanTrees {
+        ScanTrees {
+            tick: tick(seq),
+            scope: ScanScope::Full,
+            whole_plan: false,
+        }
+    }
+
     fn trees() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let (s, d) = (tmp.path().join("s"), tmp.path().join("d"));
@@ -754,11 +763,7 @@ mod tests {
     async fn sends_both_listings_downstream() {
         let (_tmp, s, d) = trees();
         let (scanner, scanned, ended, _) = start(SyncOptions::new(s, d), StopFlag::new());
-        scanner.do_send(ScanTrees {
-            tick: tick(1),
-            scope: ScanScope::Full,
-            whole_plan: false,
-        });
+        scanner.do_send(full_scan(1));
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
         assert_eq!(got.tick.seq, 1);
@@ -779,11 +784,7 @@ mod tests {
         let (_tmp, s, d) = trees();
         let (scanner, scanned, ended, logged) =
             start(SyncOptions::new(s.join("gone"), d), StopFlag::new());
-        scanner.do_send(ScanTrees {
-            tick: tick(7),
-            scope: ScanScope::Full,
-            whole_plan: false,
-        });
+        scanner.do_send(full_scan(7));
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         let end = ended.lock().unwrap().remove(0);
         assert_eq!(end.tick.seq, 7);
@@ -805,11 +806,7 @@ mod tests {
         let stop = StopFlag::new();
         stop.request();
         let (scanner, scanned, ended, _) = start(SyncOptions::new(s, d), stop);
-        scanner.do_send(ScanTrees {
-            tick: tick(2),
-            scope: ScanScope::Full,
-            whole_plan: false,
-        });
+        scanner.do_send(full_scan(2));
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         assert!(ended.lock().unwrap()[0].outcome.interrupted);
         assert!(scanned.lock().unwrap().is_empty());
@@ -820,11 +817,7 @@ mod tests {
         let (_tmp, s, d) = trees();
         fs::create_dir(s.join(".syncignore")).unwrap();
         let (scanner, scanned, _, logged) = start(SyncOptions::new(s, d), StopFlag::new());
-        scanner.do_send(ScanTrees {
-            tick: tick(1),
-            scope: ScanScope::Full,
-            whole_plan: false,
-        });
+        scanner.do_send(full_scan(1));
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
         let got = scanned.lock().unwrap().remove(0);
         assert_eq!(got.errors, 1);

@@ -102,6 +102,18 @@ impl Sandbox {
         self.tmp.path().join(format!("log-{n}.jsonl"))
     }
 
+    /// Mirrors 20 files, then removes 15 of them from the source: a sync
+    /// now would delete 75% of the replica, over the default guard (50%).
+    pub fn mirror_then_remove_15_of_20(&self) {
+        for i in 0..20 {
+            file(&self.src, format!("f{i:02}.txt"), "x");
+        }
+        self.sync(&[]).expect_code(0);
+        for i in 0..15 {
+            remove(&self.s(format!("f{i:02}.txt")));
+        }
+    }
+
     /// `treesync --once SRC DST <extra>` with a fresh JSON log.
     pub fn sync(&self, extra: &[&str]) -> Run {
         let mut args: Vec<OsString> = vec!["--once".into()];
@@ -113,6 +125,13 @@ impl Sandbox {
 
     /// Runs the binary with `args` plus `--log-file <fresh> --log-format json`.
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        let (cmd, log) = self.command(args);
+        run_command(cmd, Some(log))
+    }
+
+    /// The binary with `args` plus `--log-file <fresh> --log-format json`,
+    /// run in the sandbox; and that log's path.
+    fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> (Command, PathBuf) {
         let log = self.next_log();
         let mut cmd = Command::new(bin());
         cmd.arg("--log-file")
@@ -121,7 +140,7 @@ impl Sandbox {
             .arg("json")
             .args(args)
             .current_dir(self.tmp.path());
-        run_command(cmd, Some(log))
+        (cmd, log)
     }
 
     /// Runs `prefix... treesync --log-file <fresh> --log-format json args...`
@@ -180,14 +199,7 @@ impl Sandbox {
 
     /// Starts the binary with `args` plus the log options, in the background.
     pub fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Running {
-        let log = self.next_log();
-        let mut cmd = Command::new(bin());
-        cmd.arg("--log-file")
-            .arg(&log)
-            .arg("--log-format")
-            .arg("json")
-            .args(args)
-            .current_dir(self.tmp.path());
+        let (cmd, log) = self.command(args);
         Running::start(cmd, log)
     }
 
