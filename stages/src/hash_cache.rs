@@ -8,10 +8,10 @@
 //! SHA-1 of everything before it: a torn, truncated or foreign file fails
 //! the check and is ignored (the cache starts empty), never trusted.
 
-use crate::model::{Digest, Meta, STATE_DIR};
-use crate::relpath::RelPath;
+use crate::model::{Digest, Meta};
 use crate::root::Root;
-use rustix::fs::{Mode, OFlags};
+use crate::state::{self, StateError};
+use rustix::fd::AsFd;
 use sha1::{Digest as _, Sha1};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -125,41 +125,35 @@ impl HashCache {
     }
 
     /// Reads the saved cache; entries count as used in tick `tick`. A
-    /// missing or damaged file gives an empty cache.
-    pub fn load(replica: &Root, tick: u64) -> HashCache {
-        let read = || -> io::Result<Option<HashCache>> {
-            let state = open_state_dir(replica)?;
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(&state, FILE_NAME, flags, Mode::empty())?;
-            let size = rustix::fs::fstat(&fd)?.st_size as u64;
-            decode(std::fs::File::from(fd), size, tick)
+    /// missing or damaged file gives an empty cache; one that is not a
+    /// regular file (a fifo, a link put there) also gives an error to
+    /// report, and is never opened for reading.
+    pub fn load(replica: &Root, tick: u64) -> (HashCache, Option<StateError>) {
+        let Ok(dir) = state::open_dir(replica) else {
+            return (HashCache::default(), None);
         };
-        read().ok().flatten().unwrap_or_default()
+        match state::open_read(dir.as_fd(), FILE_NAME) {
+            Ok(Some((file, size))) => {
+                let cache = decode(file, size, tick).ok().flatten();
+                (cache.unwrap_or_default(), None)
+            }
+            Ok(None) => (HashCache::default(), None),
+            Err(e) => (HashCache::default(), Some(e)),
+        }
     }
 
     /// Replaces the saved cache atomically.
     pub fn save(&mut self, replica: &Root) -> io::Result<()> {
-        let state = open_state_dir(replica)?;
-        // One process per replica (the lock): a fixed name, so a crash
-        // leaves at most one stale temporary, replaced next time.
-        let tmp = format!("{FILE_NAME}.tmp");
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&state, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;
-        let written = self.encode(std::fs::File::from(fd));
-        if let Err(e) = written {
-            let _ = rustix::fs::unlinkat(&state, tmp.as_str(), rustix::fs::AtFlags::empty());
-            return Err(e);
-        }
-        rustix::fs::renameat(&state, tmp.as_str(), &state, FILE_NAME)?;
+        let dir = state::open_dir(replica)?;
+        state::write_atomic(dir.as_fd(), FILE_NAME, |out| self.encode(out))?;
         self.dirty = false;
         Ok(())
     }
 
     /// Writes the records as they are encoded, never the whole file in
     /// memory: it is as large as the cache.
-    fn encode(&self, file: std::fs::File) -> io::Result<()> {
-        let mut out = Summed::new(io::BufWriter::with_capacity(1 << 16, file));
+    fn encode(&self, out: &mut impl Write) -> io::Result<()> {
+        let mut out = Summed::new(out);
         out.write_all(MAGIC)?;
         out.write_all(&(self.map.len() as u64).to_le_bytes())?;
         let mut record = [0u8; RECORD];
@@ -167,13 +161,11 @@ impl HashCache {
             encode_record(k, d, &mut record);
             out.write_all(&record)?;
         }
-        let (mut inner, sum) = out.finish();
-        inner.write_all(&sum)?;
-        inner.flush()
+        let (inner, sum) = out.finish();
+        inner.write_all(&sum)
     }
 }
 
-/// Ticks past 32 bits (136 years of one-second ticks) stay at the last.
 fn stored_tick(tick: u64) -> u32 {
     u32::try_from(tick).unwrap_or(u32::MAX)
 }
@@ -248,12 +240,6 @@ impl<R: Read> Summed<R> {
     }
 }
 
-/// `REPLICA/.treesync`, reached like any replica folder (never via a link).
-fn open_state_dir(replica: &Root) -> io::Result<rustix::fd::OwnedFd> {
-    let state = RelPath::root().join(STATE_DIR);
-    replica.open_dir(&state)
-}
-
 /// Reads a saved cache of `size` bytes record by record, checking the
 /// trailing SHA-1 as it goes; `None` when anything is off. The file's
 /// size must match the count in its header before anything is allocated
@@ -320,10 +306,32 @@ mod tests {
         assert!(c.is_dirty());
         c.save(&root).unwrap();
         assert!(!c.is_dirty());
-        let mut loaded = HashCache::load(&root, 3);
+        let mut loaded = HashCache::load(&root, 3).0;
         assert_eq!(loaded.len(), 100);
         assert_eq!(loaded.get(&key(42), 3), Some(Digest([42; 20])));
         assert_eq!(loaded.get(&key(1000), 3), None);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_cache_is_reported_and_never_read() {
+        let (tmp, root) = replica_with_state();
+        let path = tmp.path().join(".treesync/hashes");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path.as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Opening a fifo for reading would block until a writer came.
+        let (cache, unusable) = HashCache::load(&root, 1);
+        assert!(cache.is_empty());
+        assert!(unusable.unwrap().to_string().contains("fifo"));
+        let mut c = HashCache::default();
+        c.insert(key(1), Digest([1; 20]), 1);
+        c.save(&root).unwrap();
+        assert_eq!(HashCache::load(&root, 1).0.len(), 1);
     }
 
     #[test]
@@ -335,25 +343,25 @@ mod tests {
         let path = tmp.path().join(".treesync/hashes");
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 7]).unwrap();
-        assert!(HashCache::load(&root, 1).is_empty());
+        assert!(HashCache::load(&root, 1).0.is_empty());
         let mut flipped = full.clone();
         flipped[30] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(HashCache::load(&root, 1).is_empty());
+        assert!(HashCache::load(&root, 1).0.is_empty());
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(HashCache::load(&root, 1).is_empty());
+        assert!(HashCache::load(&root, 1).0.is_empty());
         // A header claiming more records than the file holds is refused
         // before anything is reserved for them.
         let mut huge = full.clone();
         huge[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
-        assert!(HashCache::load(&root, 1).is_empty());
+        assert!(HashCache::load(&root, 1).0.is_empty());
         let mut longer = full.clone();
         longer.push(0);
         std::fs::write(&path, &longer).unwrap();
-        assert!(HashCache::load(&root, 1).is_empty());
+        assert!(HashCache::load(&root, 1).0.is_empty());
         std::fs::write(&path, &full).unwrap();
-        assert_eq!(HashCache::load(&root, 1).len(), 1);
+        assert_eq!(HashCache::load(&root, 1).0.len(), 1);
     }
 
     #[test]

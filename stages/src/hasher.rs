@@ -418,7 +418,12 @@ impl Handler<TreesScanned> for Hasher {
             let tick = msg.tick.seq;
             let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
             if let (true, Ok((_, replica))) = (load, &roots) {
-                *cache.lock().unwrap_or_else(|p| p.into_inner()) = HashCache::load(replica, tick);
+                let (loaded, unusable) = HashCache::load(replica, tick);
+                *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+                // Once a run: the cache is loaded once.
+                if let Some(e) = unusable {
+                    log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()));
+                }
             }
             let (contents, events) = match &roots {
                 Ok((s, r)) => {

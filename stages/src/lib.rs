@@ -19,6 +19,7 @@ pub mod root;
 pub mod rules;
 pub mod scanner;
 pub mod scheduler;
+pub mod state;
 pub mod stop;
 #[cfg(test)]
 pub mod testing;
