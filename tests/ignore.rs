@@ -286,3 +286,81 @@ fn a_syncignore_above_the_source_root_does_not_count() {
     sb.assert_mirror();
     assert!(run.has("copy", "a.txt"));
 }
+
+/// A `.syncignore` that cannot be read as a regular file: what it would
+/// have excluded must not reach the replica, and nothing is deleted there.
+fn unreadable_rules_withhold(make_unreadable: impl FnOnce(&Sandbox), as_user: bool) {
+    let sb = Sandbox::new();
+    file(&sb.src, "top.txt", "synced\n");
+    file(&sb.src, "keys/id.key", "secret\n");
+    file(&sb.src, "keys/private/notes", "secret\n");
+    file(&sb.src, "keys/ok.txt", "would be copied\n");
+    file(&sb.src, "keys/.syncignore", "*.key\nprivate/\n");
+    let sync = |sb: &Sandbox| {
+        if as_user {
+            sb.sync_as_user(&[])
+        } else {
+            Some(sb.sync(&[]))
+        }
+    };
+    let Some(first) = sync(&sb) else {
+        eprintln!("skipped: root without setpriv");
+        return;
+    };
+    first.expect_code(0);
+    // The rules change so that the replica's copy must go, then become
+    // unreadable: neither the new copies nor the deletion may happen.
+    file(&sb.src, "keys/new.txt", "new\n");
+    remove(&sb.s("keys/ok.txt"));
+    make_unreadable(&sb);
+    let run = sync(&sb).expect("ran the first time");
+    run.expect_code(3);
+    let err = run.get("error", "keys/.syncignore");
+    assert_eq!(err.str("op"), Some("rules"), "{err:?}");
+    for never in ["keys/id.key", "keys/private", "keys/new.txt"] {
+        assert!(!exists(&sb.d(never)), "{never} reached the replica");
+    }
+    assert!(
+        exists(&sb.d("keys/ok.txt")),
+        "deleted below unreadable rules"
+    );
+    assert!(run.entries("copy").is_empty() && run.entries("delete").is_empty());
+}
+
+#[test]
+fn a_syncignore_replaced_by_a_fifo_withholds_its_folder() {
+    unreadable_rules_withhold(
+        |sb| {
+            remove(&sb.s("keys/.syncignore"));
+            fifo(&sb.src, "keys/.syncignore");
+        },
+        false,
+    );
+}
+
+#[test]
+fn a_syncignore_replaced_by_a_symlink_withholds_its_folder() {
+    unreadable_rules_withhold(
+        |sb| {
+            let elsewhere = file(sb.root(), "elsewhere-rules", "nothing\n");
+            remove(&sb.s("keys/.syncignore"));
+            symlink(&sb.src, "keys/.syncignore", &elsewhere);
+        },
+        false,
+    );
+}
+
+#[test]
+fn a_syncignore_with_a_bad_pattern_withholds_its_folder() {
+    unreadable_rules_withhold(
+        |sb| {
+            file(&sb.src, "keys/.syncignore", "*.key\nprivate/\n[z-a]\n");
+        },
+        false,
+    );
+}
+
+#[test]
+fn a_syncignore_the_user_cannot_read_withholds_its_folder() {
+    unreadable_rules_withhold(|sb| set_mode(&sb.s("keys/.syncignore"), 0o000), true);
+}

@@ -743,9 +743,17 @@ impl<'w, 'a> Worker<'w, 'a> {
         hidden: &[&RelPath],
     ) -> Listed {
         let has_ignore_file = self.read_raw(&fd, rel, Side::Source);
-        let rules = self.folder_rules(&fd, rel, Side::Source, inherited, has_ignore_file);
+        let (rules, understood) =
+            self.folder_rules(&fd, rel, Side::Source, inherited, has_ignore_file);
         let mut dirs = Vec::new();
         let mut raws = std::mem::take(&mut self.scratch);
+        if !understood {
+            // Rules that could not be read or understood may be the ones
+            // that keep a secret out of the replica: nothing here or below
+            // is listed, so nothing is copied, and the folder stays
+            // incomplete, so nothing is deleted.
+            raws.clear();
+        }
         let mut entries = Vec::with_capacity(raws.len());
         for raw in raws.drain(..) {
             let is_dir = raw.is_dir();
@@ -786,7 +794,8 @@ impl<'w, 'a> Worker<'w, 'a> {
         let (rules, all_excluded) = match rules {
             ReplicaRules::Source(rules) => (rules, false),
             ReplicaRules::Own(inherited) => (
-                self.folder_rules(&fd, rel, Side::Replica, &inherited, has_ignore_file),
+                self.folder_rules(&fd, rel, Side::Replica, &inherited, has_ignore_file)
+                    .0,
                 false,
             ),
             ReplicaRules::Excluded => (Rules::none(), true),
@@ -884,7 +893,8 @@ impl<'w, 'a> Worker<'w, 'a> {
     /// The rules in force in the folder `rel`: the inherited ones plus the
     /// folder's `.syncignore` (and, at the root, the `--exclude` lines).
     /// Rules that cannot be read or parsed are logged and the folder counts
-    /// as incomplete, since what they would have kept is unknown.
+    /// as incomplete, since what they would have kept is unknown; the flag
+    /// returned is false then.
     fn folder_rules(
         &mut self,
         fd: &OwnedFd,
@@ -892,14 +902,14 @@ impl<'w, 'a> Worker<'w, 'a> {
         side: Side,
         inherited: &Rules,
         has_ignore_file: bool,
-    ) -> Rules {
+    ) -> (Rules, bool) {
         let extra: &[String] = if rel.is_root() {
             self.opts().excludes
         } else {
             &[]
         };
         if !has_ignore_file && extra.is_empty() {
-            return inherited.clone();
+            return (inherited.clone(), true);
         }
         let path = rel.join(IGNORE_FILE);
         let mut failed = false;
@@ -927,7 +937,7 @@ impl<'w, 'a> Worker<'w, 'a> {
         if failed {
             self.out.listing(side).incomplete.push(rel.clone());
         }
-        rules
+        (rules, !failed)
     }
 }
 
@@ -1424,22 +1434,26 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_rules_are_errors_and_keep_the_folder_incomplete() {
+    fn unreadable_rules_are_errors_and_withhold_their_folder() {
         let tmp = tempfile::tempdir().unwrap();
         let s = tmp.path();
         mkdirs(s, &["a/.syncignore"]);
         touch(s, "b/x");
+        touch(s, "b/sub/y");
         symlink("elsewhere", s.join("b/.syncignore")).unwrap();
-        fs::write(s.join(".syncignore"), "ok\n[z-a]\n").unwrap();
+        touch(s, "c/secret.key");
+        fs::write(s.join("c/.syncignore"), "*.key\n[z-a]\n").unwrap();
+        touch(s, "d/x");
+        fs::write(s.join("d/.syncignore"), "*.key\n").unwrap();
         let r = run(s, None, &Opts::default());
         assert_eq!(r.errors, 3, "{:?}", r.events);
         let paths: Vec<String> = r.events.iter().map(|e| format!("{:?}", e.path)).collect();
         assert_eq!(
             paths,
             [
-                "Some(\".syncignore\")",
                 "Some(\"a/.syncignore\")",
-                "Some(\"b/.syncignore\")"
+                "Some(\"b/.syncignore\")",
+                "Some(\"c/.syncignore\")"
             ]
         );
         assert!(r
@@ -1447,8 +1461,20 @@ mod tests {
             .iter()
             .all(|e| e.field("op") == Some(&crate::messages::LogValue::Str("rules".into()))));
         let incomplete: Vec<String> = r.source.incomplete.iter().map(|p| p.to_string()).collect();
-        assert_eq!(incomplete, [".", "a", "b"]);
-        assert!(show(&r.source).contains(&"b/x file".to_string()));
+        assert_eq!(incomplete, ["a", "b", "c"]);
+        // Nothing below rules that could not be honoured is listed (it
+        // would be copied); folders with readable rules are as usual.
+        let listed = show(&r.source);
+        for withheld in ["b/x", "b/sub", "b/sub/y", "c/secret.key", "c/.syncignore"] {
+            assert!(
+                !listed
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{withheld} "))),
+                "{listed:?}"
+            );
+        }
+        assert!(listed.contains(&"d/x file".to_string()), "{listed:?}");
+        assert!(listed.contains(&"b folder".to_string()), "{listed:?}");
     }
 
     #[test]
