@@ -10,7 +10,7 @@ use treesync_stages::applier::Applier;
 use treesync_stages::differ::Differ;
 use treesync_stages::hasher::Hasher;
 use treesync_stages::logger::Logger;
-use treesync_stages::messages::{FlushLog, TickOutcome};
+use treesync_stages::messages::{FlushLog, LogHealth, TickOutcome};
 use treesync_stages::scanner::Scanner;
 use treesync_stages::scheduler::Scheduler;
 use treesync_stages::stop::StopFlag;
@@ -93,8 +93,18 @@ pub async fn run(config: Config, logger: Logger) -> i32 {
         signalled: false,
     });
     // Every entry sent so far is written before the process ends.
-    let _ = log.send(FlushLog).await;
-    exit_status(once, &end)
+    let health = log.send(FlushLog).await.unwrap_or_default();
+    with_log_health(exit_status(once, &end), health)
+}
+
+/// A log that lost lines is no full record of the run: where nothing
+/// graver applies, the run ends as one whose operations partly failed.
+pub fn with_log_health(status: i32, health: LogHealth) -> i32 {
+    if status == exit::OK && health.lost > 0 {
+        exit::FAILED_OPS
+    } else {
+        status
+    }
 }
 
 /// The contract's order when several apply: 1, 130, 4, 3, 0. Codes 3 and 4
@@ -167,5 +177,20 @@ mod tests {
         assert_eq!(exit_status(true, &end(o.clone())), 3);
         assert_eq!(exit_status(false, &end(o)), 0);
         assert_eq!(exit_status(true, &end(TickOutcome::default())), 0);
+    }
+
+    #[test]
+    fn lost_log_lines_turn_success_into_3_and_nothing_graver() {
+        let lost = LogHealth { lost: 1 };
+        assert_eq!(with_log_health(exit::OK, lost), exit::FAILED_OPS);
+        assert_eq!(with_log_health(exit::OK, LogHealth::default()), exit::OK);
+        for graver in [
+            exit::FATAL,
+            exit::INTERRUPTED,
+            exit::GUARD,
+            exit::FAILED_OPS,
+        ] {
+            assert_eq!(with_log_health(graver, lost), graver);
+        }
     }
 }

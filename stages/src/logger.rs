@@ -11,15 +11,17 @@
 //! not lost.
 //!
 //! The log file gets every event but `-v` detail, whatever the terminal
-//! shows. A write error on the log file is reported once on standard error;
-//! logging goes on.
+//! shows. A write error on the log file is reported on standard error once
+//! until a line is written again; logging goes on, each later line is tried
+//! again, and the lines lost are counted: `FlushLog` answers with the
+//! count, and a run that lost any ends with exit status 3.
 //!
 //! The terminal also has the progress bar of long ticks (`progress`): every
 //! event passes through it, a timer on this actor refreshes it while a tick
 //! writes, and every write to standard error goes above it.
 
 use crate::log_format;
-use crate::messages::{FlushLog, Level, LogEvent, LogValue, Verb};
+use crate::messages::{FlushLog, Level, LogEvent, LogHealth, LogValue, Verb};
 use crate::progress::{Above, AboveBar, Progress, REFRESH};
 use actix::{Actor, AsyncContext, Context, Handler, SpawnHandle};
 use slog::{BorrowedKV, Drain, Never, OwnedKVList, Record, RecordLocation, RecordStatic, KV};
@@ -28,7 +30,7 @@ use slog_term::{FullFormat, TermDecorator};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -184,11 +186,14 @@ impl Handler<LogEvent> for Logger {
 }
 
 impl Handler<FlushLog> for Logger {
-    type Result = ();
+    type Result = LogHealth;
 
-    fn handle(&mut self, _msg: FlushLog, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _msg: FlushLog, ctx: &mut Context<Self>) -> LogHealth {
         self.stop_refresh(ctx);
         self.flush();
+        LogHealth {
+            lost: self.file.lost.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -321,8 +326,11 @@ impl KV for TermFields<'_> {
 /// per line keeps lines whole.
 struct FileDrain {
     file: File,
-    /// Set after the first write error, so it is reported once.
+    /// Set at a write error and cleared by the next line written, so that
+    /// a run of failures is reported once.
     failed: AtomicBool,
+    /// Lines not written.
+    lost: AtomicU64,
     /// The report goes to standard error, above the progress bar.
     above: Above,
 }
@@ -332,14 +340,20 @@ impl FileDrain {
         FileDrain {
             file,
             failed: AtomicBool::new(false),
+            lost: AtomicU64::new(0),
             above,
         }
     }
 
     fn report(&self, err: &io::Error) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
         if !self.failed.swap(true, Ordering::Relaxed) {
-            self.above
-                .write(|| eprintln!("treesync: cannot write to the log file: {err}"));
+            self.above.write(|| {
+                eprintln!(
+                    "treesync: cannot write to the log file: {err}; \
+                     the sync goes on, each line is tried again, and the exit status will be 3"
+                )
+            });
         }
     }
 }
@@ -351,8 +365,9 @@ impl Drain for FileDrain {
     fn log(&self, record: &Record, _values: &OwnedKVList) -> Result<(), Never> {
         let mut line = record.msg().to_string();
         line.push('\n');
-        if let Err(err) = (&self.file).write_all(line.as_bytes()) {
-            self.report(&err);
+        match (&self.file).write_all(line.as_bytes()) {
+            Ok(()) => self.failed.store(false, Ordering::Relaxed),
+            Err(err) => self.report(&err),
         }
         Ok(())
     }
@@ -429,6 +444,33 @@ mod tests {
             assert_eq!(v["msg"], "copy");
             assert_eq!(v["bytes"].as_u64(), Some(i as u64), "{line}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn lines_that_cannot_be_written_are_counted() {
+        // `/dev/full` takes the open and fails every write with ENOSPC, as
+        // a full log filesystem does.
+        let cfg = LogConfig {
+            file: "/dev/full".into(),
+            format: LogFormat::Text,
+            terminal: Verbosity::Quiet,
+            progress: false,
+        };
+        let addr = Logger::open(&cfg).expect("open /dev/full").start();
+        for i in 0..3 {
+            addr.do_send(numbered(i));
+        }
+        let health = addr.send(FlushLog).await.expect("flush");
+        assert_eq!(health.lost, 3);
+        addr.do_send(numbered(4));
+        let health = addr.send(FlushLog).await.expect("second flush");
+        assert_eq!(health.lost, 4, "lines after the flush count too");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ok = Logger::open(&config(&dir, LogFormat::Text))
+            .expect("open")
+            .start();
+        ok.do_send(numbered(1));
+        assert_eq!(ok.send(FlushLog).await.expect("flush").lost, 0);
     }
 
     #[actix_rt::test]

@@ -125,10 +125,19 @@ pub struct TicksOver {
     pub last: Option<TickOutcome>,
 }
 
-/// Flush and close the log drains; answered once every entry is written.
+/// Flush and close the log drains; answered once every entry is written,
+/// with what could not be.
 #[derive(Message, Debug)]
-#[rtype(result = "()")]
+#[rtype(result = "LogHealth")]
 pub struct FlushLog;
+
+/// What became of the log file's lines over the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, actix::MessageResponse)]
+pub struct LogHealth {
+    /// Lines that could not be written (a full disk, an I/O error): the
+    /// log is incomplete, which the exit status must say.
+    pub lost: u64,
+}
 
 /// Counts of logged operations, per verb.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

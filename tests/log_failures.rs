@@ -1,0 +1,112 @@
+//! A log that cannot be written: the sync goes on, standard error says
+//! why, and the exit status says the log is incomplete.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_log_that_cannot_be_written_makes_a_once_sync_exit_3() {
+    let sb = Sandbox::new();
+    file(&sb.src, "a.txt", "a\n");
+    file(&sb.src, "sub/b.txt", "b\n");
+    // Every write to /dev/full fails with ENOSPC, as on a full disk.
+    let run = sb.run_raw(&[
+        "--once".as_ref(),
+        "--log-file".as_ref(),
+        "/dev/full".as_ref(),
+        sb.src.as_os_str(),
+        sb.dst.as_os_str(),
+    ]);
+    assert_eq!(run.code, Some(3), "{}", run.dump());
+    assert!(
+        run.stderr.contains("cannot write to the log file"),
+        "{}",
+        run.stderr
+    );
+    // The sync itself went on.
+    assert_eq!(read(&sb.d("sub/b.txt")), b"b\n");
+}
+
+/// A mounted tmpfs of a few KiB, filled up, unmounted when dropped.
+struct FullDisk {
+    dir: std::path::PathBuf,
+}
+
+impl FullDisk {
+    fn mount(dir: std::path::PathBuf) -> Option<FullDisk> {
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let disk = FullDisk { dir };
+        // Fill it: the log file can be opened but not written.
+        let filler = disk.dir.join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; 64 << 10]);
+        std::fs::write(disk.dir.join("treesync.log"), b"").ok()?;
+        Some(disk)
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn an_interval_run_with_a_full_log_disk_goes_on_and_exits_3() {
+    if !is_root_user() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let Some(disk) = FullDisk::mount(sb.path("logfs")) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    file(&sb.src, "first.txt", "1\n");
+    let mut child = Command::new(bin())
+        .arg("--log-file")
+        .arg(disk.dir.join("treesync.log"))
+        .arg(&sb.src)
+        .arg(&sb.dst)
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn treesync");
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < DEADLINE, "{what} did not happen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("the first copy", &|| exists(&sb.d("first.txt")));
+    // Later ticks still sync with the log still failing.
+    file(&sb.src, "second.txt", "2\n");
+    until("the second copy", &|| exists(&sb.d("second.txt")));
+    signal(child.id(), "TERM");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(start.elapsed() < DEADLINE, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot write to the log file").count(),
+        1,
+        "reported once while it keeps failing: {stderr}"
+    );
+}
