@@ -109,6 +109,8 @@ impl Config {
             watch,
             fresh_replica: replica_missing,
             verbose: cli.verbose,
+            // Recorded once the replica exists and is locked.
+            identity: None,
         };
         let log = LogConfig {
             file: log_file,

@@ -575,6 +575,7 @@ impl Handler<TreesHashed> for Differ {
             tick: msg.tick,
             plan,
             errors: msg.errors,
+            roots: msg.roots,
         });
     }
 }
