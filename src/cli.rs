@@ -66,6 +66,12 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Sync into a REPLICA that is not empty and was never synced by
+    /// treesync (a copy made with `cp -a`, say): its files that the source
+    /// lacks will be deleted. Without it such a replica is refused.
+    #[arg(long)]
+    pub adopt: bool,
+
     /// Also delete replica entries that the exclude rules match (by
     /// default they are left alone).
     #[arg(long)]

@@ -50,6 +50,8 @@ pub enum ConfigError {
         "log file {0} is inside the replica, where the mirror would delete it; put it elsewhere"
     )]
     LogInReplica(PathBuf),
+    #[error("replica {0} is not empty and was never synced by treesync; pass --adopt to sync into it (its files that the source lacks will be deleted)")]
+    NotAdopted(PathBuf),
     #[error("cannot find the current folder: {0}")]
     Cwd(io::Error),
     #[error("{0}")]
@@ -80,6 +82,12 @@ impl Config {
         if log_file.starts_with(&replica) {
             return Err(ConfigError::LogInReplica(log_file));
         }
+        // A folder treesync never synced into may be the wrong one: its
+        // files would be overwritten and deleted. A dry run shows a plan
+        // only for what a real run would do, so it is refused alike.
+        if !replica_missing && !cli.adopt && never_synced(&replica) {
+            return Err(ConfigError::NotAdopted(replica));
+        }
         // A log inside the source changes every tick: leave it out.
         let hidden = log_file
             .strip_prefix(&source)
@@ -109,6 +117,8 @@ impl Config {
             watch,
             fresh_replica: replica_missing,
             verbose: cli.verbose,
+            // Recorded once the replica exists and is locked.
+            identity: None,
         };
         let log = LogConfig {
             file: log_file,
@@ -131,6 +141,24 @@ impl Config {
             replica_missing,
         })
     }
+}
+
+/// The replica holds entries but no state folder: treesync never synced
+/// into it. One that cannot be listed is left to the sync to report.
+fn never_synced(replica: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(replica) else {
+        return false;
+    };
+    let mut any = false;
+    for entry in entries.flatten() {
+        if entry.file_name().as_bytes() == treesync_stages::model::STATE_DIR
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 pub fn log_format(arg: LogFormatArg) -> LogFormat {

@@ -9,6 +9,7 @@ mod shutdown;
 use clap::Parser;
 use cli::Cli;
 use config::{Config, ConfigError};
+use treesync_stages::identity::RootIdentity;
 use treesync_stages::log_format;
 use treesync_stages::logger::Logger;
 use treesync_stages::logger::{LogConfig, Verbosity};
@@ -83,6 +84,13 @@ fn run(cli: Cli) -> i32 {
     // it back as part of that, not as a change of the source.
     if lock.as_ref().is_some_and(|l| l.made_state_dir) {
         config.sync.fresh_replica = true;
+    }
+    // The folders this run syncs, for good: every tick checks the root
+    // paths still name them.
+    let sync = &config.sync;
+    match RootIdentity::record(&sync.source, &sync.replica, sync.dry_run) {
+        Ok(identity) => config.sync.identity = Some(identity),
+        Err(e) => return fatal(&e),
     }
     let logger = match Logger::open(&config.log) {
         Ok(l) => l,

@@ -296,7 +296,7 @@ fn dry_run_creates_no_state_in_an_existing_replica() {
     file(&sb.dst, "old.txt", "old");
     let before: Vec<_> = walk(&sb.dst).into_iter().map(|(p, _)| p).collect();
     let root_before = identities(&sb.dst).remove(0);
-    let run = sb.sync(&["--dry-run"]);
+    let run = sb.sync(&["--dry-run", "--adopt"]);
     run.expect_code(0).no_errors();
     assert!(
         !exists(&sb.d(".treesync")),

@@ -76,7 +76,7 @@ fn excluded_entries_in_the_replica_are_kept_unless_delete_excluded() {
     file(&sb.dst, "sub/secret.txt", "replica's secret\n");
     file(&sb.dst, "docs/draft.md", "replica's draft\n");
 
-    let run = sb.sync(&[]);
+    let run = sb.sync(&["--adopt"]);
     run.expect_code(0).no_errors();
     assert_eq!(mentions_excluded(&run), vec![], "{}", run.dump());
     assert_eq!(read(&sb.d("a.log")), b"replica's own log\n");

@@ -470,7 +470,8 @@ fn unreadable_as(prefix: &[&str]) {
     if !prefix.is_empty() {
         chown_tree(&sb.dst, NOBODY);
     }
-    let args = os(&[&"--once", &sb.src, &sb.dst]);
+    // The replica was filled by hand here: it is adopted.
+    let args = os(&[&"--once", &"--adopt", &sb.src, &sb.dst]);
     let run = if prefix.is_empty() {
         sb.run(&args)
     } else {

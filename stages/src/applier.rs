@@ -15,6 +15,7 @@
 //! raised `StopFlag` starts no new operation. `apply` is the whole stage as
 //! a plain function, for tests and for callers without actix.
 
+use crate::identity::Roots;
 use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
 use crate::options::SyncOptions;
 use crate::plan::{GuardTrip, Op, Phase, Plan, RootIds};
@@ -56,11 +57,16 @@ impl Handler<PlanMade> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: PlanMade, _ctx: &mut Context<Self>) {
-        let PlanMade { tick, plan, errors } = msg;
+        let PlanMade {
+            tick,
+            plan,
+            errors,
+            roots,
+        } = msg;
         let (opts, stop, log) = (self.opts.clone(), self.stop.clone(), self.log.clone());
         let work = actix_rt::task::spawn_blocking(move || {
             let send = |event: LogEvent| log.do_send(event);
-            apply(&plan, &opts, &stop, &send)
+            apply_in(&plan, &opts, Some(&roots), &stop, &send)
         });
         let (done, log) = (self.done.clone(), self.log.clone());
         actix::spawn(async move {
@@ -92,13 +98,25 @@ pub fn apply(
     stop: &StopFlag,
     log: &(dyn Fn(LogEvent) + Sync),
 ) -> TickOutcome {
+    apply_in(plan, opts, None, stop, log)
+}
+
+/// `apply` in the roots the tick checked and listed (`None`: opened by
+/// path, for callers that have none).
+pub fn apply_in(
+    plan: &Plan,
+    opts: &SyncOptions,
+    roots: Option<&Roots>,
+    stop: &StopFlag,
+    log: &(dyn Fn(LogEvent) + Sync),
+) -> TickOutcome {
     let mut tally = Tally::default();
     if let Some(trip) = &plan.guard {
         // An `error` entry like any other: the tick's count includes it.
         log(guard_event(trip).dry_run(opts.dry_run));
         tally.errors += 1;
     }
-    let target = open_target(opts, plan.roots, log, &mut tally);
+    let target = open_target(opts, roots, plan.roots, log, &mut tally);
     let unapplied = matches!(target, Target::Unavailable)
         && plan.ops.iter().any(|op| op.phase() != Phase::Report);
     let run = Run {
@@ -161,6 +179,7 @@ enum Target {
 
 fn open_target(
     opts: &SyncOptions,
+    checked: Option<&Roots>,
     roots: Option<RootIds>,
     log: &(dyn Fn(LogEvent) + Sync),
     tally: &mut Tally,
@@ -168,7 +187,11 @@ fn open_target(
     if opts.dry_run {
         return Target::DryRun;
     }
-    match ReplicaOps::open(opts) {
+    let opened = match checked {
+        Some(checked) => ReplicaOps::from_roots(checked, opts),
+        None => ReplicaOps::open(opts),
+    };
+    match opened {
         Ok(ops) if roots.is_some_and(|ids| !ops.roots_are(ids)) => {
             // Planned for other folders: a disk unmounted or swapped since
             // the scan. Writing now could fill an empty mount point.
@@ -1156,6 +1179,7 @@ mod tests {
             tick,
             plan: p,
             errors: 2,
+            roots: crate::testing::roots(&t.src, &t.dst),
         });
         wait_until(|| !finished.lock().unwrap().is_empty()).await;
         let got = finished.lock().unwrap().remove(0);

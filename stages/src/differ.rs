@@ -518,6 +518,10 @@ pub struct Differ {
     log: Recipient<LogEvent>,
     /// No plan made yet (a fresh replica root matters only to the first).
     first: bool,
+    /// The guard withheld deletions at some tick of this run: it withholds
+    /// every deletion for the rest of the run, since the copies made
+    /// meanwhile lower the ratio it measures (no ratchet).
+    guard_tripped: bool,
 }
 
 impl Differ {
@@ -531,6 +535,7 @@ impl Differ {
             next,
             log,
             first: true,
+            guard_tripped: false,
         }
     }
 }
@@ -543,16 +548,21 @@ impl Handler<TreesHashed> for Differ {
     type Result = ();
 
     fn handle(&mut self, msg: TreesHashed, _: &mut Context<Self>) {
-        let plan = diff(
-            &msg.source,
-            &msg.replica,
-            &msg.contents,
-            DiffOptions {
-                fresh_root: self.first && self.opts.fresh_replica,
-                managed: msg.managed,
-                ..DiffOptions::from(&*self.opts)
-            },
-        );
+        let mut opts = DiffOptions {
+            fresh_root: self.first && self.opts.fresh_replica,
+            managed: msg.managed,
+            ..DiffOptions::from(&*self.opts)
+        };
+        if self.guard_tripped {
+            // Any deletion at all trips the guard now; it is reported with
+            // the limit the user set.
+            opts.max_delete = MaxDelete::Count(0);
+        }
+        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, opts);
+        if let Some(trip) = &mut plan.guard {
+            trip.limit = self.opts.max_delete;
+            self.guard_tripped = true;
+        }
         self.first = false;
         // Totals of the writes ahead, for the progress display.
         let (copies, bytes) = plan
@@ -575,6 +585,7 @@ impl Handler<TreesHashed> for Differ {
             tick: msg.tick,
             plan,
             errors: msg.errors,
+            roots: msg.roots,
         });
     }
 }

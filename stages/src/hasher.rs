@@ -399,6 +399,7 @@ impl Handler<TreesScanned> for Hasher {
                 contents: SameContent::default(),
                 managed: msg.managed,
                 errors: msg.errors,
+                roots: msg.roots,
             });
             return;
         }
@@ -406,17 +407,23 @@ impl Handler<TreesScanned> for Hasher {
         let (next, log) = (self.next.clone(), self.log.clone());
         let load = !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         // Kept here too, so that a failed task still ends the tick.
-        let (tick_info, source, replica, managed, errors) = (
+        let (tick_info, source, replica, managed, errors, checked) = (
             msg.tick,
             msg.source.clone(),
             msg.replica.clone(),
             msg.managed,
             msg.errors,
+            msg.roots.clone(),
         );
         let log_failure = self.log.clone();
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
-            let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
+            // The roots the Scanner checked and walked, never opened again
+            // by path: a root swapped since then is not read.
+            let roots = match &msg.roots.replica {
+                Some(replica) => Ok((&msg.roots.source, replica)),
+                None => Err(()),
+            };
             if let (true, Ok((_, replica))) = (load, &roots) {
                 let (loaded, unusable) = HashCache::load(replica, tick);
                 *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -436,9 +443,8 @@ impl Handler<TreesScanned> for Hasher {
                     let (jobs, verbose) = (opts.jobs, opts.verbose);
                     compare_all(&pairs, &sides, &cache, tick, jobs, verbose, &stop)
                 }
-                // The Scanner just listed both roots; if one is gone now,
-                // every pair counts as unknown and the Applier reports it.
-                Err(_) => (SameContent::default(), Vec::new()),
+                // No replica (a dry run into a missing one): no pairs.
+                Err(()) => (SameContent::default(), Vec::new()),
             };
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             // Only a tick that saw every pair knows which digests are of
@@ -466,6 +472,7 @@ impl Handler<TreesScanned> for Hasher {
                 contents,
                 managed: msg.managed,
                 errors: msg.errors,
+                roots: msg.roots,
             }
         });
         ctx.spawn(actix::fut::wrap_future(async move {
@@ -485,6 +492,7 @@ impl Handler<TreesScanned> for Hasher {
                         contents: SameContent::default(),
                         managed,
                         errors: errors + 1,
+                        roots: checked,
                     });
                 }
             }
@@ -728,6 +736,7 @@ mod tests {
             replica: Arc::new(replica),
             managed: None,
             errors: 0,
+            roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
         });
         wait_until(|| !got.lock().unwrap().is_empty()).await;
         let got = got.lock().unwrap();
@@ -766,6 +775,7 @@ mod tests {
                 replica: Arc::new(listing(&r)),
                 managed,
                 errors: 0,
+                roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             })
         };
         // The changed parts only: a digest of a file elsewhere stays.

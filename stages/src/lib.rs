@@ -6,6 +6,7 @@ pub mod applier;
 pub mod differ;
 pub mod hash_cache;
 pub mod hasher;
+pub mod identity;
 pub mod log_format;
 pub mod logger;
 pub mod messages;

@@ -9,6 +9,7 @@
 //! with a tick (a root vanished) sends `TickFinished` straight to the
 //! Scheduler with the reason.
 
+use crate::identity::Roots;
 use crate::model::{Listing, SameContent};
 use crate::plan::Plan;
 use crate::relpath::RelPath;
@@ -63,6 +64,9 @@ pub struct TreesScanned {
     pub managed: Option<u64>,
     /// Errors already logged while scanning (folders that could not be listed).
     pub errors: u64,
+    /// The roots as opened and checked for this tick: later stages use
+    /// these handles, never the root paths.
+    pub roots: Arc<Roots>,
 }
 
 /// Content comparisons done where metadata could not decide.
@@ -78,6 +82,7 @@ pub struct TreesHashed {
     /// As in `TreesScanned`.
     pub managed: Option<u64>,
     pub errors: u64,
+    pub roots: Arc<Roots>,
 }
 
 /// The Differ's plan for this tick.
@@ -88,6 +93,7 @@ pub struct PlanMade {
     pub plan: Plan,
     /// Errors of earlier stages in this tick, carried into the summary.
     pub errors: u64,
+    pub roots: Arc<Roots>,
 }
 
 /// One tick ended (completed, aborted or interrupted).

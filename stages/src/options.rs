@@ -1,5 +1,6 @@
 //! Settings the stages need, validated by the binary before they start.
 
+use crate::identity::RootIdentity;
 use crate::relpath::RelPath;
 use std::fmt;
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ pub struct SyncOptions {
     /// The replica root was created by this run: the first sync gives it
     /// the source root's metadata as part of making it, not as `meta`.
     pub fresh_replica: bool,
+    /// The roots as recorded at start: every tick checks that the root
+    /// paths still name them. `None` (tests): taken from the first tick.
+    pub identity: Option<RootIdentity>,
 }
 
 impl SyncOptions {
@@ -116,6 +120,7 @@ impl SyncOptions {
             watch: false,
             fresh_replica: false,
             verbose: false,
+            identity: None,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! which the fault tests (`tests/faults.rs`) change the world at the worst
 //! moment; without the `failpoints` feature they compile to nothing.
 
+use crate::identity::Roots;
 use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
@@ -174,6 +175,31 @@ impl ReplicaOps {
         Ok(ReplicaOps {
             source,
             replica,
+            preserve_owner: opts.preserve_owner,
+            fsync: opts.fsync,
+            pid: rustix::process::getpid()
+                .as_raw_nonzero()
+                .get()
+                .unsigned_abs(),
+            temp_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Works in the roots a tick opened and checked (`Roots`), through
+    /// handles of their own on the same folders; the replica must be there.
+    pub fn from_roots(roots: &Roots, opts: &SyncOptions) -> Result<Self, OpError> {
+        let dup = |root: &Root, which| {
+            root.try_clone()
+                .map_err(|source| OpError::Root { which, source })
+        };
+        let missing = || OpError::Root {
+            which: "replica",
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        let replica = roots.replica.as_ref().ok_or_else(missing)?;
+        Ok(ReplicaOps {
+            source: dup(&roots.source, "source")?,
+            replica: dup(replica, "replica")?,
             preserve_owner: opts.preserve_owner,
             fsync: opts.fsync,
             pid: rustix::process::getpid()

@@ -47,6 +47,53 @@ impl Root {
         })
     }
 
+    /// Opens the root at the absolute `path` without following a link in
+    /// any of its components, so that a link put at the path, or above
+    /// it, is refused rather than followed (root identity, Safety rule 3).
+    /// `path` is canonical: it holds no link when the run starts.
+    pub fn open_no_links(path: &Path) -> io::Result<Root> {
+        const NO_LINKS: ResolveFlags = ResolveFlags::NO_SYMLINKS.union(ResolveFlags::NO_MAGICLINKS);
+        let fd = match rfs::openat2(rfs::CWD, path, DIR_FLAGS, Mode::empty(), NO_LINKS) {
+            Ok(fd) => fd,
+            Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM | Errno::NAMETOOLONG) => {
+                Self::open_no_links_stepwise(path)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn open_no_links_stepwise(path: &Path) -> io::Result<OwnedFd> {
+        use std::path::Component;
+        let mut fd = rfs::open("/", DIR_FLAGS, Mode::empty())?;
+        for part in path.components() {
+            match part {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(name) => {
+                    fd = rfs::openat(&fd, name, DIR_FLAGS, Mode::empty())?;
+                }
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a root path must be canonical",
+                    ))
+                }
+            }
+        }
+        Ok(fd)
+    }
+
+    /// A second handle on the same open folder.
+    pub fn try_clone(&self) -> io::Result<Root> {
+        Ok(Root {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -219,6 +266,30 @@ mod tests {
             rfs::statat(&fd, "leaf", AtFlags::empty()).unwrap().st_ino
         );
         assert!(r.open_dir(&rel.join(b"link")).is_err());
+    }
+
+    #[test]
+    fn opens_a_root_only_through_a_path_without_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir_all(real.join("inner")).unwrap();
+        symlink(&real, real.with_file_name("link")).unwrap();
+        let opened = Root::open_no_links(&real.join("inner")).unwrap();
+        assert_eq!(
+            opened.stat().unwrap().st_ino,
+            std::fs::metadata(real.join("inner"))
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                })
+                .unwrap()
+        );
+        let via_link = real.with_file_name("link");
+        assert!(Root::open_no_links(&via_link).is_err());
+        assert!(Root::open_no_links(&via_link.join("inner")).is_err());
+        assert!(Root::open_no_links_stepwise(&via_link).is_err());
+        assert!(Root::open_no_links_stepwise(&via_link.join("inner")).is_err());
+        assert!(Root::open_no_links_stepwise(&real.join("inner")).is_ok());
     }
 
     #[test]

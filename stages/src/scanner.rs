@@ -6,10 +6,12 @@
 //! the `.syncignore` rules of `rules.rs`. Per-folder errors are logged and
 //! counted, and the folder is marked incomplete so that nothing below it is
 //! deleted. A root problem (the source missing or not a folder, the replica
-//! missing outside a dry run, a root whose device changed since the first
-//! tick) makes the tick impossible: it is logged and `TickFinished` with
-//! `aborted` goes to the Scheduler instead. A stop raised during the walk
-//! ends the tick with `interrupted`. Nothing is ever created.
+//! missing outside a dry run, a root path that names another folder than
+//! at start: see `identity`) makes the tick impossible: it is logged as
+//! `error op=root` and `TickFinished` with `aborted` goes to the Scheduler
+//! instead. The root handles the tick checked travel on with it. A stop
+//! raised during the walk ends the tick with `interrupted`. Nothing is
+//! ever created.
 //!
 //! With `ScanScope::Folders` (watch mode) only the folders that changed are
 //! listed again, and the listings of the previous tick, kept here, are
@@ -18,6 +20,7 @@
 //! excludes, so it makes the tick a full walk.
 
 use crate::differ::{managed_entries, DiffOptions};
+use crate::identity::{open_roots, RootIdentity, Roots};
 use crate::messages::{
     LogEvent, ScanScope, ScanTrees, TickFinished, TickInfo, TickOutcome, TreesScanned, Verb,
 };
@@ -29,8 +32,6 @@ use crate::stop::StopFlag;
 use crate::walk::{walk, walk_folders, KnownFolder, WalkOptions, WalkResult};
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
 use std::collections::HashSet;
-use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 pub struct Scanner {
@@ -39,9 +40,9 @@ pub struct Scanner {
     finished: Recipient<TickFinished>,
     log: Recipient<LogEvent>,
     stop: StopFlag,
-    /// Each root's device as first seen; a later change means the root
-    /// vanished (a mount came or went).
-    devices: Devices,
+    /// The roots as recorded at start (or, without that, at the first
+    /// tick): a root path naming anything else makes the tick impossible.
+    pinned: Option<RootIdentity>,
     /// The last tick's listings, kept for partial scans.
     previous: Option<Previous>,
 }
@@ -54,13 +55,6 @@ pub struct Previous {
     pub replica: Arc<Listing>,
 }
 
-/// Devices (`st_dev`) of the roots, recorded at the first tick that saw them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Devices {
-    pub source: Option<u64>,
-    pub replica: Option<u64>,
-}
-
 impl Scanner {
     pub fn new(
         opts: Arc<SyncOptions>,
@@ -70,12 +64,12 @@ impl Scanner {
         stop: StopFlag,
     ) -> Self {
         Scanner {
-            opts,
+            opts: opts.clone(),
             next,
             finished,
             log,
             stop,
-            devices: Devices::default(),
+            pinned: opts.identity.clone(),
             previous: None,
         }
     }
@@ -87,7 +81,10 @@ impl Scanner {
             Ok(scan) => scan,
             Err(msg) => return self.abort(tick, msg),
         };
-        self.devices = scan.devices;
+        if self.pinned.is_none() {
+            self.pinned = Some(scan.identity);
+        }
+        let roots = Arc::new(scan.roots);
         for event in scan.walk.events {
             self.log.do_send(event);
         }
@@ -139,12 +136,13 @@ impl Scanner {
             replica,
             managed,
             errors: scan.walk.errors,
+            roots,
         });
     }
 
     fn abort(&mut self, tick: TickInfo, msg: String) {
         self.previous = None;
-        self.log.do_send(LogEvent::error(None, "scan", &msg));
+        self.log.do_send(LogEvent::error(None, "root", &msg));
         let outcome = TickOutcome {
             aborted: Some(msg),
             ..TickOutcome::default()
@@ -163,7 +161,7 @@ impl Handler<ScanTrees> for Scanner {
     fn handle(&mut self, msg: ScanTrees, ctx: &mut Context<Self>) {
         let opts = self.opts.clone();
         let stop = self.stop.clone();
-        let devices = self.devices;
+        let pinned = self.pinned.clone();
         let tick = msg.tick;
         let narrow = !msg.whole_plan;
         // A partial scan updates the last listings; without them (first
@@ -175,8 +173,10 @@ impl Handler<ScanTrees> for Scanner {
         self.previous = None;
         let task = async move {
             actix_rt::task::spawn_blocking(move || match previous {
-                Some((prev, folders)) => scan_folders(&opts, devices, &stop, prev, &folders),
-                None => scan(&opts, devices, &stop),
+                Some((prev, folders)) => {
+                    scan_folders(&opts, pinned.as_ref(), &stop, prev, &folders)
+                }
+                None => scan(&opts, pinned.as_ref(), &stop),
             })
             .await
         };
@@ -191,8 +191,10 @@ impl Handler<ScanTrees> for Scanner {
 #[derive(Debug)]
 pub struct Scan {
     pub walk: WalkResult,
-    /// The roots' devices, to compare with at the next tick.
-    pub devices: Devices,
+    /// The roots as walked, checked against the recorded identity.
+    pub roots: Roots,
+    /// What identifies the roots found (the pin where none was recorded).
+    pub identity: RootIdentity,
     /// A partial scan: how many folders were listed again.
     pub partial: Option<u64>,
     /// Nothing changed since the last tick: the listings are the last ones
@@ -201,36 +203,31 @@ pub struct Scan {
 }
 
 /// Checks both roots and walks them: the whole of one tick's scan, as a
-/// plain blocking function. `known` are the devices recorded so far; an
-/// `Err` is the reason the tick cannot run.
-pub fn scan(opts: &SyncOptions, known: Devices, stop: &StopFlag) -> Result<Scan, String> {
-    let (source, replica, devices) = open_roots(opts, known)?;
+/// plain blocking function. `known` is the roots' identity recorded so
+/// far; an `Err` is the reason the tick cannot run.
+pub fn scan(
+    opts: &SyncOptions,
+    known: Option<&RootIdentity>,
+    stop: &StopFlag,
+) -> Result<Scan, String> {
+    let (roots, identity) = check_roots(opts, known)?;
     let walk_opts = walk_options(opts, stop, None);
-    let walked = walk(&source, replica.as_ref(), &walk_opts);
+    let walked = walk(&roots.source, roots.replica.as_ref(), &walk_opts);
     Ok(Scan {
         walk: walked,
-        devices,
+        roots,
+        identity,
         partial: None,
         unchanged: false,
     })
 }
 
-/// Opens both roots and checks they are the folders seen so far.
-fn open_roots(opts: &SyncOptions, known: Devices) -> Result<(Root, Option<Root>, Devices), String> {
-    let (source, source_dev) =
-        open_root(&opts.source, "source", known.source).map_err(|e| e.message)?;
-    let replica = match open_root(&opts.replica, "replica", known.replica) {
-        Ok(root) => Some(root),
-        // A dry run never creates the replica: it plans against nothing.
-        // One that was there before and is gone has vanished, though.
-        Err(e) if e.missing && opts.dry_run && known.replica.is_none() => None,
-        Err(e) => return Err(e.message),
-    };
-    let devices = Devices {
-        source: Some(source_dev),
-        replica: replica.as_ref().map(|(_, dev)| *dev),
-    };
-    Ok((source, replica.map(|(root, _)| root), devices))
+/// Opens both roots and checks they are the folders the run started with.
+fn check_roots(
+    opts: &SyncOptions,
+    known: Option<&RootIdentity>,
+) -> Result<(Roots, RootIdentity), String> {
+    open_roots(&opts.source, &opts.replica, known, opts.dry_run)
 }
 
 fn walk_options<'a>(
@@ -253,13 +250,14 @@ fn walk_options<'a>(
 /// be trusted (rules changed or unreadable, a replica that appeared).
 pub fn scan_folders(
     opts: &SyncOptions,
-    known: Devices,
+    known: Option<&RootIdentity>,
     stop: &StopFlag,
     previous: Previous,
     folders: &[RelPath],
 ) -> Result<Scan, String> {
     let full = || scan(opts, known, stop);
-    let (source, replica, devices) = open_roots(opts, known)?;
+    let (roots, identity) = check_roots(opts, known)?;
+    let (source, replica) = (&roots.source, roots.replica.as_ref());
     // A root that is another folder now (same device, new inode) shares
     // nothing with the last listings.
     let same_root = |root: Option<&Root>, old: &Listing| match (root, old.root()) {
@@ -267,9 +265,7 @@ pub fn scan_folders(
         (None, None) => true,
         _ => false,
     };
-    if !same_root(Some(&source), &previous.source)
-        || !same_root(replica.as_ref(), &previous.replica)
-    {
+    if !same_root(Some(source), &previous.source) || !same_root(replica, &previous.replica) {
         return full();
     }
     let Previous {
@@ -288,7 +284,8 @@ pub fn scan_folders(
         };
         return Ok(Scan {
             walk,
-            devices,
+            roots,
+            identity,
             partial: Some(0),
             unchanged: true,
         });
@@ -315,15 +312,14 @@ pub fn scan_folders(
     };
     let replica_excluded = |rel: &RelPath| old_rep.get(rel).is_some_and(|e| e.excluded);
     let walk_opts = walk_options(opts, stop, Some(&is_known));
-    let replica_root = replica.as_ref();
-    let Ok(fresh) = walk_folders(&source, replica_root, &seeds, &replica_excluded, &walk_opts)
-    else {
+    let Ok(fresh) = walk_folders(source, replica, &seeds, &replica_excluded, &walk_opts) else {
         return full();
     };
     if fresh.interrupted {
         return Ok(Scan {
             walk: fresh,
-            devices,
+            roots,
+            identity,
             partial: None,
             unchanged: false,
         });
@@ -349,7 +345,8 @@ pub fn scan_folders(
     };
     Ok(Scan {
         walk,
-        devices,
+        roots,
+        identity,
         partial: Some(count),
         unchanged: false,
     })
@@ -606,38 +603,6 @@ fn merge_sorted(a: Vec<Entry>, b: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
-/// Why a root cannot be scanned.
-struct RootError {
-    /// Nothing is at the root's path.
-    missing: bool,
-    message: String,
-}
-
-/// Opens a root and checks it is the folder seen at the first tick.
-fn open_root(path: &Path, which: &str, known_dev: Option<u64>) -> Result<(Root, u64), RootError> {
-    let shown = path.display();
-    let fail = |missing, message| RootError { missing, message };
-    let root = Root::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => fail(true, format!("{which} folder {shown} is missing")),
-        io::ErrorKind::NotADirectory => fail(false, format!("{which} {shown} is not a folder")),
-        _ => fail(
-            false,
-            format!("{which} folder {shown} cannot be opened: {e}"),
-        ),
-    })?;
-    let dev = root
-        .stat()
-        .map_err(|e| fail(false, format!("{which} folder {shown} cannot be read: {e}")))?
-        .st_dev;
-    match known_dev {
-        Some(known) if known != dev => Err(fail(
-            false,
-            format!("{which} folder {shown} vanished: its device changed (a mount came or went)"),
-        )),
-        _ => Ok((root, dev)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,13 +643,13 @@ mod tests {
     fn a_missing_source_makes_the_tick_impossible() {
         let (_tmp, s, d) = trees();
         let opts = SyncOptions::new(s.join("nope"), d);
-        let err = scan(&opts, Devices::default(), &StopFlag::new()).unwrap_err();
+        let err = scan(&opts, None, &StopFlag::new()).unwrap_err();
         assert!(
             err.contains("source folder") && err.contains("is missing"),
             "{err}"
         );
         let opts = SyncOptions::new(s.join("sub/f"), s.clone());
-        let err = scan(&opts, Devices::default(), &StopFlag::new()).unwrap_err();
+        let err = scan(&opts, None, &StopFlag::new()).unwrap_err();
         assert!(err.contains("is not a folder"), "{err}");
     }
 
@@ -692,49 +657,54 @@ mod tests {
     fn a_missing_replica_is_empty_in_a_dry_run_and_fatal_otherwise() {
         let (_tmp, s, d) = trees();
         let mut opts = SyncOptions::new(s, d.join("nope"));
-        let err = scan(&opts, Devices::default(), &StopFlag::new()).unwrap_err();
+        let err = scan(&opts, None, &StopFlag::new()).unwrap_err();
         assert!(
             err.contains("replica folder") && err.contains("is missing"),
             "{err}"
         );
         opts.dry_run = true;
-        let found = scan(&opts, Devices::default(), &StopFlag::new()).unwrap();
+        let found = scan(&opts, None, &StopFlag::new()).unwrap();
         assert!(found.walk.replica.entries.is_empty());
         assert_eq!(found.walk.source.entries.len(), 3);
-        assert_eq!(found.devices.replica, None);
+        assert_eq!(found.identity.replica, None);
         assert!(!d.join("nope").exists(), "nothing is created");
         // Once seen, a replica that goes away has vanished, dry run or not.
-        let seen = Devices {
-            replica: Some(1),
-            ..Devices::default()
-        };
-        assert!(scan(&opts, seen, &StopFlag::new()).is_err());
+        std::fs::create_dir(d.join("nope")).unwrap();
+        let seen = scan(&opts, None, &StopFlag::new()).unwrap().identity;
+        std::fs::remove_dir(d.join("nope")).unwrap();
+        assert!(scan(&opts, Some(&seen), &StopFlag::new()).is_err());
     }
 
     #[test]
-    fn a_root_whose_device_changed_has_vanished() {
+    fn a_root_that_is_another_folder_now_has_vanished() {
         let (_tmp, s, d) = trees();
-        let opts = SyncOptions::new(s, d);
-        let first = scan(&opts, Devices::default(), &StopFlag::new()).unwrap();
-        let devices = first.devices;
-        assert!(devices.source.is_some() && devices.replica.is_some());
-        assert!(scan(&opts, devices, &StopFlag::new()).is_ok());
-        for moved in [
-            Devices {
-                source: devices.source.map(|d| d + 1),
-                ..devices
-            },
-            Devices {
-                replica: devices.replica.map(|d| d + 1),
-                ..devices
-            },
+        let opts = SyncOptions::new(s, d.clone());
+        let first = scan(&opts, None, &StopFlag::new()).unwrap().identity;
+        assert!(scan(&opts, Some(&first), &StopFlag::new()).is_ok());
+        let moved = |f: fn(&mut RootIdentity)| {
+            let mut other = first.clone();
+            f(&mut other);
+            other
+        };
+        for other in [
+            moved(|i| i.source.dev += 1),
+            moved(|i| i.source.ino += 1),
+            moved(|i| i.replica.as_mut().unwrap().ino += 1),
         ] {
-            let err = scan(&opts, moved, &StopFlag::new()).unwrap_err();
+            let err = scan(&opts, Some(&other), &StopFlag::new()).unwrap_err();
             assert!(
-                err.contains("vanished") && err.contains("device changed"),
+                err.contains("not the folder this run started with"),
                 "{err}"
             );
         }
+        // The folder moved away and another put at its path.
+        std::fs::rename(&d, d.with_file_name("moved")).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        let err = scan(&opts, Some(&first), &StopFlag::new()).unwrap_err();
+        assert!(
+            err.contains("not the folder this run started with"),
+            "{err}"
+        );
     }
 
     type Stages = (
@@ -795,7 +765,7 @@ mod tests {
         assert_eq!(event.path, None);
         assert_eq!(
             event.field("op").map(|v| v.to_string()),
-            Some("scan".into())
+            Some("root".into())
         );
         assert!(scanned.lock().unwrap().is_empty());
     }
@@ -830,13 +800,13 @@ mod tests {
 
 /// A first full scan, as the last tick's listings for a partial one.
 #[cfg(test)]
-fn first_scan(o: &SyncOptions) -> (Devices, Previous) {
-    let first = scan(o, Devices::default(), &StopFlag::new()).unwrap();
+fn first_scan(o: &SyncOptions) -> (RootIdentity, Previous) {
+    let first = scan(o, None, &StopFlag::new()).unwrap();
     let prev = Previous {
         source: Arc::new(first.walk.source),
         replica: Arc::new(first.walk.replica),
     };
-    (first.devices, prev)
+    (first.identity, prev)
 }
 
 #[cfg(test)]
@@ -871,7 +841,7 @@ mod partial_tests {
         }
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let (devices, prev) = first_scan(&o);
+        let (pinned, prev) = first_scan(&o);
         fs::write(s.join("d3/sub/new"), b"y").unwrap();
         fs::create_dir_all(s.join("d3/sub/made/deeper")).unwrap();
         fs::remove_dir_all(r.join("d7/sub")).unwrap();
@@ -880,7 +850,7 @@ mod partial_tests {
             RelPath::from_str_lossy("d3/sub"),
             RelPath::from_str_lossy("d7"),
         ];
-        let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
+        let partial = scan_folders(&o, Some(&pinned), &stop, prev, &dirty).unwrap();
         let w = &partial.walk;
         let listed = w.listed_source.iter().chain(&w.listed_replica);
         let (ps, pr) = narrowed(&w.source, &w.replica, listed).expect("a small part");
@@ -925,11 +895,11 @@ mod partial_tests {
         setup(&s, &r);
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let (devices, prev) = first_scan(&o);
+        let (pinned, prev) = first_scan(&o);
         change(&s, &r);
         let dirty: Vec<RelPath> = dirty.iter().map(|d| RelPath::from_str_lossy(d)).collect();
-        let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
-        let full = scan(&o, devices, &stop).unwrap();
+        let partial = scan_folders(&o, Some(&pinned), &stop, prev, &dirty).unwrap();
+        let full = scan(&o, Some(&pinned), &stop).unwrap();
         assert_eq!(
             listing_paths(&partial.walk.source),
             listing_paths(&full.walk.source),
@@ -989,7 +959,7 @@ mod partial_tests {
         }
         let o = opts(&s, &r);
         let stop = StopFlag::new();
-        let (devices, mut prev) = first_scan(&o);
+        let (pinned, mut prev) = first_scan(&o);
         let rel = |v: &[&str]| {
             v.iter()
                 .map(|d| RelPath::from_str_lossy(d))
@@ -1014,8 +984,8 @@ mod partial_tests {
         ];
         for (change, dirty) in steps {
             change();
-            let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
-            let full = scan(&o, devices, &stop).unwrap();
+            let partial = scan_folders(&o, Some(&pinned), &stop, prev, &dirty).unwrap();
+            let full = scan(&o, Some(&pinned), &stop).unwrap();
             assert_eq!(
                 listing_paths(&partial.walk.source),
                 listing_paths(&full.walk.source)
@@ -1064,18 +1034,18 @@ mod idle_tests {
         let mut o = SyncOptions::new(s.clone(), r.clone());
         o.watch = true;
         let stop = StopFlag::new();
-        let first = scan(&o, Devices::default(), &stop).unwrap();
+        let first = scan(&o, None, &stop).unwrap();
         let before = first.walk.source.entries.clone();
         let prev = Previous {
             source: Arc::new(first.walk.source),
             replica: Arc::new(first.walk.replica),
         };
-        let idle = scan_folders(&o, first.devices, &stop, prev.clone(), &[]).unwrap();
+        let idle = scan_folders(&o, Some(&first.identity), &stop, prev.clone(), &[]).unwrap();
         assert!(idle.unchanged);
         assert_eq!(idle.walk.source.entries, before);
         // A vanished source is still noticed by an idle tick.
         std::fs::remove_dir_all(&s).unwrap();
-        assert!(scan_folders(&o, first.devices, &stop, prev, &[]).is_err());
+        assert!(scan_folders(&o, Some(&first.identity), &stop, prev, &[]).is_err());
     }
 }
 
@@ -1205,15 +1175,15 @@ mod partial_properties {
 
     /// Two empty roots `s` and `r` in a temporary folder, watch-mode
     /// options, and their first scan.
-    fn empty_trees() -> (tempfile::TempDir, SyncOptions, Devices, Previous) {
+    fn empty_trees() -> (tempfile::TempDir, SyncOptions, RootIdentity, Previous) {
         let tmp = tempfile::tempdir().unwrap();
         let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
         fs::create_dir_all(&s).unwrap();
         fs::create_dir_all(&r).unwrap();
         let mut o = SyncOptions::new(s, r);
         o.watch = true;
-        let (devices, prev) = first_scan(&o);
-        (tmp, o, devices, prev)
+        let (pinned, prev) = first_scan(&o);
+        (tmp, o, pinned, prev)
     }
 
     proptest! {
@@ -1228,13 +1198,13 @@ mod partial_properties {
             use crate::differ::{diff, managed_entries, DiffOptions};
             use crate::model::SameContent;
             use crate::plan::Op;
-            let (tmp, o, devices, mut prev) = empty_trees();
+            let (tmp, o, pinned, mut prev) = empty_trees();
             let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
             let stop = StopFlag::new();
             let is_report = |op: &Op| matches!(op, Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. });
             for batch in &batches {
                 let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
-                let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
+                let partial = scan_folders(&o, Some(&pinned), &stop, prev, &dirty).unwrap();
                 let w = &partial.walk;
                 let listed = w.listed_source.iter().chain(&w.listed_replica);
                 // Content checks decide nothing here: every candidate differs.
@@ -1256,7 +1226,7 @@ mod partial_properties {
                 // Mirror, so the next batch starts from a mirrored state.
                 let log = |_: LogEvent| {};
                 crate::applier::apply(&whole, &o, &stop, &log);
-                let after = scan(&o, devices, &stop).unwrap();
+                let after = scan(&o, Some(&pinned), &stop).unwrap();
                 prev = Previous {
                     source: Arc::new(after.walk.source),
                     replica: Arc::new(after.walk.replica),
@@ -1268,13 +1238,13 @@ mod partial_properties {
         /// watcher reports gives the listings a full walk gives.
         #[test]
         fn partial_scans_equal_full_scans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
-            let (tmp, o, devices, mut prev) = empty_trees();
+            let (tmp, o, pinned, mut prev) = empty_trees();
             let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
             let stop = StopFlag::new();
             for batch in &batches {
                 let dirty: Vec<RelPath> = batch.iter().flat_map(|c| apply(&s, &r, c)).collect();
-                let partial = scan_folders(&o, devices, &stop, prev, &dirty).unwrap();
-                let full = scan(&o, devices, &stop).unwrap();
+                let partial = scan_folders(&o, Some(&pinned), &stop, prev, &dirty).unwrap();
+                let full = scan(&o, Some(&pinned), &stop).unwrap();
                 prop_assert_eq!(&partial.walk.source.entries, &full.walk.source.entries);
                 prop_assert_eq!(
                     planned(&partial.walk.replica.entries),

@@ -40,3 +40,9 @@ pub async fn wait_until(mut pred: impl FnMut() -> bool) {
         actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Both roots opened as they are, for messages built by hand.
+pub fn roots(source: &std::path::Path, replica: &std::path::Path) -> Arc<crate::identity::Roots> {
+    let (roots, _) = crate::identity::open_roots(source, replica, None, true).expect("open roots");
+    Arc::new(roots)
+}
