@@ -109,6 +109,8 @@ impl Config {
             watch,
             fresh_replica: replica_missing,
             verbose: cli.verbose,
+            modify_window: cli.modify_window,
+            replica_fs: Default::default(),
         };
         let log = LogConfig {
             file: log_file,

@@ -1,9 +1,11 @@
 //! Settings the stages need, validated by the binary before they start.
 
 use crate::relpath::RelPath;
+use crate::replica_fs::ReplicaFs;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The most one tick may delete (Safety rule 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +98,11 @@ pub struct SyncOptions {
     /// The replica root was created by this run: the first sync gives it
     /// the source root's metadata as part of making it, not as `meta`.
     pub fresh_replica: bool,
+    /// `--modify-window`: mtimes this close count as equal, overriding
+    /// the replica's probed timestamp granularity.
+    pub modify_window: Option<Duration>,
+    /// What the replica's filesystem keeps (`replica_fs::settle`).
+    pub replica_fs: ReplicaFs,
 }
 
 impl SyncOptions {
@@ -116,6 +123,8 @@ impl SyncOptions {
             watch: false,
             fresh_replica: false,
             verbose: false,
+            modify_window: None,
+            replica_fs: ReplicaFs::default(),
         }
     }
 }
