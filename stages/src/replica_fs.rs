@@ -652,6 +652,74 @@ mod tests {
         assert_eq!(paths(&f.replica), [".", "A.txt", "Docs", "Docs/y", "gone"]);
     }
 
+    /// Copies a file twice with `caps`; the events of each apply.
+    fn copy_twice_on(caps: FsCaps) -> (tempfile::TempDir, Vec<Vec<LogEvent>>) {
+        use crate::plan::{Op, Plan};
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        let mut opts = SyncOptions::new(src.clone(), dst);
+        opts.replica_fs = ReplicaFs::new(caps);
+        let mut runs = Vec::new();
+        for name in ["a", "b"] {
+            let path = src.join(name);
+            std::fs::write(&path, b"content").unwrap();
+            let st = rfs::stat(&path).unwrap();
+            let plan = Plan {
+                ops: vec![Op::Copy {
+                    path: RelPath::from_str_lossy(name),
+                    meta: crate::root::meta_of(&st),
+                }],
+                ..Plan::default()
+            };
+            let events = std::sync::Mutex::new(Vec::new());
+            let log = |e: LogEvent| events.lock().unwrap().push(e);
+            crate::applier::apply(&plan, &opts, &crate::stop::StopFlag::new(), &log);
+            runs.push(events.into_inner().unwrap());
+        }
+        (tmp, runs)
+    }
+
+    #[test]
+    fn modes_the_replica_cannot_keep_are_one_warn_a_run_and_the_copy_stays() {
+        let caps = FsCaps {
+            keeps_perms: false,
+            ..FsCaps::default()
+        };
+        let (tmp, runs) = copy_twice_on(caps);
+        let verbs =
+            |events: &[LogEvent]| -> Vec<&str> { events.iter().map(|e| e.verb.as_str()).collect() };
+        assert_eq!(verbs(&runs[0]), ["copy", "warn"]);
+        assert!(runs[0][1]
+            .field("reason")
+            .is_some_and(|r| r.to_string().contains("permission bits")));
+        assert_eq!(verbs(&runs[1]), ["copy"]);
+        for name in ["a", "b"] {
+            assert_eq!(
+                std::fs::read(tmp.path().join("dst").join(name)).unwrap(),
+                b"content"
+            );
+        }
+        // Where modes stick, nothing is said.
+        let (_tmp, runs) = copy_twice_on(FsCaps::default());
+        assert_eq!(verbs(&runs[0]), ["copy"]);
+    }
+
+    #[test]
+    fn a_chmod_the_filesystem_refuses_is_noted_not_failed() {
+        let unkept = Unkept::default();
+        assert_eq!(
+            unkept.tolerate(UNKEPT_PERMS, Err(Errno::OPNOTSUPP), || false),
+            Ok(())
+        );
+        assert_eq!(
+            unkept.tolerate(UNKEPT_OWNER, Err(Errno::IO), || true),
+            Err(Errno::IO)
+        );
+        assert_eq!(unkept.0.load(Ordering::Relaxed), UNKEPT_PERMS);
+    }
+
     #[test]
     fn nothing_changes_without_folded_names() {
         let s = listing(&["a", "b/"]);
