@@ -213,6 +213,26 @@ fn exfat_names_that_differ_only_in_case_the_first_in_byte_order_wins_every_run()
 }
 
 #[test]
+fn exfat_a_source_folder_named_like_the_state_folder_in_another_case_stays_out_of_it() {
+    let Some((sb, _m)) = sandbox_on("exfat") else {
+        return;
+    };
+    file(&sb.src, ".TreeSync/lock", "not treesync's\n");
+    file(&sb.src, ".TreeSync/fs-probe", "not treesync's\n");
+    file(&sb.src, "plain.txt", "x\n");
+    for _ in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", ".TreeSync");
+        assert_eq!(err.str("op"), Some("collision"), "{}", run.dump());
+        assert_eq!(run.errors().len(), 1, "{}", run.dump());
+        assert!(!run.has("mkdir", ".TreeSync"), "{}", run.dump());
+        assert_ne!(read(&sb.d(".treesync/lock")), b"not treesync's\n");
+        assert_ne!(read(&sb.d(".treesync/fs-probe")), b"not treesync's\n");
+    }
+}
+
+#[test]
 fn exfat_a_symlink_is_an_error_every_run_and_the_rest_is_mirrored() {
     let Some((sb, _m)) = sandbox_on("exfat") else {
         return;

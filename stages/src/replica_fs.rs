@@ -21,7 +21,7 @@
 //! filesystem only), or else the capabilities of a POSIX filesystem.
 
 use crate::messages::{LogEvent, TreesScanned, Verb};
-use crate::model::{Entry, Listing, Meta, Timestamp};
+use crate::model::{Entry, Listing, Meta, Timestamp, STATE_DIR};
 use crate::options::SyncOptions;
 use crate::relpath::RelPath;
 use crate::root::Root;
@@ -101,9 +101,10 @@ impl FsCaps {
         source.size == replica.size && (checksum || !self.same_mtime(source.mtime, replica.mtime))
     }
 
-    /// Whether names must be paired by their folded form.
+    /// Whether names must be paired by their folded form (by case only:
+    /// Unicode normalisation is detected but not folded).
     pub fn folds_names(&self) -> bool {
-        self.case_insensitive || self.normalizes_unicode
+        self.case_insensitive
     }
 
     /// What the replica does not keep, for the run's one `warn`.
@@ -403,7 +404,9 @@ pub struct Folded {
 
 /// On a replica that ignores case: leaves out of the source each entry
 /// whose folded path another (first in byte order, in the same folder)
-/// already has, with everything below it, and renames each replica entry
+/// already has, with everything below it (and any spelling of the state
+/// folder `.treesync` at the root but that one, which the Differ skips: it
+/// would write into the replica's state), and renames each replica entry
 /// whose stored case differs from the source entry it is to the source's
 /// spelling, so both listings pair by path. `None` when nothing changes.
 pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
@@ -411,6 +414,7 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
     let mut dropped: Vec<usize> = Vec::new();
     let mut dropped_dirs: HashSet<RelPath> = HashSet::new();
     let mut collisions = Vec::new();
+    let state_dir = RelPath::root().join(STATE_DIR);
     for (i, e) in source.entries.iter().enumerate() {
         if e.path.is_root() {
             continue;
@@ -422,7 +426,19 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
             }
             continue;
         }
-        match winners.entry(fold_path(&e.path)) {
+        let key = fold_path(&e.path);
+        if e.path.depth() == 1 && key == STATE_DIR && e.path != state_dir {
+            collisions.push(Collision {
+                loser: e.path.clone(),
+                winner: state_dir.clone(),
+            });
+            dropped.push(i);
+            if e.kind.is_dir() {
+                dropped_dirs.insert(e.path.clone());
+            }
+            continue;
+        }
+        match winners.entry(key) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(i);
             }
@@ -440,7 +456,7 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
     }
     let mut renamed: Vec<(usize, RelPath)> = Vec::new();
     for (j, r) in replica.entries.iter().enumerate() {
-        if r.path.is_root() {
+        if r.path.is_root() || r.path.starts_with(&state_dir) {
             continue;
         }
         let Some(&w) = winners.get(&fold_path(&r.path)) else {
@@ -510,6 +526,13 @@ pub fn pair_scanned(
 }
 
 fn collision_event(c: &Collision) -> LogEvent {
+    if c.winner.as_bytes() == STATE_DIR {
+        return LogEvent::error(
+            Some(&c.loser),
+            "collision",
+            "the replica's filesystem ignores case: this name is treesync's state folder .treesync there; it is not mirrored",
+        );
+    }
     LogEvent::error(
         Some(&c.loser),
         "collision",
@@ -632,12 +655,33 @@ mod tests {
 
     #[test]
     fn first_name_in_byte_order_wins_and_the_replica_pairs_by_folded_name() {
-        let s = listing(&["a.txt", "A.txt", "Docs/", "docs/", "docs/x", "Docs/y", "b"]);
-        let r = listing(&["A.TXT", "DOCS/", "DOCS/Y", "gone"]);
+        let s = listing(&[
+            "a.txt",
+            "A.txt",
+            "Docs/",
+            "docs/",
+            "docs/x",
+            "Docs/y",
+            "b",
+            ".TreeSync/",
+            ".TreeSync/lock",
+        ]);
+        let r = listing(&[
+            "A.TXT",
+            "DOCS/",
+            "DOCS/Y",
+            "gone",
+            ".treesync/",
+            ".treesync/lock",
+        ]);
         let f = fold_names(&s, &r).unwrap();
         assert_eq!(
             f.collisions,
             vec![
+                Collision {
+                    loser: RelPath::from_str_lossy(".TreeSync"),
+                    winner: RelPath::from_str_lossy(".treesync"),
+                },
                 Collision {
                     loser: RelPath::from_str_lossy("a.txt"),
                     winner: RelPath::from_str_lossy("A.txt"),
@@ -649,7 +693,18 @@ mod tests {
             ]
         );
         assert_eq!(paths(&f.source), [".", "A.txt", "Docs", "Docs/y", "b"]);
-        assert_eq!(paths(&f.replica), [".", "A.txt", "Docs", "Docs/y", "gone"]);
+        assert_eq!(
+            paths(&f.replica),
+            [
+                ".",
+                ".treesync",
+                ".treesync/lock",
+                "A.txt",
+                "Docs",
+                "Docs/y",
+                "gone"
+            ]
+        );
     }
 
     /// Copies a file twice with `caps`; the events of each apply.
