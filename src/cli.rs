@@ -62,6 +62,12 @@ pub struct Cli {
     #[arg(long)]
     pub checksum: bool,
 
+    /// Mtimes that differ by at most SECONDS count as equal (fractions
+    /// allowed: 0.01, 2). By default the replica's timestamp granularity
+    /// is probed (1 s on exFAT, 2 s on FAT); 0 compares exactly.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_modify_window)]
+    pub modify_window: Option<Duration>,
+
     /// Show and log what would be done; change nothing under REPLICA.
     #[arg(long)]
     pub dry_run: bool,
@@ -133,6 +139,27 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `2`, `0.01`: whole or fractional seconds, to the nanosecond.
+pub fn parse_modify_window(s: &str) -> Result<Duration, String> {
+    let bad = || format!("expected seconds such as 2 or 0.01, got {s:?}");
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > 9 {
+        return Err(bad());
+    }
+    let secs: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().map_err(|_| bad())?
+    };
+    Ok(Duration::new(secs, nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +172,17 @@ mod tests {
         assert_eq!(parse_interval("1h30m"), Ok(Duration::from_secs(5400)));
         for bad in ["0", "", "abc", "-5", "500ms", "1.5"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modify_windows_in_whole_and_fractional_seconds() {
+        assert_eq!(parse_modify_window("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_modify_window("0.01"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_modify_window(".5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_modify_window("0"), Ok(Duration::ZERO));
+        for bad in ["", ".", "-1", "1e3", "2s", "0.0000000001", "1.2.3"] {
+            assert!(parse_modify_window(bad).is_err(), "{bad}");
         }
     }
 

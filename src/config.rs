@@ -119,6 +119,8 @@ impl Config {
             verbose: cli.verbose,
             // Recorded once the replica exists and is locked.
             identity: None,
+            modify_window: cli.modify_window,
+            replica_fs: Default::default(),
         };
         let log = LogConfig {
             file: log_file,

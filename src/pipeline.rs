@@ -27,12 +27,16 @@ pub mod exit {
 
 /// Runs the pipeline until the sync (or the stop) is over; returns the
 /// exit status.
-pub async fn run(config: Config, logger: Logger) -> i32 {
+pub async fn run(mut config: Config, logger: Logger) -> i32 {
     let once = config.interval.is_none();
     let stop = StopFlag::new();
+    let probe_failed = treesync_stages::replica_fs::settle(&mut config.sync);
     let opts = Arc::new(config.sync);
     let terminal = logger.above();
     let log = logger.start();
+    if let Some(warn) = probe_failed {
+        log.do_send(warn);
+    }
 
     // The Scheduler both starts the pipeline and receives its end: its
     // address exists before the stages that need it are started.

@@ -136,6 +136,13 @@ pub fn apply_in(
             break;
         }
     }
+    // Permissions or owners the replica cannot store: one `warn` a run.
+    if let Target::Replica(replica) = &run.target {
+        if let Some(event) = opts.replica_fs.unkept_warning(replica.unkept()) {
+            tally.count(&event);
+            log(event);
+        }
+    }
     TickOutcome {
         counts: tally.counts,
         bytes: tally.bytes,

@@ -18,6 +18,7 @@ use crate::model::{
 use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan, RootIds};
 use crate::relpath::RelPath;
+use crate::replica_fs::FsCaps;
 use actix::{Actor, Context, Handler, Recipient};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub struct DiffOptions {
     /// The guard's base when the listings are parts of the trees; `None`:
     /// counted in the replica listing.
     pub managed: Option<u64>,
+    /// What the replica can store: mtimes are compared within its
+    /// granularity, permissions and owners only where it keeps them.
+    pub fs: FsCaps,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -46,6 +50,7 @@ impl From<&SyncOptions> for DiffOptions {
             preserve_owner: o.preserve_owner,
             fresh_root: o.fresh_replica,
             managed: None,
+            fs: o.replica_fs.caps,
         }
     }
 }
@@ -257,7 +262,7 @@ impl<'a> Planner<'a> {
     }
 
     fn source_only(&mut self, s: &Entry) {
-        if in_state_dir(&s.path) || self.skipped(s) {
+        if in_state_dir(&s.path) || self.skipped(s) || self.unstorable_link(s) {
             return;
         }
         self.create(s);
@@ -359,6 +364,9 @@ impl<'a> Planner<'a> {
         if in_state_dir(&s.path) || self.skipped(s) {
             return;
         }
+        if self.unstorable_link(s) {
+            return;
+        }
         if !s.kind.same_type(&r.kind) {
             return self.replace(s, r);
         }
@@ -369,7 +377,7 @@ impl<'a> Planner<'a> {
             EntryKind::Dir => {
                 let fresh = s.path.is_root() && self.opts.fresh_root;
                 let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
-                let mtime_changed = !fresh && s.meta.mtime != r.meta.mtime;
+                let mtime_changed = !fresh && !self.opts.fs.same_mtime(s.meta.mtime, r.meta.mtime);
                 self.dirs.push(DirState {
                     path: path(),
                     meta: s.meta,
@@ -439,7 +447,11 @@ impl<'a> Planner<'a> {
         if s.meta.size != r.meta.size {
             return true;
         }
-        if crate::model::needs_content_check(&s.meta, &r.meta, self.opts.checksum) {
+        if self
+            .opts
+            .fs
+            .needs_content_check(&s.meta, &r.meta, self.opts.checksum)
+        {
             return !self.contents.contains(index);
         }
         false
@@ -447,15 +459,37 @@ impl<'a> Planner<'a> {
 
     /// Whether times, permissions or (as root) owner differ. Links have no
     /// permissions of their own.
+    /// What the replica cannot store is not compared.
     fn meta_differs(&self, s: &Meta, r: &Meta, with_perm: bool) -> bool {
-        s.mtime != r.mtime
-            || (with_perm && expected_perm(s.perm, self.opts.preserve_owner) != r.perm)
-            || (self.opts.preserve_owner && (s.uid != r.uid || s.gid != r.gid))
+        !self.opts.fs.same_mtime(s.mtime, r.mtime)
+            || (with_perm && self.perm_differs(s, r))
+            || self.owner_differs(s, r)
     }
 
     fn perm_or_owner_differs(&self, s: &Meta, r: &Meta) -> bool {
-        expected_perm(s.perm, self.opts.preserve_owner) != r.perm
-            || (self.opts.preserve_owner && (s.uid != r.uid || s.gid != r.gid))
+        self.perm_differs(s, r) || self.owner_differs(s, r)
+    }
+
+    fn perm_differs(&self, s: &Meta, r: &Meta) -> bool {
+        self.opts.fs.keeps_perms && expected_perm(s.perm, self.opts.preserve_owner) != r.perm
+    }
+
+    fn owner_differs(&self, s: &Meta, r: &Meta) -> bool {
+        self.opts.preserve_owner && self.opts.fs.keeps_owners && (s.uid != r.uid || s.gid != r.gid)
+    }
+
+    /// A source link where the replica cannot hold links: an error for that
+    /// link (each tick), and the replica's entry there is left as it is.
+    fn unstorable_link(&mut self, s: &Entry) -> bool {
+        if self.opts.fs.symlinks || !matches!(s.kind, EntryKind::Symlink { .. }) {
+            return false;
+        }
+        self.report.push(Op::Refuse {
+            path: s.path.clone(),
+            op: "symlink",
+            reason: "the replica's filesystem cannot hold symbolic links".into(),
+        });
+        true
     }
 
     fn assemble(mut self) -> Outcome {
@@ -642,6 +676,7 @@ mod tests {
             preserve_owner: false,
             fresh_root: false,
             managed: None,
+            fs: FsCaps::default(),
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -695,6 +730,73 @@ mod tests {
     #[test]
     fn initial_sync_creates_everything_parents_first_and_finishes_folders_last() {
         insta::assert_snapshot!(render(&plan(&rich_source(), &listing(vec![]))));
+    }
+
+    /// A tree as an exFAT-like replica holds it after a first sync: mtimes
+    /// cut to the second, every mode 0777, owned by root, no links.
+    fn odd_replica_of(source: &Listing) -> Listing {
+        let mut r = source.clone();
+        r.entries
+            .retain(|e| !matches!(e.kind, EntryKind::Symlink { .. }));
+        for e in &mut r.entries {
+            e.meta.mtime.nanos = 0;
+            e.meta.perm = 0o777;
+            (e.meta.uid, e.meta.gid) = (0, 0);
+        }
+        r
+    }
+
+    #[test]
+    fn an_odd_replica_filesystem_is_compared_only_in_what_it_stores() {
+        let mut s = listing(vec![
+            dir("d"),
+            file("d/f", 5, 10),
+            file("setuid", 1, 11),
+            link("l", "t"),
+        ]);
+        for e in &mut s.entries {
+            e.meta.mtime.nanos = 123_456_789;
+            (e.meta.uid, e.meta.gid) = (1000, 1000);
+        }
+        s.entries[3].meta.perm = 0o4755;
+        let r = odd_replica_of(&s);
+        let caps = FsCaps {
+            keeps_perms: false,
+            keeps_owners: false,
+            symlinks: false,
+            granularity_ns: 1_000_000_000,
+            ..FsCaps::default()
+        };
+        let exact = DiffOptions {
+            preserve_owner: true,
+            ..opts()
+        };
+        let odd = DiffOptions {
+            fs: caps.with_window(None),
+            ..exact
+        };
+        let none = SameContent::default();
+        insta::assert_snapshot!(format!(
+            "assumed POSIX:\n{}\nas probed:\n{}",
+            render(&diff(&s, &r, &none, exact)),
+            render(&diff(&s, &r, &none, odd))
+        ));
+    }
+
+    #[test]
+    fn a_coarse_replica_still_sees_a_change_of_a_whole_step() {
+        let s = listing(vec![file("f", 5, 11)]);
+        let r = listing(vec![file("f", 5, 10)]);
+        let coarse = DiffOptions {
+            fs: FsCaps {
+                granularity_ns: 1_000_000_000,
+                ..FsCaps::default()
+            }
+            .with_window(None),
+            ..opts()
+        };
+        let p = diff(&s, &r, &SameContent::default(), coarse);
+        assert_eq!(render(&p), "update f 5\nfinish . changed=false\n");
     }
 
     #[test]

@@ -10,11 +10,10 @@
 
 use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
-use crate::model::{
-    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, SameContent,
-};
+use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent};
 use crate::options::SyncOptions;
 use crate::relpath::RelPath;
+use crate::replica_fs::{self, FsCaps};
 use crate::root::Root;
 use crate::stop::StopFlag;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient};
@@ -36,6 +35,16 @@ pub struct Pair {
 
 /// The files present on both sides whose content needs comparing.
 pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<Pair> {
+    candidates_on(source, replica, checksum, &FsCaps::default())
+}
+
+/// `candidates` with mtimes compared within the replica's granularity.
+pub fn candidates_on(
+    source: &Listing,
+    replica: &Listing,
+    checksum: bool,
+    fs: &FsCaps,
+) -> Vec<Pair> {
     let (src, rep) = (&source.entries, &replica.entries);
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < src.len() && j < rep.len() {
@@ -46,7 +55,7 @@ pub fn candidates(source: &Listing, replica: &Listing, checksum: bool) -> Vec<Pa
                 let (s, r) = (&src[i], &rep[j]);
                 if s.kind == EntryKind::File
                     && r.kind == EntryKind::File
-                    && needs_content_check(&s.meta, &r.meta, checksum)
+                    && fs.needs_content_check(&s.meta, &r.meta, checksum)
                 {
                     out.push(Pair {
                         source: i,
@@ -390,7 +399,9 @@ impl Handler<TreesScanned> for Hasher {
     type Result = ();
 
     fn handle(&mut self, msg: TreesScanned, ctx: &mut Context<Self>) {
-        let pairs = candidates(&msg.source, &msg.replica, self.opts.checksum);
+        let msg = replica_fs::pair_scanned(msg, &self.opts, &self.log);
+        let caps = &self.opts.replica_fs.caps;
+        let pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
         if pairs.is_empty() {
             self.next.do_send(TreesHashed {
                 tick: msg.tick,
@@ -560,6 +571,14 @@ mod tests {
         assert_eq!(candidates(&mk(5, 1), &mk(6, 2), false).len(), 0);
         assert_eq!(candidates(&mk(5, 1), &mk(5, 1), false).len(), 0);
         assert_eq!(candidates(&mk(5, 1), &mk(5, 1), true).len(), 1);
+        // Within the replica's timestamp granularity mtimes agree.
+        let coarse = FsCaps {
+            granularity_ns: 2_000_000_000,
+            ..FsCaps::default()
+        }
+        .with_window(None);
+        assert_eq!(candidates_on(&mk(5, 1), &mk(5, 2), false, &coarse).len(), 0);
+        assert_eq!(candidates_on(&mk(5, 1), &mk(5, 3), false, &coarse).len(), 1);
     }
 
     /// Listings of `names` (sorted) on both sides, each file paired with

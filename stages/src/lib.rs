@@ -15,6 +15,7 @@ pub mod options;
 pub mod plan;
 pub mod progress;
 pub mod relpath;
+pub mod replica_fs;
 pub mod replica_ops;
 pub mod root;
 pub mod rules;

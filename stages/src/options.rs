@@ -2,9 +2,11 @@
 
 use crate::identity::RootIdentity;
 use crate::relpath::RelPath;
+use crate::replica_fs::ReplicaFs;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// The most one tick may delete (Safety rule 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +102,11 @@ pub struct SyncOptions {
     /// The roots as recorded at start: every tick checks that the root
     /// paths still name them. `None` (tests): taken from the first tick.
     pub identity: Option<RootIdentity>,
+    /// `--modify-window`: mtimes this close count as equal, overriding
+    /// the replica's probed timestamp granularity.
+    pub modify_window: Option<Duration>,
+    /// What the replica's filesystem keeps (`replica_fs::settle`).
+    pub replica_fs: ReplicaFs,
 }
 
 impl SyncOptions {
@@ -121,6 +128,8 @@ impl SyncOptions {
             fresh_replica: false,
             verbose: false,
             identity: None,
+            modify_window: None,
+            replica_fs: ReplicaFs::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
 use crate::relpath::RelPath;
+use crate::replica_fs::{FsCaps, Unkept, UNKEPT_OWNER, UNKEPT_PERMS};
 use crate::root::{meta_of, Root};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
@@ -158,6 +159,10 @@ pub struct ReplicaOps {
     fsync: bool,
     pid: u32,
     temp_seq: AtomicU64,
+    /// What the replica's filesystem keeps.
+    fs: FsCaps,
+    /// Permissions or owners this tick could not keep.
+    unkept: Unkept,
 }
 
 impl ReplicaOps {
@@ -182,6 +187,8 @@ impl ReplicaOps {
                 .get()
                 .unsigned_abs(),
             temp_seq: AtomicU64::new(0),
+            fs: opts.replica_fs.caps,
+            unkept: Unkept::default(),
         })
     }
 
@@ -207,7 +214,44 @@ impl ReplicaOps {
                 .get()
                 .unsigned_abs(),
             temp_seq: AtomicU64::new(0),
+            fs: opts.replica_fs.caps,
+            unkept: Unkept::default(),
         })
+    }
+
+    /// Permissions or owners this tick could not keep.
+    pub fn unkept(&self) -> &Unkept {
+        &self.unkept
+    }
+
+    /// Sets owner (`chown`) then mode (`chmod`) where the replica keeps
+    /// them; where it does not (as probed, or as a call now says), that is
+    /// noted for the run's one `warn`, never an error, and the content and
+    /// times are still set. `ours`: whether the entry belongs to us.
+    fn set_owner_and_mode(
+        &self,
+        meta: &Meta,
+        path: &RelPath,
+        chown: impl FnOnce(Option<Uid>, Option<Gid>) -> Result<(), Errno>,
+        chmod: impl FnOnce(Mode) -> Result<(), Errno>,
+        ours: impl Fn() -> bool,
+    ) -> Result<(), OpError> {
+        if self.preserve_owner {
+            let (uid, gid) = Self::owner(meta);
+            self.unkept
+                .tolerate(UNKEPT_OWNER, chown(uid, gid), &ours)
+                .map_err(io_err("set the owner", path))?;
+        } else if self.fs.owners_lost {
+            self.unkept.note(UNKEPT_OWNER);
+        }
+        if self.fs.keeps_perms {
+            self.unkept
+                .tolerate(UNKEPT_PERMS, chmod(self.mode(meta.perm)), &ours)
+                .map_err(io_err("set the permissions", path))?;
+        } else {
+            self.unkept.note(UNKEPT_PERMS);
+        }
+        Ok(())
     }
 
     /// True when the opened roots are the folders `ids` names.
@@ -523,11 +567,13 @@ impl ReplicaOps {
     /// Owner first (changing it clears setuid and setgid), then mode, then
     /// times, then durability, all on an open handle.
     fn set_fd_meta(&self, fd: &OwnedFd, meta: &Meta, path: &RelPath) -> Result<(), OpError> {
-        if self.preserve_owner {
-            let (uid, gid) = Self::owner(meta);
-            rfs::fchown(fd, uid, gid).map_err(io_err("set the owner", path))?;
-        }
-        rfs::fchmod(fd, self.mode(meta.perm)).map_err(io_err("set the permissions", path))?;
+        self.set_owner_and_mode(
+            meta,
+            path,
+            |uid, gid| rfs::fchown(fd, uid, gid),
+            |mode| rfs::fchmod(fd, mode),
+            || rfs::fstat(fd).is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw()),
+        )?;
         rfs::futimens(fd, &timestamps(meta.mtime)).map_err(io_err("set the times", path))?;
         if self.fsync {
             rfs::fsync(fd).map_err(io_err("fsync", path))?;
@@ -578,12 +624,13 @@ impl ReplicaOps {
         let st = rfs::fstat(&fd).map_err(io_err("stat the replica entry", path))?;
         expect_type(&st, expected, path)?;
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        if self.preserve_owner {
-            let (uid, gid) = Self::owner(meta);
-            rfs::chown(proc.as_str(), uid, gid).map_err(io_err("set the owner", path))?;
-        }
-        rfs::chmod(proc.as_str(), self.mode(meta.perm))
-            .map_err(io_err("set the permissions", path))?;
+        self.set_owner_and_mode(
+            meta,
+            path,
+            |uid, gid| rfs::chown(proc.as_str(), uid, gid),
+            |mode| rfs::chmod(proc.as_str(), mode),
+            || st.st_uid == rustix::process::geteuid().as_raw(),
+        )?;
         rfs::utimensat(
             rfs::CWD,
             proc.as_str(),

@@ -1,0 +1,277 @@
+//! Replicas on filesystems that keep less than a POSIX one (Safety rule 7):
+//! exFAT through FUSE (names that ignore case, no modes, no owners, no
+//! links, 1 s mtimes here) and ext4 with 128-byte inodes (1 s mtimes). Each
+//! test makes its filesystem on a loop device; without root, or where the
+//! mount fails, it says so on stderr and is skipped.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A filesystem image on a loop device, mounted; unmounted and detached
+/// when dropped, whatever the test did.
+struct LoopMount {
+    dir: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+impl LoopMount {
+    /// Makes a `kind` filesystem ("exfat" or "ext4-128") in an image under
+    /// `at` and mounts it at `at/mnt`; `Err` says why it cannot.
+    fn new(at: &Path, kind: &str) -> Result<LoopMount, String> {
+        if !is_root_user() {
+            return Err("needs root (loop devices and mounts)".into());
+        }
+        let image = at.join(format!("{kind}.img"));
+        let dir = at.join("mnt");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let made = std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20));
+        made.map_err(|e| format!("cannot make the image: {e}"))?;
+        match kind {
+            "exfat" => run("mkfs.exfat", &[image.as_os_str()])?,
+            _ => run(
+                "mkfs.ext4",
+                &[
+                    "-q".as_ref(),
+                    "-I".as_ref(),
+                    "128".as_ref(),
+                    image.as_os_str(),
+                ],
+            )?,
+        };
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&image)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "losetup: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let mut m = LoopMount {
+            dir,
+            device: Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+            mounted: false,
+        };
+        let device = m.device.clone().unwrap_or_default();
+        match kind {
+            "exfat" => run("mount.exfat-fuse", &[device.as_ref(), m.dir.as_os_str()])?,
+            _ => run("mount", &[device.as_ref(), m.dir.as_os_str()])?,
+        };
+        m.mounted = true;
+        Ok(m)
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+        if let Some(device) = &self.device {
+            let _ = Command::new("losetup").arg("-d").arg(device).status();
+        }
+    }
+}
+
+fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A sandbox whose replica is `dst` on a fresh `kind` filesystem; `None`
+/// (after saying why on stderr) where that cannot be had.
+fn sandbox_on(kind: &str) -> Option<(Sandbox, LoopMount)> {
+    let mut sb = Sandbox::new();
+    match LoopMount::new(sb.root(), kind) {
+        Ok(m) => {
+            sb.dst = m.dir.join("dst");
+            Some((sb, m))
+        }
+        Err(why) => {
+            eprintln!("skipped: {kind} replica: {why}");
+            None
+        }
+    }
+}
+
+/// Files in a few folders with assorted modes and nanosecond mtimes.
+fn many_files(sb: &Sandbox, n: usize) {
+    for i in 0..n {
+        let mode = [0o644, 0o600, 0o755][i % 3];
+        let mtime = (1_700_000_000 + i as i64, 123_456_789 + i as u32);
+        file_with(
+            &sb.src,
+            format!("d{}/f{i:03}.txt", i % 7),
+            format!("file {i}\n"),
+            mode,
+            mtime,
+        );
+    }
+}
+
+/// The names in a folder, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Asserts a run changed nothing on the replica and compared no content
+/// (`-v` shows each comparison on the terminal).
+fn assert_idle(run: &Run) {
+    run.expect_code(0).no_errors();
+    assert!(run.changes().is_empty(), "{}", run.dump());
+    assert!(!run.stderr.contains("compare"), "{}", run.dump());
+    assert_eq!(run.tick().u64("meta").unwrap_or(0), 0);
+}
+
+#[test]
+fn exfat_keeps_content_and_mtimes_with_one_warn_and_a_second_run_does_nothing() {
+    let Some((sb, _m)) = sandbox_on("exfat") else {
+        return;
+    };
+    many_files(&sb, 300);
+    let first = sb.sync(&[]);
+    first.expect_code(0).no_errors();
+    assert_eq!(first.tick().u64("copy"), Some(300), "{}", first.dump());
+    let warns = first.entries("warn");
+    assert_eq!(warns.len(), 1, "{}", first.dump());
+    let reason = warns[0].str("reason").unwrap_or_default();
+    assert!(
+        reason.contains("permission bits") && reason.contains("owners"),
+        "{reason}"
+    );
+    for i in [0, 1, 299] {
+        let rel = format!("d{}/f{i:03}.txt", i % 7);
+        assert_eq!(read(&sb.d(&rel)), format!("file {i}\n").into_bytes());
+        assert_eq!(mtime_of(&sb.d(&rel)).0, 1_700_000_000 + i as i64);
+    }
+    assert_idle(&sb.sync(&["-v"]));
+    // A dry run uses the probe the last run saved: nothing to do either.
+    let dry = sb.sync(&["--dry-run", "-v"]);
+    assert_idle(&dry);
+}
+
+#[test]
+fn exfat_names_that_differ_only_in_case_the_first_in_byte_order_wins_every_run() {
+    let Some((sb, _m)) = sandbox_on("exfat") else {
+        return;
+    };
+    file_with(&sb.src, "a.txt", "lower\n", 0o644, (1_700_000_000, 0));
+    sb.sync(&[]).expect_code(0);
+    // "A.txt" sorts first: it wins over "a.txt", and the replica's
+    // "a.txt" is its entry (no delete and copy).
+    file_with(&sb.src, "A.txt", "UPPER!\n", 0o644, (1_700_000_001, 0));
+    for round in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", "a.txt");
+        assert_eq!(err.str("op"), Some("collision"), "{}", run.dump());
+        assert!(err.str("error").unwrap_or_default().contains("A.txt"));
+        assert_eq!(run.errors().len(), 1, "{}", run.dump());
+        assert!(!run.has("delete", "a.txt") && !run.has("copy", "a.txt"));
+        assert!(!run.has("copy", "A.txt"), "{}", run.dump());
+        if round == 0 {
+            assert!(run.has("update", "A.txt"), "{}", run.dump());
+        } else {
+            assert!(run.changes().is_empty(), "{}", run.dump());
+        }
+        // One entry holds the winner (read by its listed name: FUSE may
+        // keep the other spelling's old size cached for a moment).
+        assert_eq!(names_in(&sb.dst), [".treesync", "A.txt"]);
+        assert_eq!(read(&sb.d("A.txt")), b"UPPER!\n");
+    }
+    // A name whose case changed in the source pairs with the replica's
+    // entry: nothing is deleted and copied again.
+    std::fs::remove_file(sb.s("a.txt")).unwrap();
+    file_with(&sb.src, "Notes/Todo.md", "x\n", 0o644, (1_700_000_000, 0));
+    sb.sync(&[]).expect_code(0);
+    std::fs::rename(sb.s("Notes"), sb.s("NOTES")).unwrap();
+    std::fs::rename(sb.s("NOTES/Todo.md"), sb.s("NOTES/TODO.MD")).unwrap();
+    let run = sb.sync(&[]);
+    run.expect_code(0);
+    assert!(run.changes().is_empty(), "{}", run.dump());
+}
+
+#[test]
+fn exfat_a_source_folder_named_like_the_state_folder_in_another_case_stays_out_of_it() {
+    let Some((sb, _m)) = sandbox_on("exfat") else {
+        return;
+    };
+    file(&sb.src, ".TreeSync/lock", "not treesync's\n");
+    file(&sb.src, ".TreeSync/fs-probe", "not treesync's\n");
+    file(&sb.src, "plain.txt", "x\n");
+    for _ in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", ".TreeSync");
+        assert_eq!(err.str("op"), Some("collision"), "{}", run.dump());
+        assert_eq!(run.errors().len(), 1, "{}", run.dump());
+        assert!(!run.has("mkdir", ".TreeSync"), "{}", run.dump());
+        assert_ne!(read(&sb.d(".treesync/lock")), b"not treesync's\n");
+        assert_ne!(read(&sb.d(".treesync/fs-probe")), b"not treesync's\n");
+    }
+}
+
+#[test]
+fn exfat_a_symlink_is_an_error_every_run_and_the_rest_is_mirrored() {
+    let Some((sb, _m)) = sandbox_on("exfat") else {
+        return;
+    };
+    file(&sb.src, "plain.txt", "x\n");
+    symlink(&sb.src, "link", "plain.txt");
+    for _ in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", "link");
+        assert_eq!(err.str("op"), Some("symlink"), "{}", run.dump());
+        assert_eq!(run.errors().len(), 1, "{}", run.dump());
+        assert_eq!(read(&sb.d("plain.txt")), b"x\n");
+    }
+    // Known from the probe, so a dry run reports it too, and says why.
+    let dry = sb.sync(&["--dry-run"]);
+    let err = dry.get("error", "link");
+    assert!(err.dry_run(), "{}", dry.dump());
+    assert!(
+        err.str("error")
+            .unwrap_or_default()
+            .contains("symbolic links"),
+        "{}",
+        dry.dump()
+    );
+    assert!(!dry.has("symlink", "link"), "{}", dry.dump());
+}
+
+#[test]
+fn ext4_with_one_second_timestamps_a_no_change_run_does_nothing() {
+    let Some((sb, _m)) = sandbox_on("ext4-128") else {
+        return;
+    };
+    many_files(&sb, 50);
+    sb.sync(&[]).expect_code(0).no_errors();
+    assert_idle(&sb.sync(&["-v"]));
+    // A change of a whole second with the same size is still seen.
+    set_mtime(&sb.s("d0/f000.txt"), (1_700_000_100, 0));
+    let run = sb.sync(&[]);
+    run.expect_code(0);
+    assert_eq!(run.changes(), [("meta".into(), "d0/f000.txt".into())]);
+}
