@@ -23,7 +23,7 @@ use crate::relpath::RelPath;
 use crate::root::{meta_of, Root};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
-    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps, Uid,
+    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid,
 };
 use rustix::io::Errno;
 use std::io;
@@ -198,23 +198,23 @@ impl ReplicaOps {
     /// Writes the source file at `path` to the replica, atomically. `meta`
     /// is the source as scanned; the file must still be that file.
     pub fn copy(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::New)
+        self.write_file(path, meta)
     }
 
     /// Like `copy`, over the replica file that is there (`Update`).
     pub fn update(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::Existing)
+        self.write_file(path, meta)
     }
 
-    fn write_file(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<Copied, OpError> {
-        match self.try_copy(path, meta, into) {
+    fn write_file(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
+        match self.try_copy(path, meta) {
             Ok(bytes) => Ok(Copied::Written { bytes }),
             Err(Halt::Skip(reason)) => Ok(Copied::Skipped { reason }),
             Err(Halt::Fail(e)) => Err(e),
         }
     }
 
-    fn try_copy(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<u64, Halt> {
+    fn try_copy(&self, path: &RelPath, meta: &Meta) -> Result<u64, Halt> {
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
         let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
@@ -234,10 +234,13 @@ impl ReplicaOps {
         self.set_fd_meta(&tmp_fd, &meta_of(&after), path)?;
         drop(tmp_fd);
         fail_point!("replica_ops::copy::before_rename");
-        match into {
-            Into::New => self.replace(dir.as_fd(), temp, name, path)?,
-            Into::Existing => self.exchange(dir.as_fd(), temp, name, path)?,
-        }
+        // A plain rename, also over an existing file: ext4 (`auto_da_alloc`)
+        // then starts writing the new blocks before the rename can reach
+        // the disk, so a power cut leaves the old content or the new one,
+        // never an empty file (`tests/crash.rs`). A folder put at the path
+        // meanwhile makes the rename fail: an error for this file, nothing
+        // lost.
+        self.replace(dir.as_fd(), temp, name, path)?;
         Ok(bytes)
     }
 
@@ -440,40 +443,6 @@ impl ReplicaOps {
         self.sync_dir(dir, path)
     }
 
-    /// Puts the finished temporary in place of the file at `name` by
-    /// swapping the two names in one step, then removes the old file (now
-    /// under the temporary's name). A plain rename over an existing file
-    /// makes ext4 allocate and start writing the new file's blocks inside
-    /// the rename (its `auto_da_alloc` guard for programs that do not
-    /// fsync): half a second for a 512 MiB file, a millisecond for a small
-    /// one, all in the sync's time. Durability is what `--fsync` is for,
-    /// and it syncs before this. Where the swap is not possible (no file
-    /// there, a filesystem without it), a plain rename.
-    fn exchange(
-        &self,
-        dir: BorrowedFd<'_>,
-        temp: Temp<'_>,
-        name: &[u8],
-        path: &RelPath,
-    ) -> Result<(), OpError> {
-        let swapped = rfs::renameat_with(dir, temp.name(), dir, name, RenameFlags::EXCHANGE);
-        if swapped.is_err() {
-            return self.replace(dir, temp, name, path);
-        }
-        // A folder put there meanwhile goes back: a rename would not
-        // replace it either.
-        let old = rfs::statat(dir, temp.name(), AtFlags::SYMLINK_NOFOLLOW);
-        if old.is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory) {
-            rfs::renameat_with(dir, temp.name(), dir, name, RenameFlags::EXCHANGE)
-                .map_err(io_err("put the folder back", path))?;
-            return Err(io_err("rename into place", path)(Errno::ISDIR));
-        }
-        // Dropping the temporary removes what now bears its name: the old
-        // file. Were that to fail, the next run removes it as stale.
-        drop(temp);
-        self.sync_dir(dir, path)
-    }
-
     fn sync_dir(&self, dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), OpError> {
         if self.fsync {
             rfs::fsync(dir).map_err(io_err("fsync the folder", path))?;
@@ -566,13 +535,6 @@ impl ReplicaOps {
         )
         .map_err(io_err("set the times", path))
     }
-}
-
-/// Where a copy goes: a name the replica does not have, or over its file.
-#[derive(Clone, Copy)]
-enum Into {
-    New,
-    Existing,
 }
 
 /// A temporary in a replica folder, removed when dropped unless `keep`
@@ -777,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn replica_ops_update_swaps_the_new_file_in_and_leaves_no_temporary() {
+    fn replica_ops_update_renames_the_new_file_over_the_old_and_leaves_no_temporary() {
         let (tmp, ops) = setup();
         let (src, dst) = (tmp.path().join("src/f"), tmp.path().join("dst/f"));
         fs::write(&src, b"new content").unwrap();
