@@ -152,7 +152,8 @@ fn a_power_cut_after_an_update_sweep_leaves_old_or_new_content() {
         v
     };
     sb.run(&args("")).expect_code(0);
-    sh("sync", &[]).unwrap();
+    // Durable: only the image's filesystem is synced (syncfs).
+    sh("sync", &["-f".as_ref(), replica.as_os_str()]).unwrap();
     for i in 0..FILES {
         rewrite(&sb.s(format!("d{}/f{i:03}", i % 4)), content(i, 1));
     }
