@@ -118,6 +118,15 @@ pub fn apply(
             break;
         }
     }
+    if let Target::Replica(replica) = &run.target {
+        if let Err(e) = replica.record_racy(&tally.racy, &tally.settled) {
+            let reason =
+                format!("files copied while written cannot be recorded for a recheck: {e}");
+            let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
+            tally.count(&event);
+            log(event);
+        }
+    }
     TickOutcome {
         counts: tally.counts,
         bytes: tally.bytes,
@@ -196,6 +205,10 @@ struct Tally {
     stopped: bool,
     /// Folders of operations that failed or were skipped while applied.
     retry: Vec<RelPath>,
+    /// Files copied while their source may have been written (`racy.rs`),
+    /// and files copied with no such doubt.
+    racy: Vec<RelPath>,
+    settled: Vec<RelPath>,
 }
 
 impl Tally {
@@ -234,6 +247,8 @@ impl Tally {
         self.bytes += other.bytes;
         self.errors += other.errors;
         self.retry.extend(other.retry);
+        self.racy.extend(other.racy);
+        self.settled.extend(other.settled);
         self.stopped |= other.stopped;
     }
 }
@@ -298,7 +313,7 @@ impl Run<'_> {
         fail_point!("applier::before_op");
         let result = match &self.target {
             Target::DryRun => Ok(done_event(op, planned_bytes(op))),
-            Target::Replica(replica) => execute(replica, op),
+            Target::Replica(replica) => execute(replica, op, tally),
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
             Target::Unavailable => return,
         };
@@ -351,7 +366,7 @@ fn folder_of(path: &RelPath) -> &[u8] {
 }
 
 /// Runs `op` on the replica; returns the event to log, if any.
-fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
+fn execute(replica: &ReplicaOps, op: &Op, tally: &mut Tally) -> Result<Option<LogEvent>, OpError> {
     match op {
         Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
         Op::RemoveStale { path } => replica.remove_stale(path)?,
@@ -365,7 +380,17 @@ fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
             };
             // A source that vanished or changed is a skip, not a failure.
             return Ok(match written {
-                Copied::Written { bytes } => done_event(op, Some(bytes)),
+                Copied::Written { bytes, racy } => {
+                    // A racy copy is compared again at the next tick, its
+                    // folder listed again then even in watch mode.
+                    if racy {
+                        tally.racy.push(path.clone());
+                        tally.retry.extend(path.parent());
+                    } else {
+                        tally.settled.push(path.clone());
+                    }
+                    done_event(op, Some(bytes))
+                }
                 Copied::Skipped { reason } => {
                     Some(LogEvent::op(Verb::Skip, path).with_str("reason", reason))
                 }

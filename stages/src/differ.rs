@@ -439,7 +439,9 @@ impl<'a> Planner<'a> {
         if s.meta.size != r.meta.size {
             return true;
         }
-        if crate::model::needs_content_check(&s.meta, &r.meta, self.opts.checksum) {
+        if crate::model::needs_content_check(&s.meta, &r.meta, self.opts.checksum)
+            || self.contents.rechecked(index)
+        {
             return !self.contents.contains(index);
         }
         false
@@ -971,6 +973,19 @@ mod tests {
         assert_eq!(
             render(&plan(&s, &r)),
             "stale d/.treesync-tmp-99-1\nfinish d changed=false\n"
+        );
+    }
+
+    #[test]
+    fn a_rechecked_file_found_different_is_updated_though_metadata_agree() {
+        let s = listing(vec![file("a", 5, 1), file("b", 5, 1)]);
+        let mut contents = SameContent::of_paths(&s, ["b"]);
+        for i in 0..s.entries.len() {
+            contents.mark_rechecked(i);
+        }
+        assert_eq!(
+            render(&diff(&s, &s.clone(), &contents, opts())),
+            "update a 5\nfinish . changed=false\n"
         );
     }
 

@@ -13,6 +13,7 @@ pub mod model;
 pub mod options;
 pub mod plan;
 pub mod progress;
+pub mod racy;
 pub mod relpath;
 pub mod replica_ops;
 pub mod root;

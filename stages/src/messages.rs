@@ -171,8 +171,9 @@ pub struct TickOutcome {
     /// Nothing changed since the last tick: nothing was planned.
     pub idle: bool,
     /// Folders holding an operation that failed or was skipped at run time
-    /// (a file changing while copied): in watch mode the next tick lists
-    /// them again, so the operation is retried without a full walk.
+    /// (a file changing while copied), or a copy to check again (racy): in
+    /// watch mode the next tick lists them again, so the operation is
+    /// retried, or the copy compared, without a full walk.
     pub retry: Vec<RelPath>,
 }
 

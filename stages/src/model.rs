@@ -194,21 +194,55 @@ pub enum Content {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SameContent {
     bits: Vec<u64>,
+    /// Files compared although their metadata agree: racy copies of an
+    /// earlier tick (`racy.rs`). For these the verdict decides too.
+    rechecked: Vec<u64>,
+}
+
+fn set_bit(bits: &mut Vec<u64>, index: usize) {
+    let word = index / 64;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    bits[word] |= 1 << (index % 64);
+}
+
+fn has_bit(bits: &[u64], index: usize) -> bool {
+    bits.get(index / 64)
+        .is_some_and(|w| w & (1 << (index % 64)) != 0)
 }
 
 impl SameContent {
     pub fn mark(&mut self, index: usize) {
-        let word = index / 64;
-        if self.bits.len() <= word {
-            self.bits.resize(word + 1, 0);
-        }
-        self.bits[word] |= 1 << (index % 64);
+        set_bit(&mut self.bits, index);
     }
 
     pub fn contains(&self, index: usize) -> bool {
-        self.bits
-            .get(index / 64)
-            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+        has_bit(&self.bits, index)
+    }
+
+    /// The file at `index` was compared by content whatever its metadata.
+    pub fn mark_rechecked(&mut self, index: usize) {
+        set_bit(&mut self.rechecked, index);
+    }
+
+    pub fn rechecked(&self, index: usize) -> bool {
+        has_bit(&self.rechecked, index)
+    }
+
+    /// Adds the verdicts of `other`.
+    pub fn merge(&mut self, other: &SameContent) {
+        for (bits, more) in [
+            (&mut self.bits, &other.bits),
+            (&mut self.rechecked, &other.rechecked),
+        ] {
+            if bits.len() < more.len() {
+                bits.resize(more.len(), 0);
+            }
+            for (w, m) in bits.iter_mut().zip(more) {
+                *w |= m;
+            }
+        }
     }
 
     /// How many files are marked.

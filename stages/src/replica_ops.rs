@@ -19,6 +19,7 @@
 use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
+use crate::racy;
 use crate::relpath::RelPath;
 use crate::root::{meta_of, Root};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -28,6 +29,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// `fail::fail_point!` with the `failpoints` feature, nothing without it
 /// (the `fail` crate is then not even a dependency).
@@ -108,8 +110,10 @@ impl OpError {
 /// What a copy or update of one file came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Copied {
-    /// The replica holds the new content under its final name.
-    Written { bytes: u64 },
+    /// The replica holds the new content under its final name. `racy`:
+    /// the source's stamps fall inside the copy's window, so a write may
+    /// have been in flight during it (`racy.rs`).
+    Written { bytes: u64, racy: bool },
     /// The source vanished or changed: nothing was written (a `skip`).
     Skipped { reason: String },
 }
@@ -208,13 +212,14 @@ impl ReplicaOps {
 
     fn write_file(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
         match self.try_copy(path, meta) {
-            Ok(bytes) => Ok(Copied::Written { bytes }),
+            Ok((bytes, racy)) => Ok(Copied::Written { bytes, racy }),
             Err(Halt::Skip(reason)) => Ok(Copied::Skipped { reason }),
             Err(Halt::Fail(e)) => Err(e),
         }
     }
 
-    fn try_copy(&self, path: &RelPath, meta: &Meta) -> Result<u64, Halt> {
+    fn try_copy(&self, path: &RelPath, meta: &Meta) -> Result<(u64, bool), Halt> {
+        let started = SystemTime::now();
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
         let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
@@ -224,6 +229,8 @@ impl ReplicaOps {
         let bytes =
             copy_content(&src, &tmp_fd, expected).map_err(std_err("copy the content", path))?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
+        let after_meta = meta_of(&after);
+        let racy = racy::is_racy(started, after_meta.mtime, after_meta.ctime);
         if !same_content_stamp(&before, &after) || bytes != after.st_size as u64 {
             // `temp` is dropped here, which removes it.
             return Err(Halt::Skip("changed while being copied".into()));
@@ -231,7 +238,7 @@ impl ReplicaOps {
         // The metadata of the content actually copied, which the second
         // fstat just confirmed; it equals `meta` unless the file changed
         // between the scan and now.
-        self.set_fd_meta(&tmp_fd, &meta_of(&after), path)?;
+        self.set_fd_meta(&tmp_fd, &after_meta, path)?;
         drop(tmp_fd);
         fail_point!("replica_ops::copy::before_rename");
         // A plain rename, also over an existing file: ext4 (`auto_da_alloc`)
@@ -241,7 +248,7 @@ impl ReplicaOps {
         // meanwhile makes the rename fail: an error for this file, nothing
         // lost.
         self.replace(dir.as_fd(), temp, name, path)?;
-        Ok(bytes)
+        Ok((bytes, racy))
     }
 
     /// Opens the source file and checks it is still the regular file the
@@ -340,6 +347,12 @@ impl ReplicaOps {
             }
             Err(e) => Err(std_err("open the folder", path)(e)),
         }
+    }
+
+    /// Records the racy copies of a tick for a recheck, and forgets the
+    /// files copied without doubt (`racy::record`).
+    pub fn record_racy(&self, racy: &[RelPath], settled: &[RelPath]) -> io::Result<()> {
+        racy::record(&self.replica, racy, settled)
     }
 
     /// Removes the file or link at `path`; one already gone counts as done.
@@ -746,7 +759,7 @@ mod tests {
         fs::write(&dst, b"old content").unwrap();
         let old_ino = fs::metadata(&dst).unwrap().ino();
         let copied = ops.update(&rel("f"), &lmeta(&src)).unwrap();
-        assert!(matches!(copied, Copied::Written { bytes: 11 }));
+        assert!(matches!(copied, Copied::Written { bytes: 11, .. }));
         assert_eq!(fs::read(&dst).unwrap(), b"new content");
         assert_ne!(fs::metadata(&dst).unwrap().ino(), old_ino);
         assert_eq!(names(&tmp.path().join("dst")), ["f"]);
@@ -846,7 +859,7 @@ mod tests {
         let got = ops
             .copy(&rel("f"), &lmeta(&tmp.path().join("src/f")))
             .unwrap();
-        assert_eq!(got, Copied::Written { bytes: 3 });
+        assert!(matches!(got, Copied::Written { bytes: 3, .. }));
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
         assert!(fs::symlink_metadata(tmp.path().join("dst/f"))
             .unwrap()
