@@ -893,14 +893,13 @@ mod tests {
     #[test]
     fn applier_removes_stale_temporaries_as_detail_only() {
         let t = trees();
-        fs::write(t.dst.join(".treesync-tmp-1-2"), b"partial").unwrap();
-        let p = plan(vec![Op::RemoveStale {
-            path: rel(".treesync-tmp-1-2"),
-        }]);
+        let stale = ".treesync-tmp-00000000000000aa-2";
+        fs::write(t.dst.join(stale), b"partial").unwrap();
+        let p = plan(vec![Op::RemoveStale { path: rel(stale) }]);
         let (out, events) = run(&p, &t.opts);
-        assert_eq!(verbs(&events), [("stale", ".treesync-tmp-1-2".into())]);
+        assert_eq!(verbs(&events), [("stale", stale.into())]);
         assert_eq!((out.counts.changes(), out.errors), (0, 0));
-        assert!(!t.dst.join(".treesync-tmp-1-2").exists());
+        assert!(!t.dst.join(stale).exists());
     }
 
     #[test]

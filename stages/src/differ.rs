@@ -13,7 +13,7 @@
 
 use crate::messages::{LogEvent, PlanMade, TreesHashed};
 use crate::model::{
-    is_temp_name, Entry, EntryKind, Listing, Meta, SameContent, IGNORE_FILE, STATE_DIR,
+    run_token, Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
 use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan, RootIds};
@@ -35,6 +35,9 @@ pub struct DiffOptions {
     /// The guard's base when the listings are parts of the trees; `None`:
     /// counted in the replica listing.
     pub managed: Option<u64>,
+    /// The runs whose temporaries are ours to remove silently (this one
+    /// and those recorded in the state folder); any other name is a file.
+    pub temps: TempTokens,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -46,6 +49,11 @@ impl From<&SyncOptions> for DiffOptions {
             preserve_owner: o.preserve_owner,
             fresh_root: o.fresh_replica,
             managed: None,
+            temps: {
+                let mut own = TempTokens::default();
+                own.insert(run_token());
+                own
+            },
         }
     }
 }
@@ -89,7 +97,7 @@ pub fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -
         .iter()
         .filter(|e| !e.kind.is_dir() && !e.path.is_root())
         .filter(|e| opts.delete_excluded || !e.excluded)
-        .filter(|e| !(is_temp_name(e.path.name()) && source.get(&e.path).is_none()))
+        .filter(|e| !(opts.temps.owns(e.path.name()) && source.get(&e.path).is_none()))
         .count() as u64
 }
 
@@ -224,7 +232,7 @@ impl<'a> Planner<'a> {
         {
             return Fate::Keep;
         }
-        if !r.kind.is_dir() && is_temp_name(r.path.name()) {
+        if !r.kind.is_dir() && self.opts.temps.owns(r.path.name()) {
             return Fate::Stale;
         }
         if (r.excluded && !self.opts.delete_excluded) || !self.allow_deletions {
@@ -552,6 +560,7 @@ impl Handler<TreesHashed> for Differ {
             DiffOptions {
                 fresh_root: self.first && self.opts.fresh_replica,
                 managed: msg.managed,
+                temps: DiffOptions::from(&*self.opts).temps.union(&msg.temps),
                 ..DiffOptions::from(&*self.opts)
             },
         );
@@ -633,6 +642,7 @@ mod tests {
             preserve_owner: false,
             fresh_root: false,
             managed: None,
+            temps: TempTokens::parse(b"0000000000000099\n"),
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -958,11 +968,12 @@ mod tests {
 
     #[test]
     fn stale_temporaries_are_removed_unless_the_source_has_that_name() {
-        let s = listing(vec![file(".treesync-tmp-mine", 1, 1)]);
+        let ours = ".treesync-tmp-0000000000000099-1";
+        let s = listing(vec![file(ours, 1, 1)]);
         let r = listing(vec![
-            file(".treesync-tmp-mine", 1, 1),
+            file(ours, 1, 1),
             dir("d"),
-            file("d/.treesync-tmp-99-1", 7, 1),
+            file(&format!("d/{ours}"), 7, 1),
         ]);
         let s = {
             let mut s = s;
@@ -972,7 +983,7 @@ mod tests {
         };
         assert_eq!(
             render(&plan(&s, &r)),
-            "stale d/.treesync-tmp-99-1\nfinish d changed=false\n"
+            format!("stale d/{ours}\nfinish d changed=false\n")
         );
     }
 
@@ -987,6 +998,28 @@ mod tests {
             render(&diff(&s, &s.clone(), &contents, opts())),
             "update a 5\nfinish . changed=false\n"
         );
+    }
+
+    #[test]
+    fn a_name_like_a_temporary_without_a_recorded_token_is_an_ordinary_file() {
+        let s = listing(vec![dir("d")]);
+        let r = listing(vec![
+            dir("d"),
+            file("d/.treesync-tmp-1-1", 1, 1),
+            file("d/.treesync-tmp-00000000000000aa-1", 1, 1),
+        ]);
+        let p = plan(&s, &r);
+        assert_eq!(
+            render(&p),
+            "delete d/.treesync-tmp-1-1\ndelete d/.treesync-tmp-00000000000000aa-1\nfinish d changed=false\n"
+        );
+        // Counted by the guard like any file.
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        assert_eq!(managed_entries(&r, &s, o), 2);
+        assert!(diff(&s, &r, &SameContent::default(), o).guard.is_some());
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //!
 //! Copies recorded as racy (`racy.rs`) are compared too, whatever their
 //! metadata, and never from cached digests; their pairs are marked as
-//! rechecked so that the Differ follows the verdict.
+//! rechecked so that the Differ follows the verdict. The same blocking task
+//! reads the replica's record of the runs' temporaries for the Differ.
 
 use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
 use crate::model::{
-    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, SameContent,
+    needs_content_check, Content, Digest, Entry, EntryKind, Listing, Meta, SameContent, TempTokens,
 };
 use crate::options::SyncOptions;
 use crate::racy;
@@ -410,11 +411,12 @@ impl Handler<TreesScanned> for Hasher {
         );
         let log_failure = self.log.clone();
         // Every tick goes through a blocking task: besides the comparisons,
-        // the record of racy copies is read there, off the async thread.
+        // the replica's state (racy copies, temporaries' tokens) is read
+        // there, off the async thread.
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
             let roots = Root::open(&opts.source).and_then(|s| Ok((s, Root::open(&opts.replica)?)));
-            let racy_paths = match &roots {
+            let (temps, racy_paths) = match &roots {
                 Ok((_, replica)) => {
                     let (paths, unusable) = racy::load(replica);
                     if let (Some(e), 1) = (unusable, tick) {
@@ -422,9 +424,9 @@ impl Handler<TreesScanned> for Hasher {
                             LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()),
                         );
                     }
-                    paths
+                    (crate::replica_ops::recorded_tokens(replica), paths)
                 }
-                Err(_) => BTreeSet::new(),
+                Err(_) => Default::default(),
             };
             let rechecks = racy_pairs(&msg.source, &msg.replica, &racy_paths);
             let rechecked: std::collections::HashSet<usize> =
@@ -496,6 +498,7 @@ impl Handler<TreesScanned> for Hasher {
                 contents,
                 managed: msg.managed,
                 errors: msg.errors,
+                temps,
             }
         });
         ctx.spawn(actix::fut::wrap_future(async move {
@@ -515,6 +518,7 @@ impl Handler<TreesScanned> for Hasher {
                         contents: SameContent::default(),
                         managed,
                         errors: errors + 1,
+                        temps: TempTokens::default(),
                     });
                 }
             }

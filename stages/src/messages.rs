@@ -9,7 +9,7 @@
 //! with a tick (a root vanished) sends `TickFinished` straight to the
 //! Scheduler with the reason.
 
-use crate::model::{Listing, SameContent};
+use crate::model::{Listing, SameContent, TempTokens};
 use crate::plan::Plan;
 use crate::relpath::RelPath;
 use actix::Message;
@@ -78,6 +78,9 @@ pub struct TreesHashed {
     /// As in `TreesScanned`.
     pub managed: Option<u64>,
     pub errors: u64,
+    /// Runs whose temporaries the replica may hold, as recorded in its
+    /// state folder (read with the other state the Hasher reads).
+    pub temps: TempTokens,
 }
 
 /// The Differ's plan for this tick.

@@ -16,12 +16,13 @@
 //! which the fault tests (`tests/faults.rs`) change the world at the worst
 //! moment; without the `failpoints` feature they compile to nothing.
 
-use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
+use crate::model::{run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
 use crate::racy;
 use crate::relpath::RelPath;
 use crate::root::{meta_of, Root};
+use crate::state;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid,
@@ -29,6 +30,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 /// `fail::fail_point!` with the `failpoints` feature, nothing without it
@@ -61,6 +63,9 @@ const RANGE_CHUNK: usize = 1 << 30;
 
 /// Buffer of the user-space copy used where `copy_file_range` cannot work.
 const BUFFER_SIZE: usize = 1 << 20;
+
+/// The state file of the runs' tokens (`model::TempTokens`).
+pub const TEMPS_FILE: &str = "temps";
 
 /// Attempts at finding a free temporary name before giving up.
 const TEMP_ATTEMPTS: u32 = 64;
@@ -159,8 +164,12 @@ pub struct ReplicaOps {
     replica: Root,
     preserve_owner: bool,
     fsync: bool,
-    pid: u32,
+    /// This run's token, in every temporary's name (`model::temp_name`).
+    token: u64,
     temp_seq: AtomicU64,
+    /// The token is in `.treesync/temps` (checked once, at the first
+    /// temporary of the tick).
+    recorded: OnceLock<()>,
 }
 
 impl ReplicaOps {
@@ -180,11 +189,9 @@ impl ReplicaOps {
             replica,
             preserve_owner: opts.preserve_owner,
             fsync: opts.fsync,
-            pid: rustix::process::getpid()
-                .as_raw_nonzero()
-                .get()
-                .unsigned_abs(),
+            token: run_token(),
             temp_seq: AtomicU64::new(0),
+            recorded: OnceLock::new(),
         })
     }
 
@@ -365,10 +372,11 @@ impl ReplicaOps {
         self.remove(path, AtFlags::REMOVEDIR)
     }
 
-    /// Removes a temporary left by an interrupted run. Only names with the
-    /// temporaries' prefix are removed, whatever the plan says.
+    /// Removes a temporary left by an interrupted run. Only names of the
+    /// temporaries' form are removed, whatever the plan says (the Differ
+    /// plans only those whose token was recorded).
     pub fn remove_stale(&self, path: &RelPath) -> Result<(), OpError> {
-        if !is_temp_name(path.name()) {
+        if temp_token(path.name()).is_none() {
             return Err(OpError::Io {
                 step: "remove a stale temporary",
                 path: path.clone(),
@@ -423,6 +431,7 @@ impl ReplicaOps {
         step: &'static str,
         mut create: impl FnMut(&[u8]) -> rustix::io::Result<T>,
     ) -> Result<(T, Temp<'d>), OpError> {
+        self.recorded.get_or_init(|| self.record_token());
         let mut last = Errno::EXIST;
         for _ in 0..TEMP_ATTEMPTS {
             let name = self.temp_name();
@@ -436,10 +445,24 @@ impl ReplicaOps {
     }
 
     fn temp_name(&self) -> Vec<u8> {
-        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let mut name = TEMP_PREFIX.to_vec();
-        name.extend_from_slice(format!("{}-{n}", self.pid).as_bytes());
-        name
+        temp_name(self.token, self.temp_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds this run's token to `.treesync/temps` unless it is there: from
+    /// then on the next run knows which temporaries are ours to remove. A
+    /// failure is not fatal: a temporary the next run does not recognise
+    /// is mirrored like any file (deleted with a log line), never lost
+    /// silently.
+    fn record_token(&self) {
+        let Ok(dir) = state::open_dir(&self.replica) else {
+            return;
+        };
+        let mut tokens = read_tokens(dir.as_fd());
+        if tokens.contains(self.token) {
+            return;
+        }
+        tokens.insert(self.token);
+        let _ = state::write_bytes(&dir, TEMPS_FILE, &tokens.to_bytes());
     }
 
     /// Renames the finished temporary over `name`, then makes the folder
@@ -547,6 +570,19 @@ impl ReplicaOps {
             AtFlags::empty(),
         )
         .map_err(io_err("set the times", path))
+    }
+}
+
+/// The tokens of the runs that recorded their temporaries in the replica's
+/// state folder; none when there is no usable record.
+pub fn recorded_tokens(replica: &Root) -> TempTokens {
+    state::open_dir(replica).map_or_else(|_| TempTokens::default(), |dir| read_tokens(dir.as_fd()))
+}
+
+fn read_tokens(dir: BorrowedFd<'_>) -> TempTokens {
+    match state::read_small(dir, TEMPS_FILE, 4096) {
+        Ok(Some(bytes)) => TempTokens::parse(&bytes),
+        Ok(None) | Err(_) => TempTokens::default(),
     }
 }
 
@@ -737,7 +773,8 @@ mod tests {
         let (_tmp, ops) = setup();
         let (a, b) = (ops.temp_name(), ops.temp_name());
         assert_ne!(a, b);
-        assert!(is_temp_name(&a) && is_temp_name(&b));
+        assert_eq!(temp_token(&a), Some(run_token()));
+        assert_eq!(temp_token(&b), Some(run_token()));
         assert!(RelPath::new(&a).is_some());
     }
 
