@@ -241,14 +241,25 @@ fn stale_temporaries_are_removed_but_a_source_file_of_that_name_is_mirrored() {
     );
     file(&sb.src, "sub/.treesync-tmp-9-9", "another, in a folder");
     sb.sync(&[]).expect_code(0);
-    file(&sb.dst, ".treesync-tmp-123-4", "partial");
-    file(&sb.dst, "sub/.treesync-tmp-123-4", "partial");
-    file(&sb.dst, "sub/.treesync-tmp-999-1", "partial too");
+    // Left by a run that recorded its token, as every run does before its
+    // first temporary.
+    let token = "00000000000000ab";
+    let temps = fs::read_to_string(sb.d(".treesync/temps")).unwrap_or_default();
+    file(&sb.dst, ".treesync/temps", format!("{token}\n{temps}"));
+    file(&sb.dst, format!(".treesync-tmp-{token}-4"), "partial");
+    file(&sb.dst, format!("sub/.treesync-tmp-{token}-4"), "partial");
+    file(
+        &sb.dst,
+        format!("sub/.treesync-tmp-{token}-1"),
+        "partial too",
+    );
     set_mtime(&sb.d("sub"), mtime_of(&sb.s("sub")));
     set_mtime(&sb.dst, mtime_of(&sb.src));
 
     let run = sb.sync(&[]);
     run.expect_code(0).no_errors();
+    // Removed silently: they were never part of the mirror.
+    assert!(run.entries("delete").is_empty(), "{}", run.dump());
     sb.assert_mirror();
     let left: Vec<_> = temporaries(&sb.dst)
         .into_iter()
@@ -269,6 +280,41 @@ fn stale_temporaries_are_removed_but_a_source_file_of_that_name_is_mirrored() {
         read(&sb.d("sub/.treesync-tmp-9-9")),
         b"another, in a folder"
     );
+}
+
+#[test]
+fn a_user_file_named_like_a_temporary_is_an_ordinary_file() {
+    let sb = Sandbox::new();
+    let names = [".treesync-tmp-1-1", "d/.treesync-tmp-0123456789abcdef-1"];
+    for n in names {
+        file(&sb.src, n, "a user's file");
+    }
+    file(&sb.src, "d/other", "x");
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    for n in names {
+        run.get("copy", n);
+    }
+    sb.assert_mirror();
+
+    // Gone from the source: a deletion like any other, so the guard
+    // counts it and `--max-delete 0` keeps it...
+    for n in names {
+        remove(&sb.s(n));
+    }
+    let run = sb.sync(&["--max-delete", "0"]);
+    run.expect_code(4);
+    for n in names {
+        assert_eq!(read(&sb.d(n)), b"a user's file");
+    }
+    // ...and without the guard it goes, with its `delete` line.
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    for n in names {
+        run.get("delete", n);
+        assert!(!exists(&sb.d(n)));
+    }
+    sb.assert_mirror();
 }
 
 #[test]

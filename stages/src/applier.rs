@@ -136,9 +136,16 @@ pub fn apply_in(
             break;
         }
     }
-    // Permissions or owners the replica cannot store: one `warn` a run.
     if let Target::Replica(replica) = &run.target {
+        // Permissions or owners the replica cannot store: one `warn` a run.
         if let Some(event) = opts.replica_fs.unkept_warning(replica.unkept()) {
+            tally.count(&event);
+            log(event);
+        }
+        if let Err(e) = replica.record_racy(&tally.racy, &tally.settled) {
+            let reason =
+                format!("files copied while written cannot be recorded for a recheck: {e}");
+            let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
             tally.count(&event);
             log(event);
         }
@@ -226,6 +233,10 @@ struct Tally {
     stopped: bool,
     /// Folders of operations that failed or were skipped while applied.
     retry: Vec<RelPath>,
+    /// Files copied while their source may have been written (`racy.rs`),
+    /// and files copied with no such doubt.
+    racy: Vec<RelPath>,
+    settled: Vec<RelPath>,
 }
 
 impl Tally {
@@ -264,6 +275,8 @@ impl Tally {
         self.bytes += other.bytes;
         self.errors += other.errors;
         self.retry.extend(other.retry);
+        self.racy.extend(other.racy);
+        self.settled.extend(other.settled);
         self.stopped |= other.stopped;
     }
 }
@@ -328,7 +341,7 @@ impl Run<'_> {
         fail_point!("applier::before_op");
         let result = match &self.target {
             Target::DryRun => Ok(done_event(op, planned_bytes(op))),
-            Target::Replica(replica) => execute(replica, op),
+            Target::Replica(replica) => execute(replica, op, tally),
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
             Target::Unavailable => return,
         };
@@ -381,7 +394,7 @@ fn folder_of(path: &RelPath) -> &[u8] {
 }
 
 /// Runs `op` on the replica; returns the event to log, if any.
-fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
+fn execute(replica: &ReplicaOps, op: &Op, tally: &mut Tally) -> Result<Option<LogEvent>, OpError> {
     match op {
         Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
         Op::RemoveStale { path } => replica.remove_stale(path)?,
@@ -395,7 +408,17 @@ fn execute(replica: &ReplicaOps, op: &Op) -> Result<Option<LogEvent>, OpError> {
             };
             // A source that vanished or changed is a skip, not a failure.
             return Ok(match written {
-                Copied::Written { bytes } => done_event(op, Some(bytes)),
+                Copied::Written { bytes, racy } => {
+                    // A racy copy is compared again at the next tick, its
+                    // folder listed again then even in watch mode.
+                    if racy {
+                        tally.racy.push(path.clone());
+                        tally.retry.extend(path.parent());
+                    } else {
+                        tally.settled.push(path.clone());
+                    }
+                    done_event(op, Some(bytes))
+                }
                 Copied::Skipped { reason } => {
                     Some(LogEvent::op(Verb::Skip, path).with_str("reason", reason))
                 }
@@ -898,14 +921,13 @@ mod tests {
     #[test]
     fn applier_removes_stale_temporaries_as_detail_only() {
         let t = trees();
-        fs::write(t.dst.join(".treesync-tmp-1-2"), b"partial").unwrap();
-        let p = plan(vec![Op::RemoveStale {
-            path: rel(".treesync-tmp-1-2"),
-        }]);
+        let stale = ".treesync-tmp-00000000000000aa-2";
+        fs::write(t.dst.join(stale), b"partial").unwrap();
+        let p = plan(vec![Op::RemoveStale { path: rel(stale) }]);
         let (out, events) = run(&p, &t.opts);
-        assert_eq!(verbs(&events), [("stale", ".treesync-tmp-1-2".into())]);
+        assert_eq!(verbs(&events), [("stale", stale.into())]);
         assert_eq!((out.counts.changes(), out.errors), (0, 0));
-        assert!(!t.dst.join(".treesync-tmp-1-2").exists());
+        assert!(!t.dst.join(stale).exists());
     }
 
     #[test]

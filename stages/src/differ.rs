@@ -13,7 +13,7 @@
 
 use crate::messages::{LogEvent, PlanMade, TreesHashed};
 use crate::model::{
-    is_temp_name, Entry, EntryKind, Listing, Meta, SameContent, IGNORE_FILE, STATE_DIR,
+    run_token, Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
 use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan, RootIds};
@@ -39,6 +39,9 @@ pub struct DiffOptions {
     /// What the replica can store: mtimes are compared within its
     /// granularity, permissions and owners only where it keeps them.
     pub fs: FsCaps,
+    /// The runs whose temporaries are ours to remove silently (this one
+    /// and those recorded in the state folder); any other name is a file.
+    pub temps: TempTokens,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -51,6 +54,11 @@ impl From<&SyncOptions> for DiffOptions {
             fresh_root: o.fresh_replica,
             managed: None,
             fs: o.replica_fs.caps,
+            temps: {
+                let mut own = TempTokens::default();
+                own.insert(run_token());
+                own
+            },
         }
     }
 }
@@ -94,7 +102,7 @@ pub fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -
         .iter()
         .filter(|e| !e.kind.is_dir() && !e.path.is_root())
         .filter(|e| opts.delete_excluded || !e.excluded)
-        .filter(|e| !(is_temp_name(e.path.name()) && source.get(&e.path).is_none()))
+        .filter(|e| !(opts.temps.owns(e.path.name()) && source.get(&e.path).is_none()))
         .count() as u64
 }
 
@@ -229,7 +237,7 @@ impl<'a> Planner<'a> {
         {
             return Fate::Keep;
         }
-        if !r.kind.is_dir() && is_temp_name(r.path.name()) {
+        if !r.kind.is_dir() && self.opts.temps.owns(r.path.name()) {
             return Fate::Stale;
         }
         if (r.excluded && !self.opts.delete_excluded) || !self.allow_deletions {
@@ -451,6 +459,7 @@ impl<'a> Planner<'a> {
             .opts
             .fs
             .needs_content_check(&s.meta, &r.meta, self.opts.checksum)
+            || self.contents.rechecked(index)
         {
             return !self.contents.contains(index);
         }
@@ -585,6 +594,7 @@ impl Handler<TreesHashed> for Differ {
         let mut opts = DiffOptions {
             fresh_root: self.first && self.opts.fresh_replica,
             managed: msg.managed,
+            temps: DiffOptions::from(&*self.opts).temps.union(&msg.temps),
             ..DiffOptions::from(&*self.opts)
         };
         if self.guard_tripped {
@@ -677,6 +687,7 @@ mod tests {
             fresh_root: false,
             managed: None,
             fs: FsCaps::default(),
+            temps: TempTokens::parse(b"0000000000000099\n"),
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -1069,11 +1080,12 @@ mod tests {
 
     #[test]
     fn stale_temporaries_are_removed_unless_the_source_has_that_name() {
-        let s = listing(vec![file(".treesync-tmp-mine", 1, 1)]);
+        let ours = ".treesync-tmp-0000000000000099-1";
+        let s = listing(vec![file(ours, 1, 1)]);
         let r = listing(vec![
-            file(".treesync-tmp-mine", 1, 1),
+            file(ours, 1, 1),
             dir("d"),
-            file("d/.treesync-tmp-99-1", 7, 1),
+            file(&format!("d/{ours}"), 7, 1),
         ]);
         let s = {
             let mut s = s;
@@ -1083,8 +1095,43 @@ mod tests {
         };
         assert_eq!(
             render(&plan(&s, &r)),
-            "stale d/.treesync-tmp-99-1\nfinish d changed=false\n"
+            format!("stale d/{ours}\nfinish d changed=false\n")
         );
+    }
+
+    #[test]
+    fn a_rechecked_file_found_different_is_updated_though_metadata_agree() {
+        let s = listing(vec![file("a", 5, 1), file("b", 5, 1)]);
+        let mut contents = SameContent::of_paths(&s, ["b"]);
+        for i in 0..s.entries.len() {
+            contents.mark_rechecked(i);
+        }
+        assert_eq!(
+            render(&diff(&s, &s.clone(), &contents, opts())),
+            "update a 5\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn a_name_like_a_temporary_without_a_recorded_token_is_an_ordinary_file() {
+        let s = listing(vec![dir("d")]);
+        let r = listing(vec![
+            dir("d"),
+            file("d/.treesync-tmp-1-1", 1, 1),
+            file("d/.treesync-tmp-00000000000000aa-1", 1, 1),
+        ]);
+        let p = plan(&s, &r);
+        assert_eq!(
+            render(&p),
+            "delete d/.treesync-tmp-1-1\ndelete d/.treesync-tmp-00000000000000aa-1\nfinish d changed=false\n"
+        );
+        // Counted by the guard like any file.
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        assert_eq!(managed_entries(&r, &s, o), 2);
+        assert!(diff(&s, &r, &SameContent::default(), o).guard.is_some());
     }
 
     #[test]

@@ -7,11 +7,17 @@
 //! so an unchanged file is never read twice. A file that cannot be read
 //! yields `Content::Unknown`; the Applier then attempts the copy and logs
 //! any real failure there.
+//!
+//! Copies recorded as racy (`racy.rs`) are compared too, whatever their
+//! metadata, and never from cached digests; their pairs are marked as
+//! rechecked so that the Differ follows the verdict. The same blocking task
+//! reads the replica's record of the runs' temporaries for the Differ.
 
 use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
-use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent};
+use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent, TempTokens};
 use crate::options::SyncOptions;
+use crate::racy;
 use crate::relpath::RelPath;
 use crate::replica_fs::{self, FsCaps};
 use crate::root::Root;
@@ -20,6 +26,7 @@ use actix::{Actor, AsyncContext, Context, Handler, Recipient};
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -402,21 +409,9 @@ impl Handler<TreesScanned> for Hasher {
         let msg = replica_fs::pair_scanned(msg, &self.opts, &self.log);
         let caps = &self.opts.replica_fs.caps;
         let pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
-        if pairs.is_empty() {
-            self.next.do_send(TreesHashed {
-                tick: msg.tick,
-                source: msg.source,
-                replica: msg.replica,
-                contents: SameContent::default(),
-                managed: msg.managed,
-                errors: msg.errors,
-                roots: msg.roots,
-            });
-            return;
-        }
         let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());
         let (next, log) = (self.next.clone(), self.log.clone());
-        let load = !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
+        let load = !pairs.is_empty() && !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         // Kept here too, so that a failed task still ends the tick.
         let (tick_info, source, replica, managed, errors, checked) = (
             msg.tick,
@@ -427,6 +422,9 @@ impl Handler<TreesScanned> for Hasher {
             msg.roots.clone(),
         );
         let log_failure = self.log.clone();
+        // Every tick goes through a blocking task: besides the comparisons,
+        // the replica's state (racy copies, temporaries' tokens) is read
+        // there, off the async thread.
         let work = actix_rt::task::spawn_blocking(move || {
             let tick = msg.tick.seq;
             // The roots the Scanner checked and walked, never opened again
@@ -435,6 +433,25 @@ impl Handler<TreesScanned> for Hasher {
                 Some(replica) => Ok((&msg.roots.source, replica)),
                 None => Err(()),
             };
+            let (temps, racy_paths) = match &roots {
+                Ok((_, replica)) => {
+                    let (paths, unusable) = racy::load(replica);
+                    if let (Some(e), 1) = (unusable, tick) {
+                        log.do_send(
+                            LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()),
+                        );
+                    }
+                    (crate::replica_ops::recorded_tokens(replica), paths)
+                }
+                Err(()) => Default::default(),
+            };
+            let rechecks = racy_pairs(&msg.source, &msg.replica, &racy_paths);
+            let rechecked: std::collections::HashSet<usize> =
+                rechecks.iter().map(|p| p.source).collect();
+            let pairs: Vec<Pair> = pairs
+                .into_iter()
+                .filter(|p| !rechecked.contains(&p.source))
+                .collect();
             if let (true, Ok((_, replica))) = (load, &roots) {
                 let (loaded, unusable) = HashCache::load(replica, tick);
                 *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -443,36 +460,50 @@ impl Handler<TreesScanned> for Hasher {
                     log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()));
                 }
             }
-            let (contents, events) = match &roots {
-                Ok((s, r)) => {
+            let (jobs, verbose) = (opts.jobs, opts.verbose);
+            let (mut contents, mut events) = match &roots {
+                Ok((s, r)) if !pairs.is_empty() => {
                     let sides = Sides {
                         source: &msg.source,
                         replica: &msg.replica,
                         source_root: s,
                         replica_root: r,
                     };
-                    let (jobs, verbose) = (opts.jobs, opts.verbose);
                     compare_all(&pairs, &sides, &cache, tick, jobs, verbose, &stop)
                 }
-                // No replica (a dry run into a missing one): no pairs.
-                Err(()) => (SameContent::default(), Vec::new()),
+                // No replica (a dry run into a missing one), or no pairs.
+                _ => (SameContent::default(), Vec::new()),
             };
-            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            // Only a tick that saw every pair knows which digests are of
-            // files gone; one given the changed parts (`managed` set) does
-            // not, and pruning there would empty the cache.
-            if msg.managed.is_none() {
-                cache.prune(tick);
-            }
-            if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
-                // The cache only saves work: failing to save it is no error.
-                if let Err(e) = cache.save(replica) {
-                    log.do_send(
-                        LogEvent::new(Verb::Detail("cache"), None).with_str("error", e.to_string()),
-                    );
+            if !pairs.is_empty() {
+                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                // Only a tick that saw every pair knows which digests are
+                // of files gone; one given the changed parts (`managed`
+                // set) does not, and pruning there would empty the cache.
+                if msg.managed.is_none() {
+                    cache.prune(tick);
+                }
+                if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
+                    // The cache only saves work: failing to save it is no error.
+                    if let Err(e) = cache.save(replica) {
+                        log.do_send(
+                            LogEvent::new(Verb::Detail("cache"), None)
+                                .with_str("error", e.to_string()),
+                        );
+                    }
                 }
             }
-            drop(cache);
+            if let (false, Ok((s, r))) = (racy_paths.is_empty(), &roots) {
+                let sides = Sides {
+                    source: &msg.source,
+                    replica: &msg.replica,
+                    source_root: s,
+                    replica_root: r,
+                };
+                let full = msg.managed.is_none();
+                let (found, more) = recheck(&rechecks, &sides, racy_paths, full, &opts, &stop);
+                contents.merge(&found);
+                events.extend(more);
+            }
             for ev in events {
                 log.do_send(ev);
             }
@@ -484,6 +515,7 @@ impl Handler<TreesScanned> for Hasher {
                 managed: msg.managed,
                 errors: msg.errors,
                 roots: msg.roots,
+                temps,
             }
         });
         ctx.spawn(actix::fut::wrap_future(async move {
@@ -504,11 +536,88 @@ impl Handler<TreesScanned> for Hasher {
                         managed,
                         errors: errors + 1,
                         roots: checked,
+                        temps: TempTokens::default(),
                     });
                 }
             }
         }));
     }
+}
+
+/// The recorded racy paths that are a file on both sides: compared by
+/// content whatever their metadata say (`racy.rs`).
+pub fn racy_pairs(source: &Listing, replica: &Listing, racy: &BTreeSet<RelPath>) -> Vec<Pair> {
+    let find = |l: &Listing, p: &RelPath| {
+        l.entries
+            .binary_search_by(|e| e.path.cmp(p))
+            .ok()
+            .filter(|&i| l.entries[i].kind == EntryKind::File)
+    };
+    racy.iter()
+        .filter_map(|p| {
+            Some(Pair {
+                source: find(source, p)?,
+                replica: find(replica, p)?,
+            })
+        })
+        .collect()
+}
+
+/// Compares the racy pairs, never from cached digests (a digest read
+/// while the write was in flight would be cached under the final stamps),
+/// and updates the recorded set: a path found equal leaves it unless its
+/// source is still inside the racy window; on a tick over the whole
+/// listings (`full`), so does a path that is no longer a file on both
+/// sides. A pair found equal or different is marked as rechecked, so that
+/// the verdict decides; one that could not be read stays recorded and is
+/// left to its metadata this tick.
+pub fn recheck(
+    pairs: &[Pair],
+    sides: &Sides,
+    mut recorded: BTreeSet<RelPath>,
+    full: bool,
+    opts: &SyncOptions,
+    stop: &StopFlag,
+) -> (SameContent, Vec<LogEvent>) {
+    let started = std::time::SystemTime::now();
+    let fresh = Mutex::new(HashCache::default());
+    let (mut same, mut events) = (SameContent::default(), Vec::new());
+    let before = recorded.clone();
+    if full {
+        recorded.clear();
+        recorded.extend(
+            pairs
+                .iter()
+                .map(|p| sides.source.entries[p.source].path.clone()),
+        );
+    }
+    for p in pairs {
+        if stop.is_requested() {
+            break;
+        }
+        let s = &sides.source.entries[p.source];
+        let (verdict, why) = compare_pair(sides, p, (None, None), &fresh, 0);
+        if opts.verbose {
+            let why = format!("{why}, copied while written");
+            events.push(LogEvent::op(Verb::Detail("compare"), &s.path).with_str("content", why));
+        }
+        match verdict {
+            Content::Unknown => continue,
+            Content::Same => same.mark(p.source),
+            Content::Differs => {}
+        }
+        same.mark_rechecked(p.source);
+        if verdict == Content::Same && !racy::is_racy(started, s.meta.mtime, s.meta.ctime) {
+            recorded.remove(&s.path);
+        }
+    }
+    // A path found different stays until a copy of it is not racy (the
+    // Applier settles it).
+    if !opts.dry_run && recorded != before {
+        // Failing to forget costs one more comparison next tick.
+        let _ = racy::save(sides.replica_root, &recorded);
+    }
+    (same, events)
 }
 
 #[cfg(test)]
@@ -760,6 +869,49 @@ mod tests {
         wait_until(|| !got.lock().unwrap().is_empty()).await;
         let got = got.lock().unwrap();
         assert_eq!(got[0].contents, SameContent::default());
+    }
+
+    #[actix_rt::test]
+    async fn a_recorded_racy_copy_is_compared_by_content_though_metadata_agree() {
+        let (tmp, s, r) = two_roots(&[("f", b"torn", b"TORN"), ("g", b"same", b"same")]);
+        let (source, mut replica, _) = listed(&s, &r, &["f", "g"]);
+        for e in &mut replica.entries {
+            e.meta.mtime = source.get(&e.path).unwrap().meta.mtime;
+        }
+        // Without a record, metadata decide: nothing to compare.
+        assert!(candidates(&source, &replica, false).is_empty());
+        std::fs::create_dir(tmp.path().join("r/.treesync")).unwrap();
+        let paths = [RelPath::from_str_lossy("f"), RelPath::from_str_lossy("g")];
+        racy::save(&r, &paths.iter().cloned().collect()).unwrap();
+        let (next, got) = Collector::<TreesHashed>::start();
+        let (log, _) = Collector::<LogEvent>::start();
+        let opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
+        let hasher = Hasher::new(
+            Arc::new(opts),
+            next.recipient(),
+            log.recipient(),
+            StopFlag::new(),
+        )
+        .start();
+        hasher.do_send(TreesScanned {
+            tick: TickInfo {
+                seq: 1,
+                started: std::time::Instant::now(),
+            },
+            source: Arc::new(source),
+            replica: Arc::new(replica),
+            managed: None,
+            errors: 0,
+            roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
+        });
+        wait_until(|| !got.lock().unwrap().is_empty()).await;
+        let contents = &got.lock().unwrap()[0].contents;
+        // f differs (an update), g is equal; both were compared.
+        assert!(contents.rechecked(0) && !contents.contains(0));
+        assert!(contents.rechecked(1) && contents.contains(1));
+        // g, written just now, is still inside the racy window: it stays
+        // recorded, as does f until a copy of it settles.
+        assert_eq!(racy::load(&r).0.len(), 2);
     }
 
     #[actix_rt::test]

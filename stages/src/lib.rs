@@ -14,6 +14,7 @@ pub mod model;
 pub mod options;
 pub mod plan;
 pub mod progress;
+pub mod racy;
 pub mod relpath;
 pub mod replica_fs;
 pub mod replica_ops;

@@ -10,7 +10,7 @@
 //! Scheduler with the reason.
 
 use crate::identity::Roots;
-use crate::model::{Listing, SameContent};
+use crate::model::{Listing, SameContent, TempTokens};
 use crate::plan::Plan;
 use crate::relpath::RelPath;
 use actix::Message;
@@ -83,6 +83,9 @@ pub struct TreesHashed {
     pub managed: Option<u64>,
     pub errors: u64,
     pub roots: Arc<Roots>,
+    /// Runs whose temporaries the replica may hold, as recorded in its
+    /// state folder (read with the other state the Hasher reads).
+    pub temps: TempTokens,
 }
 
 /// The Differ's plan for this tick.
@@ -186,8 +189,9 @@ pub struct TickOutcome {
     /// Nothing changed since the last tick: nothing was planned.
     pub idle: bool,
     /// Folders holding an operation that failed or was skipped at run time
-    /// (a file changing while copied): in watch mode the next tick lists
-    /// them again, so the operation is retried without a full walk.
+    /// (a file changing while copied), or a copy to check again (racy): in
+    /// watch mode the next tick lists them again, so the operation is
+    /// retried, or the copy compared, without a full walk.
     pub retry: Vec<RelPath>,
 }
 

@@ -194,21 +194,55 @@ pub enum Content {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SameContent {
     bits: Vec<u64>,
+    /// Files compared although their metadata agree: racy copies of an
+    /// earlier tick (`racy.rs`). For these the verdict decides too.
+    rechecked: Vec<u64>,
+}
+
+fn set_bit(bits: &mut Vec<u64>, index: usize) {
+    let word = index / 64;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    bits[word] |= 1 << (index % 64);
+}
+
+fn has_bit(bits: &[u64], index: usize) -> bool {
+    bits.get(index / 64)
+        .is_some_and(|w| w & (1 << (index % 64)) != 0)
 }
 
 impl SameContent {
     pub fn mark(&mut self, index: usize) {
-        let word = index / 64;
-        if self.bits.len() <= word {
-            self.bits.resize(word + 1, 0);
-        }
-        self.bits[word] |= 1 << (index % 64);
+        set_bit(&mut self.bits, index);
     }
 
     pub fn contains(&self, index: usize) -> bool {
-        self.bits
-            .get(index / 64)
-            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+        has_bit(&self.bits, index)
+    }
+
+    /// The file at `index` was compared by content whatever its metadata.
+    pub fn mark_rechecked(&mut self, index: usize) {
+        set_bit(&mut self.rechecked, index);
+    }
+
+    pub fn rechecked(&self, index: usize) -> bool {
+        has_bit(&self.rechecked, index)
+    }
+
+    /// Adds the verdicts of `other`.
+    pub fn merge(&mut self, other: &SameContent) {
+        for (bits, more) in [
+            (&mut self.bits, &other.bits),
+            (&mut self.rechecked, &other.rechecked),
+        ] {
+            if bits.len() < more.len() {
+                bits.resize(more.len(), 0);
+            }
+            for (w, m) in bits.iter_mut().zip(more) {
+                *w |= m;
+            }
+        }
     }
 
     /// How many files are marked.
@@ -241,12 +275,118 @@ pub fn needs_content_check(source: &Meta, replica: &Meta, checksum: bool) -> boo
 /// root is skipped.
 pub const STATE_DIR: &[u8] = b".treesync";
 
-/// Names of temporaries start with this; one left by an interrupted run is
-/// removed by the next (unless the source has a file of that very name).
+/// Names of temporaries start with this, then the run's token (16 hex
+/// digits), a dash and a sequence number: `.treesync-tmp-<token>-<n>`.
 pub const TEMP_PREFIX: &[u8] = b".treesync-tmp-";
 
-pub fn is_temp_name(name: &[u8]) -> bool {
-    name.starts_with(TEMP_PREFIX)
+/// The token of a temporary's name, if `name` has the temporaries' form.
+/// The form alone does not make a file ours: a user may name a file so.
+pub fn temp_token(name: &[u8]) -> Option<u64> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let (hex, seq) = (rest.get(..16)?, rest.get(16..)?);
+    let seq = seq.strip_prefix(b"-")?;
+    if seq.is_empty() || !seq.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if !hex
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// This run's token, the same for every temporary the process makes:
+/// random, so that no other run and no user's file carries it by chance.
+pub fn run_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        // A freshly seeded SipHash key: the standard library's randomness.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+/// The temporary name `n` of the run whose token is `token`.
+pub fn temp_name(token: u64, n: u64) -> Vec<u8> {
+    let mut name = TEMP_PREFIX.to_vec();
+    name.extend_from_slice(format!("{token:016x}-{n}").as_bytes());
+    name
+}
+
+/// The tokens of the runs whose temporaries the replica may still hold,
+/// as recorded in `REPLICA/.treesync/temps` before each run made its first
+/// temporary. Only a name carrying one of them is a stale temporary,
+/// removed without a log line; any other name, whatever it looks like, is
+/// an ordinary file. The newest `TempTokens::MAX` are kept: an older run's
+/// leftovers have long been removed by the runs since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TempTokens {
+    tokens: [u64; TempTokens::MAX],
+    len: usize,
+}
+
+impl TempTokens {
+    pub const MAX: usize = 16;
+
+    pub fn contains(&self, token: u64) -> bool {
+        self.tokens[..self.len].contains(&token)
+    }
+
+    /// Adds `token` as the newest; the oldest goes when the set is full.
+    pub fn insert(&mut self, token: u64) {
+        if self.contains(token) {
+            return;
+        }
+        if self.len == Self::MAX {
+            self.tokens.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.tokens[self.len] = token;
+        self.len += 1;
+    }
+
+    pub fn union(mut self, other: &TempTokens) -> TempTokens {
+        for t in other.iter() {
+            self.insert(t);
+        }
+        self
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tokens[..self.len].iter().copied()
+    }
+
+    /// True when `name` is a temporary of one of these runs.
+    pub fn owns(&self, name: &[u8]) -> bool {
+        temp_token(name).is_some_and(|t| self.contains(t))
+    }
+
+    /// The state file's form: one token a line, oldest first. Lines that
+    /// are not tokens are skipped.
+    pub fn parse(bytes: &[u8]) -> TempTokens {
+        let mut set = TempTokens::default();
+        for line in bytes.split(|&b| b == b'\n') {
+            let token = std::str::from_utf8(line)
+                .ok()
+                .filter(|l| l.len() == 16)
+                .and_then(|l| u64::from_str_radix(l, 16).ok());
+            if let Some(t) = token {
+                set.insert(t);
+            }
+        }
+        set
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.iter()
+            .map(|t| format!("{t:016x}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
 }
 
 /// The per-folder ignore file.
@@ -258,6 +398,40 @@ mod tests {
 
     /// A listing holds two entries per file: their size is the tool's
     /// memory per file.
+    #[test]
+    fn only_names_of_the_temporaries_form_carry_a_token() {
+        let name = temp_name(0xabc, 7);
+        assert_eq!(name, b".treesync-tmp-0000000000000abc-7");
+        assert_eq!(temp_token(&name), Some(0xabc));
+        for other in [
+            &b".treesync-tmp-1-1"[..],
+            b".treesync-tmp-0000000000000abc-",
+            b".treesync-tmp-0000000000000abc-7x",
+            b".treesync-tmp-0000000000000ABC-7",
+            b"treesync-tmp-0000000000000abc-7",
+        ] {
+            assert_eq!(
+                temp_token(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn temp_tokens_keep_the_newest_and_round_trip() {
+        let mut set = TempTokens::default();
+        for t in 0..20 {
+            set.insert(t);
+        }
+        assert!(!set.contains(3) && set.contains(4) && set.contains(19));
+        assert_eq!(TempTokens::parse(&set.to_bytes()), set);
+        assert!(set.owns(&temp_name(19, 0)) && !set.owns(&temp_name(3, 0)));
+        let junk = TempTokens::parse(b"zz\n00000000000000ff\n\x00\n");
+        assert_eq!(junk.iter().collect::<Vec<_>>(), [255]);
+    }
+
     #[test]
     fn an_entry_takes_104_bytes() {
         assert_eq!(std::mem::size_of::<Timestamp>(), 12);

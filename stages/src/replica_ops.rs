@@ -17,19 +17,23 @@
 //! moment; without the `failpoints` feature they compile to nothing.
 
 use crate::identity::Roots;
-use crate::model::{is_temp_name, FileId, Meta, Timestamp, TEMP_PREFIX};
+use crate::model::{run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
+use crate::racy;
 use crate::relpath::RelPath;
 use crate::replica_fs::{FsCaps, Unkept, UNKEPT_OWNER, UNKEPT_PERMS};
 use crate::root::{meta_of, Root};
+use crate::state;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
-    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps, Uid,
+    self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid,
 };
 use rustix::io::Errno;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
 /// `fail::fail_point!` with the `failpoints` feature, nothing without it
 /// (the `fail` crate is then not even a dependency).
@@ -61,6 +65,9 @@ const RANGE_CHUNK: usize = 1 << 30;
 
 /// Buffer of the user-space copy used where `copy_file_range` cannot work.
 const BUFFER_SIZE: usize = 1 << 20;
+
+/// The state file of the runs' tokens (`model::TempTokens`).
+pub const TEMPS_FILE: &str = "temps";
 
 /// Attempts at finding a free temporary name before giving up.
 const TEMP_ATTEMPTS: u32 = 64;
@@ -110,8 +117,10 @@ impl OpError {
 /// What a copy or update of one file came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Copied {
-    /// The replica holds the new content under its final name.
-    Written { bytes: u64 },
+    /// The replica holds the new content under its final name. `racy`:
+    /// the source's stamps fall inside the copy's window, so a write may
+    /// have been in flight during it (`racy.rs`).
+    Written { bytes: u64, racy: bool },
     /// The source vanished or changed: nothing was written (a `skip`).
     Skipped { reason: String },
 }
@@ -157,12 +166,16 @@ pub struct ReplicaOps {
     replica: Root,
     preserve_owner: bool,
     fsync: bool,
-    pid: u32,
+    /// This run's token, in every temporary's name (`model::temp_name`).
+    token: u64,
     temp_seq: AtomicU64,
     /// What the replica's filesystem keeps.
     fs: FsCaps,
     /// Permissions or owners this tick could not keep.
     unkept: Unkept,
+    /// The token is in `.treesync/temps` (checked once, at the first
+    /// temporary of the tick).
+    recorded: OnceLock<()>,
 }
 
 impl ReplicaOps {
@@ -182,13 +195,11 @@ impl ReplicaOps {
             replica,
             preserve_owner: opts.preserve_owner,
             fsync: opts.fsync,
-            pid: rustix::process::getpid()
-                .as_raw_nonzero()
-                .get()
-                .unsigned_abs(),
+            token: run_token(),
             temp_seq: AtomicU64::new(0),
             fs: opts.replica_fs.caps,
             unkept: Unkept::default(),
+            recorded: OnceLock::new(),
         })
     }
 
@@ -209,13 +220,11 @@ impl ReplicaOps {
             replica: dup(replica, "replica")?,
             preserve_owner: opts.preserve_owner,
             fsync: opts.fsync,
-            pid: rustix::process::getpid()
-                .as_raw_nonzero()
-                .get()
-                .unsigned_abs(),
+            token: run_token(),
             temp_seq: AtomicU64::new(0),
             fs: opts.replica_fs.caps,
             unkept: Unkept::default(),
+            recorded: OnceLock::new(),
         })
     }
 
@@ -268,23 +277,24 @@ impl ReplicaOps {
     /// Writes the source file at `path` to the replica, atomically. `meta`
     /// is the source as scanned; the file must still be that file.
     pub fn copy(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::New)
+        self.write_file(path, meta)
     }
 
     /// Like `copy`, over the replica file that is there (`Update`).
     pub fn update(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::Existing)
+        self.write_file(path, meta)
     }
 
-    fn write_file(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<Copied, OpError> {
-        match self.try_copy(path, meta, into) {
-            Ok(bytes) => Ok(Copied::Written { bytes }),
+    fn write_file(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
+        match self.try_copy(path, meta) {
+            Ok((bytes, racy)) => Ok(Copied::Written { bytes, racy }),
             Err(Halt::Skip(reason)) => Ok(Copied::Skipped { reason }),
             Err(Halt::Fail(e)) => Err(e),
         }
     }
 
-    fn try_copy(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<u64, Halt> {
+    fn try_copy(&self, path: &RelPath, meta: &Meta) -> Result<(u64, bool), Halt> {
+        let started = SystemTime::now();
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
         let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
@@ -294,6 +304,8 @@ impl ReplicaOps {
         let bytes =
             copy_content(&src, &tmp_fd, expected).map_err(std_err("copy the content", path))?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
+        let after_meta = meta_of(&after);
+        let racy = racy::is_racy(started, after_meta.mtime, after_meta.ctime);
         if !same_content_stamp(&before, &after) || bytes != after.st_size as u64 {
             // `temp` is dropped here, which removes it.
             return Err(Halt::Skip("changed while being copied".into()));
@@ -301,14 +313,17 @@ impl ReplicaOps {
         // The metadata of the content actually copied, which the second
         // fstat just confirmed; it equals `meta` unless the file changed
         // between the scan and now.
-        self.set_fd_meta(&tmp_fd, &meta_of(&after), path)?;
+        self.set_fd_meta(&tmp_fd, &after_meta, path)?;
         drop(tmp_fd);
         fail_point!("replica_ops::copy::before_rename");
-        match into {
-            Into::New => self.replace(dir.as_fd(), temp, name, path)?,
-            Into::Existing => self.exchange(dir.as_fd(), temp, name, path)?,
-        }
-        Ok(bytes)
+        // A plain rename, also over an existing file: ext4 (`auto_da_alloc`)
+        // then starts writing the new blocks before the rename can reach
+        // the disk, so a power cut leaves the old content or the new one,
+        // never an empty file (`tests/crash.rs`). A folder put at the path
+        // meanwhile makes the rename fail: an error for this file, nothing
+        // lost.
+        self.replace(dir.as_fd(), temp, name, path)?;
+        Ok((bytes, racy))
     }
 
     /// Opens the source file and checks it is still the regular file the
@@ -409,6 +424,12 @@ impl ReplicaOps {
         }
     }
 
+    /// Records the racy copies of a tick for a recheck, and forgets the
+    /// files copied without doubt (`racy::record`).
+    pub fn record_racy(&self, racy: &[RelPath], settled: &[RelPath]) -> io::Result<()> {
+        racy::record(&self.replica, racy, settled)
+    }
+
     /// Removes the file or link at `path`; one already gone counts as done.
     pub fn delete(&self, path: &RelPath) -> Result<(), OpError> {
         self.remove(path, AtFlags::empty())
@@ -419,10 +440,11 @@ impl ReplicaOps {
         self.remove(path, AtFlags::REMOVEDIR)
     }
 
-    /// Removes a temporary left by an interrupted run. Only names with the
-    /// temporaries' prefix are removed, whatever the plan says.
+    /// Removes a temporary left by an interrupted run. Only names of the
+    /// temporaries' form are removed, whatever the plan says (the Differ
+    /// plans only those whose token was recorded).
     pub fn remove_stale(&self, path: &RelPath) -> Result<(), OpError> {
-        if !is_temp_name(path.name()) {
+        if temp_token(path.name()).is_none() {
             return Err(OpError::Io {
                 step: "remove a stale temporary",
                 path: path.clone(),
@@ -477,6 +499,7 @@ impl ReplicaOps {
         step: &'static str,
         mut create: impl FnMut(&[u8]) -> rustix::io::Result<T>,
     ) -> Result<(T, Temp<'d>), OpError> {
+        self.recorded.get_or_init(|| self.record_token());
         let mut last = Errno::EXIST;
         for _ in 0..TEMP_ATTEMPTS {
             let name = self.temp_name();
@@ -490,10 +513,24 @@ impl ReplicaOps {
     }
 
     fn temp_name(&self) -> Vec<u8> {
-        let n = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let mut name = TEMP_PREFIX.to_vec();
-        name.extend_from_slice(format!("{}-{n}", self.pid).as_bytes());
-        name
+        temp_name(self.token, self.temp_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Adds this run's token to `.treesync/temps` unless it is there: from
+    /// then on the next run knows which temporaries are ours to remove. A
+    /// failure is not fatal: a temporary the next run does not recognise
+    /// is mirrored like any file (deleted with a log line), never lost
+    /// silently.
+    fn record_token(&self) {
+        let Ok(dir) = state::open_dir(&self.replica) else {
+            return;
+        };
+        let mut tokens = read_tokens(dir.as_fd());
+        if tokens.contains(self.token) {
+            return;
+        }
+        tokens.insert(self.token);
+        let _ = state::write_bytes(&dir, TEMPS_FILE, &tokens.to_bytes());
     }
 
     /// Renames the finished temporary over `name`, then makes the folder
@@ -507,40 +544,6 @@ impl ReplicaOps {
     ) -> Result<(), OpError> {
         rfs::renameat(dir, temp.name(), dir, name).map_err(io_err("rename into place", path))?;
         temp.keep();
-        self.sync_dir(dir, path)
-    }
-
-    /// Puts the finished temporary in place of the file at `name` by
-    /// swapping the two names in one step, then removes the old file (now
-    /// under the temporary's name). A plain rename over an existing file
-    /// makes ext4 allocate and start writing the new file's blocks inside
-    /// the rename (its `auto_da_alloc` guard for programs that do not
-    /// fsync): half a second for a 512 MiB file, a millisecond for a small
-    /// one, all in the sync's time. Durability is what `--fsync` is for,
-    /// and it syncs before this. Where the swap is not possible (no file
-    /// there, a filesystem without it), a plain rename.
-    fn exchange(
-        &self,
-        dir: BorrowedFd<'_>,
-        temp: Temp<'_>,
-        name: &[u8],
-        path: &RelPath,
-    ) -> Result<(), OpError> {
-        let swapped = rfs::renameat_with(dir, temp.name(), dir, name, RenameFlags::EXCHANGE);
-        if swapped.is_err() {
-            return self.replace(dir, temp, name, path);
-        }
-        // A folder put there meanwhile goes back: a rename would not
-        // replace it either.
-        let old = rfs::statat(dir, temp.name(), AtFlags::SYMLINK_NOFOLLOW);
-        if old.is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory) {
-            rfs::renameat_with(dir, temp.name(), dir, name, RenameFlags::EXCHANGE)
-                .map_err(io_err("put the folder back", path))?;
-            return Err(io_err("rename into place", path)(Errno::ISDIR));
-        }
-        // Dropping the temporary removes what now bears its name: the old
-        // file. Were that to fail, the next run removes it as stale.
-        drop(temp);
         self.sync_dir(dir, path)
     }
 
@@ -641,11 +644,17 @@ impl ReplicaOps {
     }
 }
 
-/// Where a copy goes: a name the replica does not have, or over its file.
-#[derive(Clone, Copy)]
-enum Into {
-    New,
-    Existing,
+/// The tokens of the runs that recorded their temporaries in the replica's
+/// state folder; none when there is no usable record.
+pub fn recorded_tokens(replica: &Root) -> TempTokens {
+    state::open_dir(replica).map_or_else(|_| TempTokens::default(), |dir| read_tokens(dir.as_fd()))
+}
+
+fn read_tokens(dir: BorrowedFd<'_>) -> TempTokens {
+    match state::read_small(dir, TEMPS_FILE, 4096) {
+        Ok(Some(bytes)) => TempTokens::parse(&bytes),
+        Ok(None) | Err(_) => TempTokens::default(),
+    }
 }
 
 /// A temporary in a replica folder, removed when dropped unless `keep`
@@ -835,7 +844,8 @@ mod tests {
         let (_tmp, ops) = setup();
         let (a, b) = (ops.temp_name(), ops.temp_name());
         assert_ne!(a, b);
-        assert!(is_temp_name(&a) && is_temp_name(&b));
+        assert_eq!(temp_token(&a), Some(run_token()));
+        assert_eq!(temp_token(&b), Some(run_token()));
         assert!(RelPath::new(&a).is_some());
     }
 
@@ -850,14 +860,14 @@ mod tests {
     }
 
     #[test]
-    fn replica_ops_update_swaps_the_new_file_in_and_leaves_no_temporary() {
+    fn replica_ops_update_renames_the_new_file_over_the_old_and_leaves_no_temporary() {
         let (tmp, ops) = setup();
         let (src, dst) = (tmp.path().join("src/f"), tmp.path().join("dst/f"));
         fs::write(&src, b"new content").unwrap();
         fs::write(&dst, b"old content").unwrap();
         let old_ino = fs::metadata(&dst).unwrap().ino();
         let copied = ops.update(&rel("f"), &lmeta(&src)).unwrap();
-        assert!(matches!(copied, Copied::Written { bytes: 11 }));
+        assert!(matches!(copied, Copied::Written { bytes: 11, .. }));
         assert_eq!(fs::read(&dst).unwrap(), b"new content");
         assert_ne!(fs::metadata(&dst).unwrap().ino(), old_ino);
         assert_eq!(names(&tmp.path().join("dst")), ["f"]);
@@ -957,7 +967,7 @@ mod tests {
         let got = ops
             .copy(&rel("f"), &lmeta(&tmp.path().join("src/f")))
             .unwrap();
-        assert_eq!(got, Copied::Written { bytes: 3 });
+        assert!(matches!(got, Copied::Written { bytes: 3, .. }));
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
         assert!(fs::symlink_metadata(tmp.path().join("dst/f"))
             .unwrap()

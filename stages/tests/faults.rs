@@ -19,14 +19,15 @@ use std::time::Duration;
 use treesync_stages::applier::apply;
 use treesync_stages::differ::{diff, DiffOptions};
 use treesync_stages::hash_cache::HashCache;
-use treesync_stages::hasher::{candidates, compare_all, Sides};
+use treesync_stages::hasher::{candidates, compare_all, racy_pairs, recheck, Sides};
 use treesync_stages::messages::{LogEvent, LogValue, TickOutcome, Verb};
 use treesync_stages::model::{Meta, SameContent, TEMP_PREFIX};
 use treesync_stages::options::SyncOptions;
 use treesync_stages::plan::{Op, Plan};
+use treesync_stages::racy;
 use treesync_stages::relpath::RelPath;
 use treesync_stages::root::{meta_of, Root};
-use treesync_stages::scanner::{scan, Devices};
+use treesync_stages::scanner::scan;
 use treesync_stages::stop::StopFlag;
 
 struct Trees {
@@ -88,9 +89,7 @@ fn copy_op(src: &Path, path: &str) -> Op {
 /// The plan the pipeline would make now: scan both trees and diff them
 /// (contents undecided by metadata count as different).
 fn scanned_plan(opts: &SyncOptions) -> Plan {
-    let walk = scan(opts, Devices::default(), &StopFlag::new())
-        .unwrap()
-        .walk;
+    let walk = scan(opts, None, &StopFlag::new()).unwrap().walk;
     diff(
         &walk.source,
         &walk.replica,
@@ -452,9 +451,7 @@ fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
     let (s, r) = (Root::open(&t.src).unwrap(), Root::open(&t.dst).unwrap());
     // Compares what a scan now finds; true when found equal.
     let compare_now = |cache: &Mutex<HashCache>| {
-        let walk = scan(&t.opts, Devices::default(), &StopFlag::new())
-            .unwrap()
-            .walk;
+        let walk = scan(&t.opts, None, &StopFlag::new()).unwrap().walk;
         let pairs = candidates(&walk.source, &walk.replica, false);
         assert_eq!(pairs.len(), 1);
         let sides = Sides {
@@ -495,5 +492,111 @@ fn a_file_rewritten_while_hashed_is_not_cached_under_its_old_metadata() {
     let (same, _) = compare_now(&cache);
     assert!(same);
     assert_eq!(cache.lock().unwrap().len(), 2);
+    scenario.teardown();
+}
+
+/// One tick as the pipeline runs it when metadata agree everywhere: scan,
+/// compare the recorded racy copies by content, diff, apply.
+fn tick_with_rechecks(opts: &SyncOptions) -> (TickOutcome, Vec<LogEvent>) {
+    let walk = scan(opts, None, &StopFlag::new()).unwrap().walk;
+    let (s, r) = (
+        Root::open(&opts.source).unwrap(),
+        Root::open(&opts.replica).unwrap(),
+    );
+    let (recorded, _) = racy::load(&r);
+    let pairs = racy_pairs(&walk.source, &walk.replica, &recorded);
+    let sides = Sides {
+        source: &walk.source,
+        replica: &walk.replica,
+        source_root: &s,
+        replica_root: &r,
+    };
+    let (contents, _) = recheck(&pairs, &sides, recorded, true, opts, &StopFlag::new());
+    let plan = diff(
+        &walk.source,
+        &walk.replica,
+        &contents,
+        DiffOptions::from(opts),
+    );
+    run(&plan, opts)
+}
+
+#[test]
+fn a_copy_taken_while_a_write_was_in_flight_is_repaired_at_the_next_tick() {
+    use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::AtomicUsize;
+    const SIZE: usize = 1 << 20;
+    let scenario = FailScenario::setup();
+    let t = trees();
+    fs::create_dir(t.dst.join(".treesync")).unwrap();
+    let f = t.src.join("f");
+    fs::write(&f, vec![b'o'; SIZE]).unwrap();
+    // A writer through a shared mapping: its first store to each page sets
+    // mtime and ctime (the write starts, before the copy opens the file);
+    // later stores to those pages land without touching them, as the bytes
+    // of one `write()` land after it has set the times.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    let map = Arc::new(AtomicUsize::new(0));
+    let (m, fd) = (map.clone(), file.try_clone().unwrap());
+    once_at("replica_ops::copy::before_open_source", move || {
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: a fresh shared mapping of a file of SIZE bytes, used only
+        // through `store` below while the test holds it, then unmapped.
+        let p = unsafe { mmap(std::ptr::null_mut(), SIZE, prot, MapFlags::SHARED, &fd, 0) };
+        let p = p.unwrap().cast::<u8>();
+        for page in (0..SIZE).step_by(4096) {
+            // SAFETY: inside the mapping.
+            unsafe { p.add(page).write_volatile(b'w') };
+        }
+        fd.write_all_at(b"w", 0).unwrap();
+        m.store(p as usize, Ordering::SeqCst);
+    });
+    // The rest of the write lands once the copy is taken and checked.
+    let m = map.clone();
+    once_at("replica_ops::copy::before_rename", move || {
+        let p = m.load(Ordering::SeqCst) as *mut u8;
+        for i in 0..SIZE {
+            // SAFETY: inside the mapping, which the first callback made.
+            unsafe { p.add(i).write_volatile(b'N') };
+        }
+    });
+    let stamps = |p: &Path| {
+        let m = meta(p);
+        (m.size, m.mtime, m.ctime)
+    };
+    let (out, events) = run(&plan(vec![copy_op(&t.src, "f")]), &t.opts);
+    fail::remove("replica_ops::copy::before_open_source");
+    fail::remove("replica_ops::copy::before_rename");
+    assert_eq!((out.counts.copy, out.errors), (1, 0), "{events:?}");
+    let before_tick = stamps(&f);
+    // Torn: the replica holds a mix, and nothing in the metadata says so.
+    assert_ne!(fs::read(t.dst.join("f")).unwrap(), fs::read(&f).unwrap());
+    assert_eq!(meta(&f).mtime, meta(&t.dst.join("f")).mtime);
+    assert_eq!(out.retry, [RelPath::root()], "its folder is listed again");
+
+    let (out, events) = tick_with_rechecks(&t.opts);
+    assert_eq!(
+        (out.counts.update, out.counts.copy, out.errors),
+        (1, 0, 0),
+        "{events:?}"
+    );
+    assert_eq!(fs::read(t.dst.join("f")).unwrap(), vec![b'N'; SIZE]);
+    assert_eq!(stamps(&f), before_tick, "the source's stamps never moved");
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { munmap(map.load(Ordering::SeqCst) as *mut _, SIZE).unwrap() };
+    // Once the source is out of the racy window, an equal comparison
+    // forgets the path.
+    std::thread::sleep(Duration::from_millis(150));
+    let (out, _) = tick_with_rechecks(&t.opts);
+    assert_eq!(out.counts.changes(), 0);
+    let (out, _) = tick_with_rechecks(&t.opts);
+    assert_eq!(out.counts.changes(), 0);
+    assert!(racy::load(&Root::open(&t.dst).unwrap()).0.is_empty());
+    drop(file);
     scenario.teardown();
 }
