@@ -66,7 +66,9 @@ peers_for() { # kind scenario checksum
 
 for s in "${SCENARIOS[@]}"; do
   IFS=: read -r kind scenario flag <<<"$s"
-  cmd="$T --once --quiet --log-file $LOG {src} {dst}"; name=treesync
+  # The harness hands over replicas it reset with cp -a or rsync: they
+  # have no state folder of ours, hence --adopt.
+  cmd="$T --once --quiet --adopt --log-file $LOG {src} {dst}"; name=treesync
   if [[ $flag == checksum ]]; then
     # The harness resets the replica with rsync --delete, which would
     # remove the digest cache in {dst}/.treesync: it is moved aside after
@@ -75,7 +77,7 @@ for s in "${SCENARIOS[@]}"; do
     # root's mtime, which the moves change, is set back.
     name=treesync-c
     keep="{dst}/../.treesync-kept-$kind"
-    cmd="{ [ ! -d $keep ] || mv $keep {dst}/.treesync; }; $T --once --quiet --checksum --log-file $LOG {src} {dst}; rc=\$?; mv {dst}/.treesync $keep; touch -m -r {src} {dst}; exit \$rc"
+    cmd="{ [ ! -d $keep ] || mv $keep {dst}/.treesync; }; $T --once --quiet --adopt --checksum --log-file $LOG {src} {dst}; rc=\$?; mv {dst}/.treesync $keep; touch -m -r {src} {dst}; exit \$rc"
     rm -rf "${BENCH_WORK:-${TMPDIR:-/tmp}/treesync-bench}"/*/.treesync-kept-"$kind"
   fi
   printf '## %s\n\n```\n' "$kind/$scenario${flag:+ ($flag)} (scale $SCALE)" >>"$OUT"
