@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::mounts::Mounted;
 use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,47 +31,24 @@ fn a_log_that_cannot_be_written_makes_a_once_sync_exit_3() {
     assert_eq!(read(&sb.d("sub/b.txt")), b"b\n");
 }
 
-/// A mounted tmpfs of a few KiB, filled up, unmounted when dropped.
-struct FullDisk {
-    dir: std::path::PathBuf,
-}
-
-impl FullDisk {
-    fn mount(dir: std::path::PathBuf) -> Option<FullDisk> {
-        std::fs::create_dir_all(&dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return None;
-        }
-        let disk = FullDisk { dir };
-        // Fill it: the log file can be opened but not written.
-        let filler = disk.dir.join("filler");
-        let _ = std::fs::write(&filler, vec![0u8; 64 << 10]);
-        std::fs::write(disk.dir.join("treesync.log"), b"").ok()?;
-        Some(disk)
-    }
-}
-
-impl Drop for FullDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
+/// A tmpfs of a few KiB, full: the log file there can be opened but not
+/// written.
+fn full_disk(dir: &std::path::Path) -> Result<Mounted, String> {
+    let disk = Mounted::tmpfs(dir, "16k")?;
+    let _ = std::fs::write(disk.dir.join("filler"), vec![0u8; 64 << 10]);
+    std::fs::write(disk.dir.join("treesync.log"), b"").map_err(|e| e.to_string())?;
+    Ok(disk)
 }
 
 #[test]
 fn an_interval_run_with_a_full_log_disk_goes_on_and_exits_3() {
-    if !is_root_user() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
     let sb = Sandbox::new();
-    let Some(disk) = FullDisk::mount(sb.path("logfs")) else {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
+    let disk = match full_disk(&sb.path("logfs")) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: a full log disk: {why}");
+            return;
+        }
     };
     file(&sb.src, "first.txt", "1\n");
     let mut child = Command::new(bin())

@@ -5,106 +5,22 @@
 //! mount fails, it says so on stderr and is skipped.
 
 mod common;
+use common::mounts::{Image, Mounted};
 use common::*;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A filesystem image on a loop device, mounted; unmounted and detached
-/// when dropped, whatever the test did.
-struct LoopMount {
-    dir: PathBuf,
-    device: Option<String>,
-    mounted: bool,
-}
-
-impl LoopMount {
-    /// Makes a `kind` filesystem ("exfat" or "ext4-128") in an image under
-    /// `at` and mounts it at `at/mnt`; `Err` says why it cannot.
-    fn new(at: &Path, kind: &str) -> Result<LoopMount, String> {
-        if !is_root_user() {
-            return Err("needs root (loop devices and mounts)".into());
-        }
-        let image = at.join(format!("{kind}.img"));
-        let dir = at.join("mnt");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let made = std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20));
-        made.map_err(|e| format!("cannot make the image: {e}"))?;
-        match kind {
-            "exfat" => run("mkfs.exfat", &[image.as_os_str()])?,
-            _ => run(
-                "mkfs.ext4",
-                &[
-                    "-q".as_ref(),
-                    "-I".as_ref(),
-                    "128".as_ref(),
-                    image.as_os_str(),
-                ],
-            )?,
-        };
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&image)
-            .output()
-            .map_err(|e| format!("losetup: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "losetup: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        let mut m = LoopMount {
-            dir,
-            device: Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            mounted: false,
-        };
-        let device = m.device.clone().unwrap_or_default();
-        match kind {
-            "exfat" => run("mount.exfat-fuse", &[device.as_ref(), m.dir.as_os_str()])?,
-            _ => run("mount", &[device.as_ref(), m.dir.as_os_str()])?,
-        };
-        m.mounted = true;
-        Ok(m)
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.dir).status();
-        }
-        if let Some(device) = &self.device {
-            let _ = Command::new("losetup").arg("-d").arg(device).status();
-        }
-    }
-}
-
-fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use std::path::Path;
 
 /// A sandbox whose replica is `dst` on a fresh `kind` filesystem; `None`
 /// (after saying why on stderr) where that cannot be had.
-fn sandbox_on(kind: &str) -> Option<(Sandbox, LoopMount)> {
+fn sandbox_on(kind: Image) -> Option<(Sandbox, Mounted)> {
     let mut sb = Sandbox::new();
-    match LoopMount::new(sb.root(), kind) {
+    match Mounted::image(&sb.path("disk"), kind, 64) {
         Ok(m) => {
             sb.dst = m.dir.join("dst");
             Some((sb, m))
         }
         Err(why) => {
-            eprintln!("skipped: {kind} replica: {why}");
+            eprintln!("skipped: {kind:?} replica: {why}");
             None
         }
     }
@@ -158,7 +74,7 @@ fn assert_idle(run: &Run) {
 
 #[test]
 fn exfat_keeps_content_and_mtimes_with_one_warn_and_a_second_run_does_nothing() {
-    let Some((sb, _m)) = sandbox_on("exfat") else {
+    let Some((sb, _m)) = sandbox_on(Image::Exfat) else {
         return;
     };
     many_files(&sb, 300);
@@ -186,7 +102,7 @@ fn exfat_keeps_content_and_mtimes_with_one_warn_and_a_second_run_does_nothing() 
 
 #[test]
 fn exfat_names_that_differ_only_in_case_the_first_in_byte_order_wins_every_run() {
-    let Some((sb, _m)) = sandbox_on("exfat") else {
+    let Some((sb, _m)) = sandbox_on(Image::Exfat) else {
         return;
     };
     file_with(&sb.src, "a.txt", "lower\n", 0o644, (1_700_000_000, 0));
@@ -227,7 +143,7 @@ fn exfat_names_that_differ_only_in_case_the_first_in_byte_order_wins_every_run()
 
 #[test]
 fn exfat_a_source_folder_named_like_the_state_folder_in_another_case_stays_out_of_it() {
-    let Some((sb, _m)) = sandbox_on("exfat") else {
+    let Some((sb, _m)) = sandbox_on(Image::Exfat) else {
         return;
     };
     file(&sb.src, ".TreeSync/lock", "not treesync's\n");
@@ -247,7 +163,7 @@ fn exfat_a_source_folder_named_like_the_state_folder_in_another_case_stays_out_o
 
 #[test]
 fn exfat_a_symlink_is_an_error_every_run_and_the_rest_is_mirrored() {
-    let Some((sb, _m)) = sandbox_on("exfat") else {
+    let Some((sb, _m)) = sandbox_on(Image::Exfat) else {
         return;
     };
     file(&sb.src, "plain.txt", "x\n");
@@ -276,7 +192,7 @@ fn exfat_a_symlink_is_an_error_every_run_and_the_rest_is_mirrored() {
 
 #[test]
 fn ext4_with_one_second_timestamps_a_no_change_run_does_nothing() {
-    let Some((sb, _m)) = sandbox_on("ext4-128") else {
+    let Some((sb, _m)) = sandbox_on(Image::Ext4WholeSeconds) else {
         return;
     };
     many_files(&sb, 50);

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mounts;
+
 use filetime::FileTime;
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
