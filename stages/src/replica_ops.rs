@@ -190,17 +190,7 @@ impl ReplicaOps {
             which: "replica",
             source,
         })?;
-        Ok(ReplicaOps {
-            source,
-            replica,
-            preserve_owner: opts.preserve_owner,
-            fsync: opts.fsync,
-            token: run_token(),
-            temp_seq: AtomicU64::new(0),
-            fs: opts.replica_fs.caps,
-            unkept: Unkept::default(),
-            recorded: OnceLock::new(),
-        })
+        Ok(Self::over(source, replica, opts))
     }
 
     /// Works in the roots a tick opened and checked (`Roots`), through
@@ -215,9 +205,17 @@ impl ReplicaOps {
             source: io::Error::from(io::ErrorKind::NotFound),
         };
         let replica = roots.replica.as_ref().ok_or_else(missing)?;
-        Ok(ReplicaOps {
-            source: dup(&roots.source, "source")?,
-            replica: dup(replica, "replica")?,
+        Ok(Self::over(
+            dup(&roots.source, "source")?,
+            dup(replica, "replica")?,
+            opts,
+        ))
+    }
+
+    fn over(source: Root, replica: Root, opts: &SyncOptions) -> Self {
+        ReplicaOps {
+            source,
+            replica,
             preserve_owner: opts.preserve_owner,
             fsync: opts.fsync,
             token: run_token(),
@@ -225,7 +223,7 @@ impl ReplicaOps {
             fs: opts.replica_fs.caps,
             unkept: Unkept::default(),
             recorded: OnceLock::new(),
-        })
+        }
     }
 
     /// Permissions or owners this tick could not keep.
