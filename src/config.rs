@@ -79,7 +79,7 @@ impl Config {
         let (replica, replica_missing) = canonical_replica(&cwd.join(&cli.replica))?;
         check_not_nested(&source, &replica, replica_missing)?;
         let log_file = canonical_log_path(&cwd.join(&cli.log_file))?;
-        if log_file.starts_with(&replica) {
+        if is_inside(&log_file, &replica) {
             return Err(ConfigError::LogInReplica(log_file));
         }
         // A folder treesync never synced into may be the wrong one: its
@@ -228,11 +228,32 @@ fn canonical_child(path: &Path) -> io::Result<PathBuf> {
     Ok(parent.join(name))
 }
 
+/// Where the log's lines will really go: a link at the log's own name is
+/// followed by every write, so it is resolved too (a dangling one is
+/// refused, since creating the log would make its target).
 fn canonical_log_path(path: &Path) -> Result<PathBuf, ConfigError> {
-    canonical_child(path).map_err(|source| ConfigError::LogDir {
+    let err = |source| ConfigError::LogDir {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_symlink() => path.canonicalize().map_err(err),
+        _ => canonical_child(path).map_err(err),
+    }
+}
+
+/// Whether `path` lies inside the folder `root`, by name or by identity:
+/// a bind mount, or a filesystem that ignores case, gives one folder
+/// several names.
+fn is_inside(path: &Path, root: &Path) -> bool {
+    if path.starts_with(root) {
+        return true;
+    }
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let Some(root_id) = id(root) else {
+        return false;
+    };
+    path.ancestors().skip(1).any(|a| id(a) == Some(root_id))
 }
 
 /// Refuses roots inside one another, by path and by identity (a bind
@@ -339,6 +360,34 @@ mod tests {
             ]),
             Err(ConfigError::LogInReplica(_))
         ));
+        // A link to a file in the replica, or a second name of its folder.
+        let link = tmp.path().join("t.log");
+        std::os::unix::fs::symlink(&in_replica, &link).unwrap();
+        let dangling = config(&[
+            s.to_str().unwrap(),
+            r.to_str().unwrap(),
+            "--log-file",
+            link.to_str().unwrap(),
+        ]);
+        assert!(
+            matches!(dangling, Err(ConfigError::LogDir { .. })),
+            "{dangling:?}"
+        );
+        std::fs::write(&in_replica, b"").unwrap();
+        let alias = tmp.path().join("alias");
+        std::os::unix::fs::symlink(&r, &alias).unwrap();
+        for log in [link, alias.join("t.log")] {
+            let c = config(&[
+                s.to_str().unwrap(),
+                r.to_str().unwrap(),
+                "--log-file",
+                log.to_str().unwrap(),
+            ]);
+            assert!(
+                matches!(c, Err(ConfigError::LogInReplica(_))),
+                "{log:?}: {c:?}"
+            );
+        }
     }
 
     #[test]
