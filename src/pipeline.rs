@@ -10,7 +10,7 @@ use treesync_stages::applier::Applier;
 use treesync_stages::differ::Differ;
 use treesync_stages::hasher::Hasher;
 use treesync_stages::logger::Logger;
-use treesync_stages::messages::{FlushLog, LogHealth, TickOutcome};
+use treesync_stages::messages::{FlushLog, LogEvent, LogHealth, TickOutcome, Verb};
 use treesync_stages::scanner::Scanner;
 use treesync_stages::scheduler::Scheduler;
 use treesync_stages::stop::StopFlag;
@@ -30,12 +30,12 @@ pub mod exit {
 pub async fn run(mut config: Config, logger: Logger) -> i32 {
     let once = config.interval.is_none();
     let stop = StopFlag::new();
-    let probe_failed = treesync_stages::replica_fs::settle(&mut config.sync);
+    let probe_failed = config.sync.settle_replica_fs();
     let opts = Arc::new(config.sync);
     let terminal = logger.above();
     let log = logger.start();
-    if let Some(warn) = probe_failed {
-        log.do_send(warn);
+    if let Some(reason) = probe_failed {
+        log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", reason));
     }
 
     // The Scheduler both starts the pipeline and receives its end: its

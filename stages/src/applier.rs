@@ -138,7 +138,8 @@ pub fn apply_in(
     }
     if let Target::Replica(replica) = &run.target {
         // Permissions or owners the replica cannot store: one `warn` a run.
-        if let Some(event) = opts.replica_fs.unkept_warning(replica.unkept()) {
+        if let Some(reason) = opts.replica_fs.unkept_warning(replica.unkept()) {
+            let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
             tally.count(&event);
             log(event);
         }
@@ -1224,5 +1225,58 @@ mod tests {
         wait_until(|| !logged.lock().unwrap().is_empty()).await;
         assert_eq!(logged.lock().unwrap()[0].verb, Verb::Copy);
         assert_eq!(fs::read(t.dst.join("f")).unwrap(), b"abc");
+    }
+    /// Copies a file twice with `caps`; the events of each apply.
+    fn copy_twice_on(caps: crate::replica_fs::FsCaps) -> (tempfile::TempDir, Vec<Vec<LogEvent>>) {
+        use crate::plan::{Op, Plan};
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        let mut opts = SyncOptions::new(src.clone(), dst);
+        opts.replica_fs = crate::replica_fs::ReplicaFs::new(caps);
+        let mut runs = Vec::new();
+        for name in ["a", "b"] {
+            let path = src.join(name);
+            std::fs::write(&path, b"content").unwrap();
+            let st = rustix::fs::stat(&path).unwrap();
+            let plan = Plan {
+                ops: vec![Op::Copy {
+                    path: RelPath::from_str_lossy(name),
+                    meta: crate::root::meta_of(&st),
+                }],
+                ..Plan::default()
+            };
+            let events = std::sync::Mutex::new(Vec::new());
+            let log = |e: LogEvent| events.lock().unwrap().push(e);
+            crate::applier::apply(&plan, &opts, &crate::stop::StopFlag::new(), &log);
+            runs.push(events.into_inner().unwrap());
+        }
+        (tmp, runs)
+    }
+
+    #[test]
+    fn modes_the_replica_cannot_keep_are_one_warn_a_run_and_the_copy_stays() {
+        let caps = crate::replica_fs::FsCaps {
+            keeps_perms: false,
+            ..crate::replica_fs::FsCaps::default()
+        };
+        let (tmp, runs) = copy_twice_on(caps);
+        let verbs =
+            |events: &[LogEvent]| -> Vec<&str> { events.iter().map(|e| e.verb.as_str()).collect() };
+        assert_eq!(verbs(&runs[0]), ["copy", "warn"]);
+        assert!(runs[0][1]
+            .field("reason")
+            .is_some_and(|r| r.to_string().contains("permission bits")));
+        assert_eq!(verbs(&runs[1]), ["copy"]);
+        for name in ["a", "b"] {
+            assert_eq!(
+                std::fs::read(tmp.path().join("dst").join(name)).unwrap(),
+                b"content"
+            );
+        }
+        // Where modes stick, nothing is said.
+        let (_tmp, runs) = copy_twice_on(crate::replica_fs::FsCaps::default());
+        assert_eq!(verbs(&runs[0]), ["copy"]);
     }
 }

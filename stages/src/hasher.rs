@@ -13,13 +13,14 @@
 //! rechecked so that the Differ follows the verdict. The same blocking task
 //! reads the replica's record of the runs' temporaries for the Differ.
 
+use crate::fold;
 use crate::hash_cache::{CacheKey, HashCache};
 use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
 use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent, TempTokens};
 use crate::options::SyncOptions;
 use crate::racy;
 use crate::relpath::RelPath;
-use crate::replica_fs::{self, FsCaps};
+use crate::replica_fs::FsCaps;
 use crate::root::Root;
 use crate::stop::StopFlag;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient};
@@ -406,7 +407,7 @@ impl Handler<TreesScanned> for Hasher {
     type Result = ();
 
     fn handle(&mut self, msg: TreesScanned, ctx: &mut Context<Self>) {
-        let msg = replica_fs::pair_scanned(msg, &self.opts, &self.log);
+        let msg = fold::pair_scanned(msg, &self.opts, &self.log);
         let caps = &self.opts.replica_fs.caps;
         let pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
         let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());

@@ -4,6 +4,7 @@
 
 pub mod applier;
 pub mod differ;
+pub mod fold;
 pub mod hash_cache;
 pub mod hasher;
 pub mod identity;

@@ -11,11 +11,17 @@
 //! escaped and invalid UTF-8 bytes are written `\xNN`; in `json`, strings
 //! follow JSON's rules and paths are `RelPath::escaped()`.
 
-use crate::logger::LogFormat;
 use crate::messages::{LogEvent, LogValue};
 use crate::relpath::{escape_bytes, RelPath};
 use std::fmt::Write as _;
 use std::time::SystemTime;
+
+/// Format of the log file (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// One line of the log file for `ev`, logged at `ts`, without the newline.
 pub fn file_line(format: LogFormat, ts: SystemTime, ev: &LogEvent) -> String {

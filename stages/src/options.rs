@@ -2,7 +2,7 @@
 
 use crate::identity::RootIdentity;
 use crate::relpath::RelPath;
-use crate::replica_fs::ReplicaFs;
+use crate::replica_fs::{self, FsCaps, ReplicaFs};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -105,11 +105,40 @@ pub struct SyncOptions {
     /// `--modify-window`: mtimes this close count as equal, overriding
     /// the replica's probed timestamp granularity.
     pub modify_window: Option<Duration>,
-    /// What the replica's filesystem keeps (`replica_fs::settle`).
+    /// What the replica's filesystem keeps (`settle_replica_fs`).
     pub replica_fs: ReplicaFs,
 }
 
 impl SyncOptions {
+    /// Finds what the replica's filesystem keeps for this run (probed, or
+    /// in a dry run as an earlier run saved it) and applies it, with
+    /// `--modify-window`; owners are no longer preserved where they cannot
+    /// be kept. Returns the reason for a `warn` when the probe could not
+    /// run.
+    pub fn settle_replica_fs(&mut self) -> Option<String> {
+        let as_root = self.preserve_owner;
+        let (caps, failed) = if self.dry_run {
+            (
+                replica_fs::load_saved(&self.replica).unwrap_or_default(),
+                None,
+            )
+        } else {
+            match replica_fs::probe_replica(&self.replica, as_root) {
+                Ok(caps) => (caps, None),
+                Err(e) => (FsCaps::default(), Some(e)),
+            }
+        };
+        let mut caps = caps.with_window(self.modify_window);
+        caps.owners_lost = as_root && !caps.keeps_owners;
+        if caps.owners_lost {
+            self.preserve_owner = false;
+        }
+        self.replica_fs = ReplicaFs::new(caps);
+        failed.map(|e| {
+            format!("cannot probe the replica's filesystem ({e}): assuming it keeps names, modes, owners, links and nanosecond mtimes")
+        })
+    }
+
     /// Defaults for tests: roots as given, everything else off.
     pub fn new(source: PathBuf, replica: PathBuf) -> Self {
         SyncOptions {

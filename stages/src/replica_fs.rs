@@ -1,10 +1,10 @@
 //! The replica's filesystem, probed rather than assumed (Safety rule 7).
 //!
-//! At the start of a run (`settle`), throwaway entries in `REPLICA/.treesync/`
-//! tell what the replica's filesystem keeps: whether names ignore case (or
-//! Unicode normalisation), whether permission bits stick, whether owners can
-//! be set (as root), whether symbolic links can be made, and how finely
-//! mtimes are stored. The result (`FsCaps`) travels in `SyncOptions` and
+//! At the start of a run (`SyncOptions::settle_replica_fs`), throwaway
+//! entries in `REPLICA/.treesync/` tell what the replica's filesystem
+//! keeps: whether names ignore case (or Unicode normalisation), whether
+//! permission bits stick, whether owners can be set (as root), whether
+//! symbolic links can be made, and how finely mtimes are stored. The result (`FsCaps`) travels in `SyncOptions` and
 //! shapes the rest of the run:
 //!
 //! - mtimes are compared within the granularity (or `--modify-window`), in
@@ -13,25 +13,20 @@
 //!   nor set; the Applier reports that once a run, as a `warn`;
 //! - a source link is an `error` where links cannot be made;
 //! - on a replica that ignores case, source names that would land on one
-//!   replica entry are paired by their folded form (`fold_names`): the first
-//!   in byte order wins every run, each other is an `error`.
+//!   replica entry are paired by their folded form (`fold`): the first in
+//!   byte order wins every run, each other is an `error`.
 //!
 //! A dry run writes nothing under the replica, so it does not probe: it
 //! uses the result an earlier run saved in `.treesync/fs-probe` (same
 //! filesystem only), or else the capabilities of a POSIX filesystem.
 
-use crate::messages::{LogEvent, TreesScanned, Verb};
-use crate::model::{Entry, Listing, Meta, Timestamp, STATE_DIR};
-use crate::options::SyncOptions;
-use crate::relpath::RelPath;
+use crate::model::{Meta, Timestamp};
 use crate::root::Root;
 use crate::state;
-use actix::Recipient;
 use rustix::fd::{AsFd, BorrowedFd};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -141,14 +136,14 @@ impl ReplicaFs {
         }
     }
 
-    /// The run's one `warn` about permissions or owners not kept, the first
-    /// time a tick met them.
-    pub fn unkept_warning(&self, unkept: &Unkept) -> Option<LogEvent> {
+    /// The reason for the run's one `warn` about permissions or owners
+    /// not kept, the first time a tick met them.
+    pub fn unkept_warning(&self, unkept: &Unkept) -> Option<String> {
         let reason = self.caps.unkept_reason(unkept.0.load(Ordering::Relaxed))?;
         if self.reported.swap(true, Ordering::Relaxed) {
             return None;
         }
-        Some(LogEvent::new(Verb::Warn, None).with_str("reason", reason))
+        Some(reason)
     }
 }
 
@@ -179,33 +174,6 @@ impl Unkept {
         self.note(bit);
         Ok(())
     }
-}
-
-/// Finds the replica's capabilities for this run and puts them in `opts`
-/// (with `--modify-window` applied; owners no longer preserved where they
-/// cannot be kept). Returns a `warn` when the probe could not run.
-pub fn settle(opts: &mut SyncOptions) -> Option<LogEvent> {
-    let as_root = opts.preserve_owner;
-    let (caps, failed) = if opts.dry_run {
-        (load_saved(&opts.replica).unwrap_or_default(), None)
-    } else {
-        match probe_replica(&opts.replica, as_root) {
-            Ok(caps) => (caps, None),
-            Err(e) => (FsCaps::default(), Some(e)),
-        }
-    };
-    let mut caps = caps.with_window(opts.modify_window);
-    caps.owners_lost = as_root && !caps.keeps_owners;
-    if caps.owners_lost {
-        opts.preserve_owner = false;
-    }
-    opts.replica_fs = ReplicaFs::new(caps);
-    failed.map(|e| {
-        LogEvent::new(Verb::Warn, None).with_str(
-            "reason",
-            format!("cannot probe the replica's filesystem ({e}): assuming it keeps names, modes, owners, links and nanosecond mtimes"),
-        )
-    })
 }
 
 /// The state file that keeps the last probe, for dry runs.
@@ -364,189 +332,9 @@ fn decode(text: &str) -> Option<(FsCaps, u64)> {
     Some((caps, get("dev")?))
 }
 
-/// A name as a case-insensitive replica sees it: lowercased (ASCII and
-/// Unicode) when it is valid UTF-8, its bytes as they are otherwise.
-pub fn fold_name(name: &[u8]) -> Cow<'_, [u8]> {
-    match std::str::from_utf8(name) {
-        Ok(s) if s.chars().any(|c| c.is_uppercase()) => Cow::Owned(s.to_lowercase().into_bytes()),
-        _ => Cow::Borrowed(name),
-    }
-}
-
-/// A whole relative path folded component by component.
-fn fold_path(path: &RelPath) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.as_bytes().len());
-    for (i, c) in path.components().enumerate() {
-        if i > 0 {
-            out.push(b'/');
-        }
-        out.extend_from_slice(&fold_name(c));
-    }
-    out
-}
-
-/// Two source names that would be one replica entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Collision {
-    /// The source entry left out.
-    pub loser: RelPath,
-    /// The source entry mirrored there (first in byte order).
-    pub winner: RelPath,
-}
-
-/// The listings as the replica's names pair them.
-#[derive(Debug)]
-pub struct Folded {
-    pub source: Listing,
-    pub replica: Listing,
-    pub collisions: Vec<Collision>,
-}
-
-/// On a replica that ignores case: leaves out of the source each entry
-/// whose folded path another (first in byte order, in the same folder)
-/// already has, with everything below it (and any spelling of the state
-/// folder `.treesync` at the root but that one, which the Differ skips: it
-/// would write into the replica's state), and renames each replica entry
-/// whose stored case differs from the source entry it is to the source's
-/// spelling, so both listings pair by path. `None` when nothing changes.
-pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
-    let mut winners: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut dropped: Vec<usize> = Vec::new();
-    let mut dropped_dirs: HashSet<RelPath> = HashSet::new();
-    let mut collisions = Vec::new();
-    let state_dir = RelPath::root().join(STATE_DIR);
-    for (i, e) in source.entries.iter().enumerate() {
-        if e.path.is_root() {
-            continue;
-        }
-        if e.path.parent().is_some_and(|p| dropped_dirs.contains(&p)) {
-            dropped.push(i);
-            if e.kind.is_dir() {
-                dropped_dirs.insert(e.path.clone());
-            }
-            continue;
-        }
-        let key = fold_path(&e.path);
-        if e.path.depth() == 1 && key == STATE_DIR && e.path != state_dir {
-            collisions.push(Collision {
-                loser: e.path.clone(),
-                winner: state_dir.clone(),
-            });
-            dropped.push(i);
-            if e.kind.is_dir() {
-                dropped_dirs.insert(e.path.clone());
-            }
-            continue;
-        }
-        match winners.entry(key) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
-            }
-            std::collections::hash_map::Entry::Occupied(o) => {
-                collisions.push(Collision {
-                    loser: e.path.clone(),
-                    winner: source.entries[*o.get()].path.clone(),
-                });
-                dropped.push(i);
-                if e.kind.is_dir() {
-                    dropped_dirs.insert(e.path.clone());
-                }
-            }
-        }
-    }
-    let mut renamed: Vec<(usize, RelPath)> = Vec::new();
-    for (j, r) in replica.entries.iter().enumerate() {
-        if r.path.is_root() || r.path.starts_with(&state_dir) {
-            continue;
-        }
-        let Some(&w) = winners.get(&fold_path(&r.path)) else {
-            continue;
-        };
-        let winner = &source.entries[w].path;
-        // An entry of exactly that name pairs by itself.
-        if *winner != r.path && replica.get(winner).is_none() {
-            renamed.push((j, winner.clone()));
-        }
-    }
-    if dropped.is_empty() && renamed.is_empty() {
-        return None;
-    }
-    let dropped: HashSet<usize> = dropped.into_iter().collect();
-    let source = Listing {
-        entries: keep_entries(&source.entries, |i| !dropped.contains(&i)),
-        incomplete: source.incomplete.clone(),
-    };
-    let mut replica = replica.clone();
-    // Two stored spellings of one name cannot both exist on such a
-    // replica; if they do (a wrong probe), only the first is paired.
-    let mut taken = HashSet::new();
-    for (j, to) in renamed {
-        if taken.insert(to.clone()) {
-            replica.entries[j].path = to;
-        }
-    }
-    replica.sort();
-    Some(Folded {
-        source,
-        replica,
-        collisions,
-    })
-}
-
-fn keep_entries(entries: &[Entry], keep: impl Fn(usize) -> bool) -> Vec<Entry> {
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| keep(*i))
-        .map(|(_, e)| e.clone())
-        .collect()
-}
-
-/// `fold_names` applied to a tick's listings where the replica folds
-/// names: each collision is logged as an `error` (op `collision`) and
-/// counted in the tick's errors.
-pub fn pair_scanned(
-    mut msg: TreesScanned,
-    opts: &SyncOptions,
-    log: &Recipient<LogEvent>,
-) -> TreesScanned {
-    if !opts.replica_fs.caps.folds_names() {
-        return msg;
-    }
-    let Some(folded) = fold_names(&msg.source, &msg.replica) else {
-        return msg;
-    };
-    for c in &folded.collisions {
-        log.do_send(collision_event(c).dry_run(opts.dry_run));
-    }
-    msg.errors += folded.collisions.len() as u64;
-    msg.source = Arc::new(folded.source);
-    msg.replica = Arc::new(folded.replica);
-    msg
-}
-
-fn collision_event(c: &Collision) -> LogEvent {
-    if c.winner.as_bytes() == STATE_DIR {
-        return LogEvent::error(
-            Some(&c.loser),
-            "collision",
-            "the replica's filesystem ignores case: this name is treesync's state folder .treesync there; it is not mirrored",
-        );
-    }
-    LogEvent::error(
-        Some(&c.loser),
-        "collision",
-        format!(
-            "the replica's filesystem ignores case: this name and {} would be one entry there; {} is mirrored (first in byte order), this one is not",
-            c.winner, c.winner
-        ),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EntryKind;
 
     fn ts(secs: i64, nanos: u32) -> Timestamp {
         Timestamp::new(secs, nanos)
@@ -619,149 +407,6 @@ mod tests {
     }
 
     #[test]
-    fn folding_lowercases_utf8_and_keeps_other_bytes() {
-        assert_eq!(&*fold_name(b"A.TXT"), b"a.txt");
-        assert_eq!(&*fold_name("ÉTÉ".as_bytes()), "été".as_bytes());
-        assert_eq!(&*fold_name(b"X\xff"), b"X\xff");
-    }
-
-    fn entry(path: &str, kind: EntryKind) -> Entry {
-        Entry {
-            path: RelPath::from_str_lossy(path),
-            kind,
-            meta: Meta::default(),
-            excluded: false,
-        }
-    }
-
-    fn listing(paths: &[&str]) -> Listing {
-        let mut l = Listing::default();
-        l.entries.push(entry("", EntryKind::Dir));
-        for p in paths {
-            let kind = if p.ends_with('/') {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            };
-            l.entries.push(entry(p.trim_end_matches('/'), kind));
-        }
-        l.sort();
-        l
-    }
-
-    fn paths(l: &Listing) -> Vec<String> {
-        l.entries.iter().map(|e| e.path.to_string()).collect()
-    }
-
-    #[test]
-    fn first_name_in_byte_order_wins_and_the_replica_pairs_by_folded_name() {
-        let s = listing(&[
-            "a.txt",
-            "A.txt",
-            "Docs/",
-            "docs/",
-            "docs/x",
-            "Docs/y",
-            "b",
-            ".TreeSync/",
-            ".TreeSync/lock",
-        ]);
-        let r = listing(&[
-            "A.TXT",
-            "DOCS/",
-            "DOCS/Y",
-            "gone",
-            ".treesync/",
-            ".treesync/lock",
-        ]);
-        let f = fold_names(&s, &r).unwrap();
-        assert_eq!(
-            f.collisions,
-            vec![
-                Collision {
-                    loser: RelPath::from_str_lossy(".TreeSync"),
-                    winner: RelPath::from_str_lossy(".treesync"),
-                },
-                Collision {
-                    loser: RelPath::from_str_lossy("a.txt"),
-                    winner: RelPath::from_str_lossy("A.txt"),
-                },
-                Collision {
-                    loser: RelPath::from_str_lossy("docs"),
-                    winner: RelPath::from_str_lossy("Docs"),
-                },
-            ]
-        );
-        assert_eq!(paths(&f.source), [".", "A.txt", "Docs", "Docs/y", "b"]);
-        assert_eq!(
-            paths(&f.replica),
-            [
-                ".",
-                ".treesync",
-                ".treesync/lock",
-                "A.txt",
-                "Docs",
-                "Docs/y",
-                "gone"
-            ]
-        );
-    }
-
-    /// Copies a file twice with `caps`; the events of each apply.
-    fn copy_twice_on(caps: FsCaps) -> (tempfile::TempDir, Vec<Vec<LogEvent>>) {
-        use crate::plan::{Op, Plan};
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-        std::fs::create_dir(&src).unwrap();
-        std::fs::create_dir(&dst).unwrap();
-        let mut opts = SyncOptions::new(src.clone(), dst);
-        opts.replica_fs = ReplicaFs::new(caps);
-        let mut runs = Vec::new();
-        for name in ["a", "b"] {
-            let path = src.join(name);
-            std::fs::write(&path, b"content").unwrap();
-            let st = rfs::stat(&path).unwrap();
-            let plan = Plan {
-                ops: vec![Op::Copy {
-                    path: RelPath::from_str_lossy(name),
-                    meta: crate::root::meta_of(&st),
-                }],
-                ..Plan::default()
-            };
-            let events = std::sync::Mutex::new(Vec::new());
-            let log = |e: LogEvent| events.lock().unwrap().push(e);
-            crate::applier::apply(&plan, &opts, &crate::stop::StopFlag::new(), &log);
-            runs.push(events.into_inner().unwrap());
-        }
-        (tmp, runs)
-    }
-
-    #[test]
-    fn modes_the_replica_cannot_keep_are_one_warn_a_run_and_the_copy_stays() {
-        let caps = FsCaps {
-            keeps_perms: false,
-            ..FsCaps::default()
-        };
-        let (tmp, runs) = copy_twice_on(caps);
-        let verbs =
-            |events: &[LogEvent]| -> Vec<&str> { events.iter().map(|e| e.verb.as_str()).collect() };
-        assert_eq!(verbs(&runs[0]), ["copy", "warn"]);
-        assert!(runs[0][1]
-            .field("reason")
-            .is_some_and(|r| r.to_string().contains("permission bits")));
-        assert_eq!(verbs(&runs[1]), ["copy"]);
-        for name in ["a", "b"] {
-            assert_eq!(
-                std::fs::read(tmp.path().join("dst").join(name)).unwrap(),
-                b"content"
-            );
-        }
-        // Where modes stick, nothing is said.
-        let (_tmp, runs) = copy_twice_on(FsCaps::default());
-        assert_eq!(verbs(&runs[0]), ["copy"]);
-    }
-
-    #[test]
     fn a_chmod_the_filesystem_refuses_is_noted_not_failed() {
         let unkept = Unkept::default();
         assert_eq!(
@@ -773,11 +418,5 @@ mod tests {
             Err(Errno::IO)
         );
         assert_eq!(unkept.0.load(Ordering::Relaxed), UNKEPT_PERMS);
-    }
-
-    #[test]
-    fn nothing_changes_without_folded_names() {
-        let s = listing(&["a", "b/"]);
-        assert!(fold_names(&s, &s.clone()).is_none());
     }
 }
