@@ -52,12 +52,12 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// The run after a first sync of files made moments before it: those
-/// copies are racy (their source ctime is inside the copy's window), so
-/// this run compares them by content once, as soon as their sources are
-/// older than the window's slack (100 ms: nothing to wait on but time). It
-/// changes nothing.
+/// copies are racy (their source ctime is inside the copy's window, which
+/// on a replica that keeps whole seconds is a second wide), so this run
+/// compares them by content once, as soon as their sources are older than
+/// that window (nothing to wait on but time). It changes nothing.
 fn settle(sb: &Sandbox) {
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     let run = sb.sync(&[]);
     run.expect_code(0).no_errors();
     assert!(run.changes().is_empty(), "{}", run.dump());
@@ -204,4 +204,53 @@ fn ext4_with_one_second_timestamps_a_no_change_run_does_nothing() {
     let run = sb.sync(&[]);
     run.expect_code(0);
     assert_eq!(run.changes(), [("meta".into(), "d0/f000.txt".into())]);
+}
+
+#[test]
+fn exfat_letters_with_one_capital_are_one_name_and_never_replace_each_other() {
+    let Some((sb, _m)) = sandbox_on(Image::Exfat) else {
+        return;
+    };
+    // Final and medial sigma: lowercase apart, one capital (Σ), one name on
+    // exFAT. "ς" sorts before "σ" in UTF-8: it wins.
+    file(&sb.src, "ς.txt", "final sigma\n");
+    file(&sb.src, "σ.txt", "medial sigma, other content\n");
+    file(&sb.src, "ς/a", "in the first folder\n");
+    file(&sb.src, "σ/b", "in the second folder\n");
+    for round in 0..3 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        for loser in ["σ.txt", "σ"] {
+            let err = run.get("error", loser);
+            assert_eq!(err.str("op"), Some("collision"), "{}", run.dump());
+        }
+        assert!(run.entries("delete").is_empty(), "{}", run.dump());
+        assert_eq!(read(&sb.d("ς.txt")), b"final sigma\n", "round {round}");
+        assert_eq!(read(&sb.d("ς/a")), b"in the first folder\n");
+        if round > 0 {
+            assert!(run.changes().is_empty(), "{}", run.dump());
+        }
+    }
+}
+
+#[test]
+fn a_rewrite_within_the_replicas_second_is_still_mirrored() {
+    let Some((sb, _m)) = sandbox_on(Image::Ext4WholeSeconds) else {
+        return;
+    };
+    file(&sb.src, "f", "version-1\n");
+    // Older than the 100 ms a copy from a nanosecond source allows for a
+    // write in flight, younger than the replica's one-second step: only
+    // the replica's step makes this copy one to check again.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sb.sync(&[]).expect_code(0);
+    // The replica keeps X.000; a rewrite of the same size stamped half a
+    // second later is within the replica's window: metadata cannot see it.
+    let (secs, _) = mtime_of(&sb.d("f"));
+    file(&sb.src, "f", "version-2\n");
+    set_mtime(&sb.s("f"), (secs, 500_000_000));
+    let run = sb.sync(&[]);
+    run.expect_code(0);
+    assert!(run.has("update", "f"), "{}", run.dump());
+    assert_eq!(read(&sb.d("f")), b"version-2\n");
 }

@@ -18,13 +18,34 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// A name as a case-insensitive replica sees it: lowercased (ASCII and
-/// Unicode) when it is valid UTF-8, its bytes as they are otherwise.
+/// A name as a case-insensitive replica sees it, when it is valid UTF-8
+/// (its bytes as they are otherwise): each letter taken to its capital and
+/// back to its small form, where each is one letter, as simple case
+/// folding does. exFAT, FAT and NTFS compare names through a table of
+/// capitals, so letters with one capital and two small forms (σ and ς:
+/// both Σ) are one name there; lowercasing alone would keep them apart.
+/// Folding more than a filesystem does gives an `error` for a pair it
+/// would have kept apart; folding less would let one file replace the
+/// other unseen, which `ReplicaOps` refuses as a last resort.
 pub fn fold_name(name: &[u8]) -> Cow<'_, [u8]> {
-    match std::str::from_utf8(name) {
-        Ok(s) if s.chars().any(|c| c.is_uppercase()) => Cow::Owned(s.to_lowercase().into_bytes()),
-        _ => Cow::Borrowed(name),
+    let Ok(s) = std::str::from_utf8(name) else {
+        return Cow::Borrowed(name);
+    };
+    let folded: String = s.chars().map(fold_char).collect();
+    if folded == s {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(folded.into_bytes())
     }
+}
+
+fn fold_char(c: char) -> char {
+    fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
+        let first = it.next()?;
+        it.next().is_none().then_some(first)
+    }
+    let upper = single(c.to_uppercase()).unwrap_or(c);
+    single(upper.to_lowercase()).unwrap_or(upper)
 }
 
 /// A whole relative path folded component by component.
@@ -207,6 +228,13 @@ mod tests {
         assert_eq!(&*fold_name(b"A.TXT"), b"a.txt");
         assert_eq!(&*fold_name("ÉTÉ".as_bytes()), "été".as_bytes());
         assert_eq!(&*fold_name(b"X\xff"), b"X\xff");
+        // One capital, two small forms: one name on exFAT.
+        assert_eq!(fold_name("ς.txt".as_bytes()), fold_name("σ.txt".as_bytes()));
+        // The Kelvin and Ohm signs are K and Ω there.
+        assert_eq!(fold_name("\u{212A}".as_bytes()), fold_name(b"k"));
+        assert_eq!(fold_name("\u{2126}".as_bytes()), fold_name("ω".as_bytes()));
+        // A letter whose capital is two letters stays itself.
+        assert_eq!(&*fold_name("ß".as_bytes()), "ß".as_bytes());
     }
 
     fn entry(path: &str, kind: EntryKind) -> Entry {

@@ -608,7 +608,8 @@ pub fn recheck(
             Content::Differs => {}
         }
         same.mark_rechecked(p.source);
-        if verdict == Content::Same && !racy::is_racy(started, s.meta.mtime, s.meta.ctime) {
+        let span = opts.replica_fs.caps.blind_span();
+        if verdict == Content::Same && !racy::is_racy(started, s.meta.mtime, s.meta.ctime, span) {
             recorded.remove(&s.path);
         }
     }

@@ -49,9 +49,18 @@ pub fn slack(mtime: Timestamp) -> Duration {
 
 /// True when a copy that started at `started` may hold part of a write:
 /// the source's mtime or ctime is not older than `started` less the slack.
-pub fn is_racy(started: SystemTime, mtime: Timestamp, ctime: Timestamp) -> bool {
+/// `replica_step` is the replica's timestamp granularity: where it keeps
+/// whole seconds, a write later in the same second as the copy leaves the
+/// source's mtime within a step of the copy's, and only content tells them
+/// apart, so the window is at least that wide.
+pub fn is_racy(
+    started: SystemTime,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    replica_step: Duration,
+) -> bool {
     let since = started
-        .checked_sub(slack(mtime))
+        .checked_sub(slack(mtime).max(replica_step))
         .unwrap_or(UNIX_EPOCH)
         .duration_since(UNIX_EPOCH)
         .map_or(i128::MIN, |d| d.as_nanos() as i128);
@@ -107,6 +116,51 @@ fn parse(bytes: &[u8]) -> BTreeSet<RelPath> {
         .collect()
 }
 
+/// Adds one racy path to the record at once, before its copy takes the
+/// final name, so that a process killed in the same tick still leaves it
+/// to be rechecked: one append (`O_APPEND`, a single write of the path and
+/// its NUL), made durable with `durable` (`--fsync`). `record` folds the
+/// appended paths into the set at the end of the tick.
+pub fn append(replica: &Root, path: &RelPath, durable: bool) -> io::Result<()> {
+    use std::io::Write as _;
+    let dir = match state::open_dir(replica) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let flags = rustix::fs::OFlags::WRONLY
+        | rustix::fs::OFlags::APPEND
+        | rustix::fs::OFlags::CREATE
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::NONBLOCK
+        | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(
+        &dir,
+        RACY_FILE,
+        flags,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if st.st_size as u64 + path.as_bytes().len() as u64 >= LIMIT {
+        return Ok(());
+    }
+    let mut line = Vec::with_capacity(path.as_bytes().len() + 1);
+    line.extend_from_slice(path.as_bytes());
+    line.push(0);
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&line)?;
+    if durable {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
 /// Adds `racy` to the recorded set and removes `settled` (files written
 /// this tick by a copy that was not racy); writes only on a change.
 pub fn record(replica: &Root, racy: &[RelPath], settled: &[RelPath]) -> io::Result<()> {
@@ -142,13 +196,33 @@ mod tests {
         let start = SystemTime::now();
         let old = at(start, Duration::from_secs(10), true);
         let ms = Duration::from_millis;
-        assert!(!is_racy(start, old, old));
-        assert!(is_racy(start, at(start, ms(50), true), old));
-        assert!(is_racy(start, old, at(start, ms(50), true)));
-        assert!(!is_racy(start, at(start, ms(300), true), old));
+        assert!(!is_racy(start, old, old, Duration::ZERO));
+        assert!(is_racy(start, at(start, ms(50), true), old, Duration::ZERO));
+        assert!(is_racy(start, old, at(start, ms(50), true), Duration::ZERO));
+        assert!(!is_racy(
+            start,
+            at(start, ms(300), true),
+            old,
+            Duration::ZERO
+        ));
         // Whole seconds only: a coarse filesystem, two seconds of slack.
-        assert!(is_racy(start, at(start, ms(1000), false), old));
-        assert!(!is_racy(start, at(start, ms(3000), false), old));
+        assert!(is_racy(
+            start,
+            at(start, ms(1000), false),
+            old,
+            Duration::ZERO
+        ));
+        assert!(!is_racy(
+            start,
+            at(start, ms(3000), false),
+            old,
+            Duration::ZERO
+        ));
+        // A replica that keeps whole seconds: a source stamped within a
+        // second of the copy could change again unseen.
+        let second = Duration::from_secs(1);
+        assert!(is_racy(start, at(start, ms(400), true), old, second));
+        assert!(!is_racy(start, at(start, ms(1500), true), old, second));
     }
 
     #[test]

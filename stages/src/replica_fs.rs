@@ -82,6 +82,12 @@ impl FsCaps {
         self
     }
 
+    /// How far apart two mtimes may be and still look equal here: a write
+    /// within this span after a copy is invisible to metadata.
+    pub fn blind_span(&self) -> Duration {
+        Duration::from_nanos(self.mtime_window_ns)
+    }
+
     /// Two mtimes that the replica cannot tell apart.
     pub fn same_mtime(&self, a: Timestamp, b: Timestamp) -> bool {
         if self.mtime_window_ns == 0 {

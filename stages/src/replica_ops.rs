@@ -95,6 +95,12 @@ pub enum OpError {
         expected: &'static str,
         found: &'static str,
     },
+    /// A new file's name is taken in the replica though the listing had no
+    /// entry there: the replica's filesystem takes it for another name
+    /// (case or Unicode folding the probe did not foresee), or something
+    /// made it meanwhile. Nothing is overwritten.
+    #[error("the replica already has an entry at this name (its filesystem may take it for another name); nothing was overwritten")]
+    Taken { path: RelPath },
 }
 
 impl OpError {
@@ -109,7 +115,7 @@ impl OpError {
             OpError::Root { source, .. } | OpError::Io { source, .. } => {
                 Errno::from_io_error(source)
             }
-            OpError::Kind { .. } => None,
+            OpError::Kind { .. } | OpError::Taken { .. } => None,
         }
     }
 }
@@ -275,23 +281,23 @@ impl ReplicaOps {
     /// Writes the source file at `path` to the replica, atomically. `meta`
     /// is the source as scanned; the file must still be that file.
     pub fn copy(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta)
+        self.write_file(path, meta, Into::New)
     }
 
     /// Like `copy`, over the replica file that is there (`Update`).
     pub fn update(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta)
+        self.write_file(path, meta, Into::Existing)
     }
 
-    fn write_file(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        match self.try_copy(path, meta) {
+    fn write_file(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<Copied, OpError> {
+        match self.try_copy(path, meta, into) {
             Ok((bytes, racy)) => Ok(Copied::Written { bytes, racy }),
             Err(Halt::Skip(reason)) => Ok(Copied::Skipped { reason }),
             Err(Halt::Fail(e)) => Err(e),
         }
     }
 
-    fn try_copy(&self, path: &RelPath, meta: &Meta) -> Result<(u64, bool), Halt> {
+    fn try_copy(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<(u64, bool), Halt> {
         let started = SystemTime::now();
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
@@ -303,7 +309,12 @@ impl ReplicaOps {
             copy_content(&src, &tmp_fd, expected).map_err(std_err("copy the content", path))?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
         let after_meta = meta_of(&after);
-        let racy = racy::is_racy(started, after_meta.mtime, after_meta.ctime);
+        let racy = racy::is_racy(
+            started,
+            after_meta.mtime,
+            after_meta.ctime,
+            self.fs.blind_span(),
+        );
         if !same_content_stamp(&before, &after) || bytes != after.st_size as u64 {
             // `temp` is dropped here, which removes it.
             return Err(Halt::Skip("changed while being copied".into()));
@@ -313,14 +324,23 @@ impl ReplicaOps {
         // between the scan and now.
         self.set_fd_meta(&tmp_fd, &after_meta, path)?;
         drop(tmp_fd);
+        if racy {
+            // Recorded before the copy takes its name: a run killed after
+            // the rename still leaves it to be rechecked.
+            racy::append(&self.replica, path, self.fsync)
+                .map_err(std_err("record the copy for a recheck", path))?;
+        }
         fail_point!("replica_ops::copy::before_rename");
         // A plain rename, also over an existing file: ext4 (`auto_da_alloc`)
         // then starts writing the new blocks before the rename can reach
         // the disk, so a power cut leaves the old content or the new one,
         // never an empty file (`tests/crash.rs`). A folder put at the path
         // meanwhile makes the rename fail: an error for this file, nothing
-        // lost.
-        self.replace(dir.as_fd(), temp, name, path)?;
+        // lost. A new file never replaces anything.
+        match into {
+            Into::New => self.place_new(dir.as_fd(), temp, name, path)?,
+            Into::Existing => self.replace(dir.as_fd(), temp, name, path)?,
+        }
         Ok((bytes, racy))
     }
 
@@ -545,6 +565,36 @@ impl ReplicaOps {
         self.sync_dir(dir, path)
     }
 
+    /// Renames the finished temporary to `name`, which must be free: the
+    /// listing had nothing there. Where the filesystem cannot refuse to
+    /// replace (`RENAME_NOREPLACE` unsupported), the name is looked up
+    /// first; one writer per replica (the lock) makes that enough.
+    fn place_new(
+        &self,
+        dir: BorrowedFd<'_>,
+        temp: Temp<'_>,
+        name: &[u8],
+        path: &RelPath,
+    ) -> Result<(), OpError> {
+        let taken = || OpError::Taken { path: path.clone() };
+        match rfs::renameat_with(dir, temp.name(), dir, name, rfs::RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return Err(taken()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(_) => return Err(taken()),
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(io_err("look up the name", path)(e)),
+                }
+                rfs::renameat(dir, temp.name(), dir, name)
+                    .map_err(io_err("rename into place", path))?;
+            }
+            Err(e) => return Err(io_err("rename into place", path)(e)),
+        }
+        temp.keep();
+        self.sync_dir(dir, path)
+    }
+
     fn sync_dir(&self, dir: BorrowedFd<'_>, path: &RelPath) -> Result<(), OpError> {
         if self.fsync {
             rfs::fsync(dir).map_err(io_err("fsync the folder", path))?;
@@ -653,6 +703,13 @@ fn read_tokens(dir: BorrowedFd<'_>) -> TempTokens {
         Ok(Some(bytes)) => TempTokens::parse(&bytes),
         Ok(None) | Err(_) => TempTokens::default(),
     }
+}
+
+/// Where a copy goes: a name the replica does not have, or over its file.
+#[derive(Clone, Copy)]
+enum Into {
+    New,
+    Existing,
 }
 
 /// A temporary in a replica folder, removed when dropped unless `keep`
@@ -962,8 +1019,16 @@ mod tests {
         fs::write(&outside, b"keep").unwrap();
         fs::write(tmp.path().join("src/f"), b"new").unwrap();
         symlink(&outside, tmp.path().join("dst/f")).unwrap();
-        let got = ops
+        // A new file's name is never taken over, link or not.
+        let err = ops
             .copy(&rel("f"), &lmeta(&tmp.path().join("src/f")))
+            .unwrap_err();
+        assert!(matches!(err, OpError::Taken { .. }), "{err}");
+        assert!(fs::symlink_metadata(tmp.path().join("dst/f"))
+            .unwrap()
+            .is_symlink());
+        let got = ops
+            .update(&rel("f"), &lmeta(&tmp.path().join("src/f")))
             .unwrap();
         assert!(matches!(got, Copied::Written { bytes: 3, .. }));
         assert_eq!(fs::read(&outside).unwrap(), b"keep");

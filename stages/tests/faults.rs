@@ -556,9 +556,18 @@ fn a_copy_taken_while_a_write_was_in_flight_is_repaired_at_the_next_tick() {
         fd.write_all_at(b"w", 0).unwrap();
         m.store(p as usize, Ordering::SeqCst);
     });
-    // The rest of the write lands once the copy is taken and checked.
+    // The rest of the write lands once the copy is taken and checked. By
+    // then the copy is already recorded for a recheck, before it takes its
+    // name: a run killed from here on still leaves it to be compared.
     let m = map.clone();
+    let recorded_first = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (seen, dst) = (recorded_first.clone(), t.dst.clone());
     once_at("replica_ops::copy::before_rename", move || {
+        let racy_now = racy::load(&Root::open(&dst).unwrap()).0;
+        seen.store(
+            racy_now.contains(&RelPath::from_str_lossy("f")),
+            Ordering::SeqCst,
+        );
         let p = m.load(Ordering::SeqCst) as *mut u8;
         for i in 0..SIZE {
             // SAFETY: inside the mapping, which the first callback made.
@@ -573,6 +582,10 @@ fn a_copy_taken_while_a_write_was_in_flight_is_repaired_at_the_next_tick() {
     fail::remove("replica_ops::copy::before_open_source");
     fail::remove("replica_ops::copy::before_rename");
     assert_eq!((out.counts.copy, out.errors), (1, 0), "{events:?}");
+    assert!(
+        recorded_first.load(Ordering::SeqCst),
+        "recorded before the rename"
+    );
     let before_tick = stamps(&f);
     // Torn: the replica holds a mix, and nothing in the metadata says so.
     assert_ne!(fs::read(t.dst.join("f")).unwrap(), fs::read(&f).unwrap());
