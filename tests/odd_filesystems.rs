@@ -138,7 +138,11 @@ fn exfat_names_that_differ_only_in_case_the_first_in_byte_order_wins_every_run()
     std::fs::rename(sb.s("NOTES/Todo.md"), sb.s("NOTES/TODO.MD")).unwrap();
     let run = sb.sync(&[]);
     run.expect_code(0);
-    assert!(run.changes().is_empty(), "{}", run.dump());
+    // The renames moved the folders' mtimes: a `meta` may follow, when
+    // they fell in another second than the replica's.
+    for verb in ["copy", "update", "delete", "mkdir", "rmdir"] {
+        assert!(run.entries(verb).is_empty(), "{}", run.dump());
+    }
 }
 
 #[test]

@@ -317,3 +317,67 @@ fn deletions_the_guard_withheld_stay_withheld_while_copies_arrive() {
     sb.sync(&[]).expect_code(0).no_errors();
     sb.assert_mirror();
 }
+
+// ---------------------------------------------------------------------------
+// Mount points inside the roots
+// ---------------------------------------------------------------------------
+
+#[test]
+fn another_filesystem_mounted_inside_the_replica_is_never_written_or_deleted() {
+    let sb = Sandbox::new();
+    file(&sb.src, "d/b", "would go into the mount\n");
+    file(&sb.src, "top", "top\n");
+    sb.sync(&[]).expect_code(0);
+    let victim = sb.path("victim");
+    file(&victim, "k1", "someone else's\n");
+    file(&victim, "sub/k2", "someone else's\n");
+    let before = state_of(&victim);
+    let _mount = match Mounted::bind(&victim, &sb.d("d")) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: a mount inside the replica: {why}");
+            return;
+        }
+    };
+    file(&sb.src, "d/c", "new\n");
+    for _ in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", "d");
+        assert!(
+            err.str("error").unwrap_or_default().contains("mounted"),
+            "{}",
+            run.dump()
+        );
+        assert!(run.entries("delete").is_empty(), "{}", run.dump());
+        assert_eq!(state_of(&victim), before, "{}", run.dump());
+    }
+}
+
+#[test]
+fn the_replica_mounted_inside_the_source_is_not_mirrored_into_itself() {
+    let sb = Sandbox::new();
+    file(&sb.src, "a", "a\n");
+    dir(&sb.src, "sub");
+    sb.sync(&[]).expect_code(0);
+    let _mount = match Mounted::bind(&sb.dst, &sb.s("sub")) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: the replica mounted inside the source: {why}");
+            return;
+        }
+    };
+    let before = state_of(&sb.dst);
+    for _ in 0..2 {
+        let run = sb.sync(&[]);
+        run.expect_code(3);
+        let err = run.get("error", "sub");
+        assert!(
+            err.str("error").unwrap_or_default().contains("replica"),
+            "{}",
+            run.dump()
+        );
+        assert!(run.changes().is_empty(), "{}", run.dump());
+        assert_eq!(state_of(&sb.dst), before);
+    }
+}

@@ -159,7 +159,8 @@ pub fn open_roots(
         // nothing for the whole run: whatever appears there is not it.
         Some(p) if p.replica.is_none() => None,
         _ => match open_root(replica, "replica", pinned.and_then(|p| p.replica)) {
-            Ok(root) => Some(root),
+            // Another filesystem mounted inside the replica is not its own.
+            Ok(root) => Some(root.on_its_filesystem()),
             Err(e) if e.missing && dry_run && pinned.is_none() => None,
             Err(e) => return Err(e.message),
         },

@@ -192,10 +192,12 @@ impl ReplicaOps {
             which: "source",
             source,
         })?;
-        let replica = Root::open(&opts.replica).map_err(|source| OpError::Root {
-            which: "replica",
-            source,
-        })?;
+        let replica = Root::open(&opts.replica)
+            .map_err(|source| OpError::Root {
+                which: "replica",
+                source,
+            })?
+            .on_its_filesystem();
         Ok(Self::over(source, replica, opts))
     }
 

@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Paths below stay on the root's own filesystem (the replica's: a
+    /// folder there that is another filesystem's mount point is not ours
+    /// to write into).
+    one_fs: bool,
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -44,6 +48,7 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            one_fs: false,
         })
     }
 
@@ -63,7 +68,20 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            one_fs: false,
         })
+    }
+
+    /// The same root, whose folders are opened only on its own filesystem:
+    /// a path through a mount point below it fails with `EXDEV`.
+    pub fn on_its_filesystem(mut self) -> Root {
+        self.one_fs = true;
+        self
+    }
+
+    /// Whether folders below are opened only on the root's filesystem.
+    pub fn one_fs(&self) -> bool {
+        self.one_fs
     }
 
     fn open_no_links_stepwise(path: &Path) -> io::Result<OwnedFd> {
@@ -91,6 +109,7 @@ impl Root {
         Ok(Root {
             fd: self.fd.try_clone()?,
             path: self.path.clone(),
+            one_fs: self.one_fs,
         })
     }
 
@@ -112,7 +131,13 @@ impl Root {
         if rel.is_root() {
             return Ok(rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?);
         }
-        match rfs::openat2(&self.fd, rel.as_bytes(), DIR_FLAGS, Mode::empty(), RESOLVE) {
+        match rfs::openat2(
+            &self.fd,
+            rel.as_bytes(),
+            DIR_FLAGS,
+            Mode::empty(),
+            self.resolve(),
+        ) {
             Ok(fd) => Ok(fd),
             // Longer than PATH_MAX: a few calls, each a piece that fits.
             Err(Errno::NAMETOOLONG) => match self.open_dir_in_pieces(rel) {
@@ -143,7 +168,13 @@ impl Root {
                 .peek()
                 .is_none_or(|next| piece.len() + 1 + next.len() > PIECE)
             {
-                fd = rfs::openat2(&fd, piece.as_slice(), DIR_FLAGS, Mode::empty(), RESOLVE)?;
+                fd = rfs::openat2(
+                    &fd,
+                    piece.as_slice(),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                    self.resolve(),
+                )?;
                 piece.clear();
             }
         }
@@ -152,10 +183,22 @@ impl Root {
 
     fn open_dir_stepwise(&self, rel: &RelPath) -> io::Result<OwnedFd> {
         let mut fd = rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty())?;
+        let dev = rfs::fstat(&fd)?.st_dev;
         for name in rel.components() {
             fd = rfs::openat(&fd, name, DIR_FLAGS, Mode::empty())?;
+            if self.one_fs && rfs::fstat(&fd)?.st_dev != dev {
+                return Err(Errno::XDEV.into());
+            }
         }
         Ok(fd)
+    }
+
+    fn resolve(&self) -> ResolveFlags {
+        if self.one_fs {
+            RESOLVE | ResolveFlags::NO_XDEV
+        } else {
+            RESOLVE
+        }
     }
 
     /// Opens the folder holding `rel` and returns it with `rel`'s last

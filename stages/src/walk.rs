@@ -24,7 +24,7 @@ use crate::root::{kind_of, meta_of, Root};
 use crate::rules::{read_ignore_file, Rules};
 use crate::stop::StopFlag;
 use rustix::fd::OwnedFd;
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, Stat};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags, Stat};
 use rustix::io::Errno;
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -53,6 +53,37 @@ pub struct WalkOptions<'a> {
 
 /// Whether a folder (source side when the flag is true) needs no listing.
 pub type KnownFolder<'a> = dyn Fn(&Entry, bool) -> bool + Sync + 'a;
+
+/// Source folders the walk does not enter: the replica root, or a folder
+/// above it, met again below the source (a bind mount), which would mirror
+/// the replica into itself. (On the replica side, a folder that is another
+/// mount is never entered either: `DirHandle::open_on_its_filesystem`.)
+#[derive(Debug, Default)]
+struct Fences {
+    /// The replica root and each folder above it, as (device, inode).
+    replica_and_above: Vec<(u64, u64)>,
+}
+
+impl Fences {
+    fn around(replica: Option<&Root>) -> Fences {
+        let Some(replica) = replica else {
+            return Fences::default();
+        };
+        let id = |st: &Stat| (st.st_dev, st.st_ino);
+        let mut replica_and_above: Vec<(u64, u64)> = replica.stat().iter().map(id).collect();
+        for above in replica.path().ancestors().skip(1) {
+            if let Ok(st) = rfs::stat(above) {
+                replica_and_above.push(id(&st));
+            }
+        }
+        Fences { replica_and_above }
+    }
+
+    /// A source folder that is the replica or holds it.
+    fn holds_replica(&self, st: &Stat) -> bool {
+        self.replica_and_above.contains(&(st.st_dev, st.st_ino))
+    }
+}
 
 /// Both listings, sorted, and the errors met on the way.
 #[derive(Debug, Default)]
@@ -83,7 +114,7 @@ pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> Wa
         inherited: Rules::none(),
         rel: root,
     };
-    run_jobs(vec![job], out, opts)
+    run_jobs(vec![job], out, opts, Fences::around(replica))
 }
 
 /// Lists the folders `folders` again on both sides, and below them only
@@ -152,7 +183,7 @@ pub fn walk_folders(
         };
         jobs.push(job);
     }
-    Ok(run_jobs(jobs, out, opts))
+    Ok(run_jobs(jobs, out, opts, Fences::around(replica)))
 }
 
 /// The rules in force in folders of the source, read from the root down
@@ -201,9 +232,10 @@ impl<'r> RuleChain<'r> {
     }
 }
 
-fn run_jobs(jobs: Vec<Job>, mut out: Output, opts: &WalkOptions<'_>) -> WalkResult {
+fn run_jobs(jobs: Vec<Job>, mut out: Output, opts: &WalkOptions<'_>, fences: Fences) -> WalkResult {
     let walker = Walker {
         opts,
+        fences,
         queue: Mutex::new(Queue {
             jobs,
             busy: 0,
@@ -274,6 +306,30 @@ impl DirHandle {
             DirHandle::Under(parent) => rfs::openat(&*parent, rel.name(), DIR_FLAGS, Mode::empty()),
         }
     }
+
+    /// `open`, failing with `EXDEV` where the folder is another mount (a
+    /// bind mount of the same filesystem included).
+    fn open_on_its_filesystem(self, rel: &RelPath) -> Result<OwnedFd, Errno> {
+        const SAME_MOUNT: ResolveFlags = ResolveFlags::NO_XDEV
+            .union(ResolveFlags::NO_SYMLINKS)
+            .union(ResolveFlags::BENEATH);
+        match self {
+            DirHandle::Open(fd) => Ok(fd),
+            DirHandle::Under(parent) => {
+                let name = rel.name();
+                match rfs::openat2(&*parent, name, DIR_FLAGS, Mode::empty(), SAME_MOUNT) {
+                    Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
+                        let fd = rfs::openat(&*parent, name, DIR_FLAGS, Mode::empty())?;
+                        if rfs::fstat(&fd)?.st_dev != rfs::fstat(&*parent)?.st_dev {
+                            return Err(Errno::XDEV);
+                        }
+                        Ok(fd)
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
 }
 
 /// One folder to list, on either side or both.
@@ -311,6 +367,7 @@ struct Queue {
 
 struct Walker<'a> {
     opts: &'a WalkOptions<'a>,
+    fences: Fences,
     queue: Mutex<Queue>,
     ready: Condvar,
 }
@@ -716,8 +773,19 @@ impl<'w, 'a> Worker<'w, 'a> {
                 (false, Some(rules)) => ReplicaRules::Source(rules),
                 (false, None) => ReplicaRules::Own(inherited.clone()),
             };
-            match handle.open(&rel) {
+            match handle.open_on_its_filesystem(&rel) {
                 Ok(fd) => rep = self.list_replica(fd, &rel, rules, &hidden),
+                // Listed by its parent, never entered: nothing below it is
+                // deleted, and the Applier's paths stop at it too.
+                Err(Errno::XDEV) => {
+                    self.out.log_error(
+                        Side::Replica,
+                        &rel,
+                        "scan",
+                        "another filesystem is mounted here: nothing below it is written or deleted",
+                    );
+                    self.out.listing(Side::Replica).incomplete.push(rel.clone());
+                }
                 Err(e) => self
                     .out
                     .folder_failed(Side::Replica, &rel, "cannot open folder", e),
@@ -758,6 +826,18 @@ impl<'w, 'a> Worker<'w, 'a> {
         for raw in raws.drain(..) {
             let is_dir = raw.is_dir();
             if is_hidden(hidden, &raw.path) || rules.is_excluded(&raw.path, is_dir) {
+                continue;
+            }
+            if is_dir && self.walker.fences.holds_replica(&raw.stat) {
+                // Left out, and its folder incomplete: the replica's copy of
+                // what was mirrored here is kept.
+                self.out.log_error(
+                    Side::Source,
+                    &raw.path,
+                    "scan",
+                    "this folder is the replica, or holds it (a mount): left out, or the replica would be mirrored into itself",
+                );
+                self.out.listing(Side::Source).incomplete.push(rel.clone());
                 continue;
             }
             let Some(entry) = self.entry(&fd, rel, raw, false, Side::Source) else {
