@@ -116,10 +116,7 @@ fn log_fatal(log: &LogConfig, msg: &dyn std::fmt::Display) {
         std::time::SystemTime::now(),
         &LogEvent::error(None, "start", msg),
     );
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log.file);
+    let file = treesync_stages::logger::open_log_file(&log.file);
     if let Ok(mut f) = file {
         let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
     }

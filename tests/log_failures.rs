@@ -88,3 +88,79 @@ fn an_interval_run_with_a_full_log_disk_goes_on_and_exits_3() {
         "reported once while it keeps failing: {stderr}"
     );
 }
+
+#[test]
+fn a_fifo_as_the_log_file_is_refused_at_once_and_never_hangs() {
+    let sb = Sandbox::new();
+    file(&sb.src, "a.txt", "a\n");
+    let log = fifo(sb.root(), "log.fifo");
+    let run = sb.run_raw(&[
+        "--once".as_ref(),
+        "--log-file".as_ref(),
+        log.as_os_str(),
+        sb.src.as_os_str(),
+        sb.dst.as_os_str(),
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+}
+
+#[test]
+fn a_line_cut_short_by_a_full_disk_never_runs_into_the_next() {
+    let sb = Sandbox::new();
+    let disk = match Mounted::tmpfs(&sb.path("logfs"), "16k") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: a full log disk: {why}");
+            return;
+        }
+    };
+    for i in 0..80 {
+        file(&sb.src, format!("f{i:02}"), "x\n");
+    }
+    // One page of room (tmpfs counts pages): the line that crosses its end
+    // is cut short.
+    let filler = disk.dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 12 * 1024]).unwrap();
+    let log = disk.dir.join("treesync.log");
+    let mut child = Command::new(bin())
+        .args(["--log-format", "json", "--log-file"])
+        .arg(&log)
+        .arg(&sb.src)
+        .arg(&sb.dst)
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn treesync");
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < DEADLINE, "{what} did not happen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("the first sync", &|| exists(&sb.d("f79")));
+    // Room again: the lines of the next syncs are written.
+    std::fs::remove_file(&filler).unwrap();
+    file(&sb.src, "later", "y\n");
+    until("a line after the room came back", &|| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"later\""))
+    });
+    signal(child.id(), "TERM");
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        assert!(
+            line.matches("\"ts\":").count() <= 1,
+            "two entries on one line: {line}"
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["path"] == "later")),
+        "{text}"
+    );
+}

@@ -27,6 +27,7 @@ use actix::{Actor, AsyncContext, Context, Handler, SpawnHandle};
 use slog::{BorrowedKV, Drain, Never, OwnedKVList, Record, RecordLocation, RecordStatic, KV};
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
 use slog_term::{FullFormat, TermDecorator};
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -52,6 +53,39 @@ pub struct LogConfig {
     pub terminal: Verbosity,
     /// A progress bar for long syncs, if standard error is a terminal.
     pub progress: bool,
+}
+
+/// Opens the log file for appending, creating it if missing. It must be a
+/// regular file or a character device (`/dev/null`, a terminal): a fifo
+/// would block the open, and later every line, until someone read it.
+pub fn open_log_file(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let not_a_file = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a fifo or a socket would hold up the sync)",
+        )
+    };
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        // A fifo without a reader.
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) {
+                not_a_file()
+            } else {
+                e
+            }
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !(kind.is_file() || kind.is_char_device()) {
+        return Err(not_a_file());
+    }
+    // Writes to a regular file never block; the flag goes all the same.
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::APPEND)?;
+    Ok(file)
 }
 
 /// Entries queued per drain before a sender waits. Large enough that a
@@ -92,10 +126,7 @@ impl Logger {
     /// adds the path.
     pub fn open(cfg: &LogConfig) -> io::Result<Logger> {
         let progress = Progress::on_stderr(cfg.progress);
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&cfg.file)?;
+        let file = open_log_file(&cfg.file)?;
         let file = Arc::new(FileDrain::new(file, progress.above()));
         Ok(Logger {
             format: cfg.format,
@@ -326,6 +357,8 @@ struct FileDrain {
     failed: AtomicBool,
     /// Lines not written.
     lost: AtomicU64,
+    /// The last write stopped inside a line.
+    torn: AtomicBool,
     /// The report goes to standard error, above the progress bar.
     above: Above,
 }
@@ -336,6 +369,7 @@ impl FileDrain {
             file,
             failed: AtomicBool::new(false),
             lost: AtomicU64::new(0),
+            torn: AtomicBool::new(false),
             above,
         }
     }
@@ -358,11 +392,45 @@ impl Drain for FileDrain {
     type Err = Never;
 
     fn log(&self, record: &Record, _values: &OwnedKVList) -> Result<(), Never> {
-        let mut line = record.msg().to_string();
+        // A line cut short by a failed write is ended before the next one,
+        // so that one operation stays one line.
+        let mut line = if self.torn.load(Ordering::Relaxed) {
+            String::from("\n")
+        } else {
+            String::new()
+        };
+        write!(line, "{}", record.msg()).expect("formatting into a String");
         line.push('\n');
-        match (&self.file).write_all(line.as_bytes()) {
-            Ok(()) => self.failed.store(false, Ordering::Relaxed),
+        match self.write_line(line.as_bytes()) {
+            Ok(()) => {
+                self.torn.store(false, Ordering::Relaxed);
+                self.failed.store(false, Ordering::Relaxed);
+            }
             Err(err) => self.report(&err),
+        }
+        Ok(())
+    }
+}
+
+impl FileDrain {
+    /// `write_all`, noting a line left half written.
+    fn write_line(&self, mut bytes: &[u8]) -> io::Result<()> {
+        let mut started = false;
+        while !bytes.is_empty() {
+            match (&self.file).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    started = true;
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if started {
+                        self.torn.store(true, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
