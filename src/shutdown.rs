@@ -5,6 +5,7 @@
 //! flight and start nothing new) and the Scheduler is told to start no new
 //! tick; once it answers `TicksOver`, the run ends. Second signal: exit at
 //! once with 130 (temporaries left behind are removed by the next run).
+//! A hang-up (SIGHUP: a closed terminal) does not stop the run.
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
 use tokio::signal::unix::{signal, SignalKind};
@@ -70,6 +71,23 @@ impl Actor for ShutdownCoordinator {
                 }
                 Err(e) => eprintln!("treesync: cannot watch for {name} signals: {e}"),
             }
+        }
+        // A hang-up (a closed terminal or ssh session) must not end a
+        // mirror in the middle of a file: it is noted and the run goes on.
+        let terminal = self.terminal.clone();
+        match signal(SignalKind::hangup()) {
+            Ok(mut stream) => {
+                actix::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        terminal.write(|| {
+                            eprintln!(
+                                "treesync: hang-up signal: the run goes on (Ctrl+C or SIGTERM stops it)"
+                            )
+                        });
+                    }
+                });
+            }
+            Err(e) => eprintln!("treesync: cannot watch for hang-up signals: {e}"),
         }
     }
 }

@@ -114,6 +114,22 @@ fn sigterm_stops_an_interval_run_with_status_zero() {
 }
 
 #[test]
+fn a_hang_up_does_not_end_an_interval_run() {
+    let sb = Sandbox::new();
+    small_tree(&sb);
+    let mut r = sb.spawn_interval("1", &[]);
+    r.wait_ticks(1);
+    r.signal("HUP");
+    file(&sb.src, "after-hangup.txt", "still mirrored\n");
+    r.wait_fresh_tick();
+    assert!(r.is_running(), "a hang-up ended the run");
+    let run = r.stop("TERM");
+    run.expect_code(0);
+    assert!(run.stderr.contains("hang-up signal"), "{}", run.dump());
+    sb.assert_mirror();
+}
+
+#[test]
 fn watched_ticks_report_their_mode() {
     let sb = Sandbox::new();
     small_tree(&sb);
