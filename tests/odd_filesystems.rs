@@ -258,3 +258,29 @@ fn a_rewrite_within_the_replicas_second_is_still_mirrored() {
     assert!(run.has("update", "f"), "{}", run.dump());
     assert_eq!(read(&sb.d("f")), b"version-2\n");
 }
+
+#[test]
+fn checksum_reads_a_source_whose_filesystem_can_put_its_ctime_back() {
+    // exFAT through FUSE reports ctime = mtime: a writer that puts the old
+    // mtime back leaves the digest cache's key unchanged.
+    let mut sb = Sandbox::new();
+    let m = match Mounted::image(&sb.path("disk"), Image::Exfat, 64) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: exFAT source: {why}");
+            return;
+        }
+    };
+    sb.src = m.dir.join("src");
+    file(&sb.src, "f", "content-AAAA\n");
+    set_mtime(&sb.s("f"), (1_700_000_000, 0));
+    for _ in 0..2 {
+        sb.sync(&["--checksum"]).expect_code(0);
+    }
+    std::fs::write(sb.s("f"), "content-BBBB\n").unwrap();
+    set_mtime(&sb.s("f"), (1_700_000_000, 0));
+    let run = sb.sync(&["--checksum"]);
+    run.expect_code(0);
+    assert!(run.has("update", "f"), "{}", run.dump());
+    assert_eq!(read(&sb.d("f")), b"content-BBBB\n");
+}

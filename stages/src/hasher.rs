@@ -111,14 +111,17 @@ pub fn compare_all(
         events.push(LogEvent::op(Verb::Detail("compare"), path).with_str("content", why));
     };
     let mut misses = Vec::new();
+    let trusted = (
+        ctime_moves_on_write(sides.source_root),
+        ctime_moves_on_write(sides.replica_root),
+    );
     {
         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
         for p in pairs {
             let (s, r) = sides.pair(p);
-            match (
-                c.get(&CacheKey::from(&s.meta), tick),
-                c.get(&CacheKey::from(&r.meta), tick),
-            ) {
+            let mut lookup =
+                |meta, trust: bool| trust.then(|| c.get(&CacheKey::from(meta), tick)).flatten();
+            match (lookup(&s.meta, trusted.0), lookup(&r.meta, trusted.1)) {
                 (Some(a), Some(b)) => {
                     if a == b {
                         same.mark(p.source);
@@ -168,6 +171,25 @@ pub fn compare_all(
         }
     }
     (same, events)
+}
+
+/// Whether a root's filesystem moves a file's ctime at every write, which
+/// the digest cache relies on (a cached digest is reused only while the
+/// file's identity, size, mtime and ctime are unchanged). FUSE and the
+/// FAT, exFAT, NTFS and SMB families may report a ctime that a writer can
+/// put back with the mtime: their files are always read.
+fn ctime_moves_on_write(root: &Root) -> bool {
+    const FUSE: u64 = 0x6573_5546;
+    const MSDOS: u64 = 0x4d44;
+    const EXFAT: u64 = 0x2011_bab0;
+    const NTFS: u64 = 0x5346_544e;
+    const NTFS3: u64 = 0x7366_746e;
+    const CIFS: u64 = 0xff53_4d42;
+    const SMB2: u64 = 0xfe53_4d42;
+    match rustix::fs::fstatfs(root.fd()) {
+        Ok(fs) => ![FUSE, MSDOS, EXFAT, NTFS, NTFS3, CIFS, SMB2].contains(&(fs.f_type as u64)),
+        Err(_) => false,
+    }
 }
 
 impl Sides<'_> {
