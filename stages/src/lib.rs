@@ -23,6 +23,7 @@ pub mod root;
 pub mod rules;
 pub mod scanner;
 pub mod scheduler;
+pub mod stage;
 pub mod state;
 pub mod stop;
 #[cfg(test)]
