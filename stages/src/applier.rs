@@ -15,7 +15,9 @@
 //! a plain function, for tests and for callers without actix.
 
 use crate::identity::Roots;
-use crate::messages::{Counts, Done, LogEvent, LogValue, PlanMade, TickCx, TickOutcome, Verb};
+use crate::messages::{
+    Counts, Done, Fact, LogEvent, LogValue, OpDone, PlanMade, TickCx, TickOutcome, Verb,
+};
 use crate::options::SyncOptions;
 use crate::plan::{GuardTrip, Op, Phase, Plan, RootIds};
 use crate::relpath::RelPath;
@@ -211,8 +213,8 @@ impl Tally {
         if !self.counts.add(event.verb) && event.verb == Verb::Error {
             self.errors += 1;
         }
-        if let Some(LogValue::U64(n)) = event.field("bytes") {
-            self.bytes += n;
+        if let Some(Fact::OpDone(done)) = event.fact {
+            self.bytes += done.bytes;
         }
     }
 
@@ -294,7 +296,13 @@ impl Run<'_> {
         let event = match result {
             Ok(Some(event)) => event,
             Ok(None) => return,
-            Err(e) => LogEvent::error(Some(op.path()), op_name(op), e),
+            Err(e) => {
+                LogEvent::error(Some(op.path()), op_name(op), e).with_fact(Fact::OpDone(OpDone {
+                    verb: Verb::Error,
+                    write: writes(op),
+                    bytes: 0,
+                }))
+            }
         };
         let failed = matches!(event.verb, Verb::Error | Verb::Skip);
         if failed && op.phase() != Phase::Report {
@@ -406,7 +414,17 @@ fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
         Op::FinishDir { changed: true, .. } => LogEvent::op(Verb::Meta, path),
         Op::FinishDir { changed: false, .. } => return None,
     };
-    Some(event)
+    let done = OpDone {
+        verb: event.verb,
+        write: writes(op),
+        bytes: bytes.unwrap_or(0),
+    };
+    Some(event.with_fact(Fact::OpDone(done)))
+}
+
+/// The operation writes a file's content.
+fn writes(op: &Op) -> bool {
+    matches!(op, Op::Copy { .. } | Op::Update { .. })
 }
 
 /// The `op` key of an `error` entry: the verb the operation would have

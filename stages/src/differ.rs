@@ -11,7 +11,7 @@
 //! that was not fully listed, never touch excluded entries unless asked,
 //! and are withheld as a whole when they exceed `--max-delete`.
 
-use crate::messages::{LogEvent, PlanMade, TickCx, TreesHashed};
+use crate::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::model::{
     run_token, Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
@@ -615,6 +615,10 @@ impl Stage for Differ {
             .fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
         self.log.do_send(
             LogEvent::new(crate::messages::Verb::Detail("plan"), None)
+                .with_fact(Fact::PlanReady {
+                    files: copies,
+                    bytes,
+                })
                 .with_u64("ops", plan.ops.len() as u64)
                 .with_u64("copies", copies)
                 .with_u64("bytes", bytes)

@@ -519,6 +519,31 @@ pub struct LogEvent {
     pub fields: Vec<(&'static str, LogValue)>,
     /// Logged by `--dry-run`: planned, not done.
     pub dry_run: bool,
+    /// What the entry tells in typed form, for those that count rather
+    /// than print (the progress bar, the Applier's tally).
+    pub fact: Option<Fact>,
+}
+
+/// Facts that travel with a log entry as typed values: the entry's text is
+/// written from them, never parsed back into them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// The Differ's plan: the files it copies or updates, and their size.
+    PlanReady { files: u64, bytes: u64 },
+    /// One operation of the plan is over.
+    OpDone(OpDone),
+}
+
+/// What one operation came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpDone {
+    /// The verb logged: the operation's own, or `skip`, or `error`.
+    pub verb: Verb,
+    /// The operation writes a file's content (`copy`, `update`), whether
+    /// it succeeded or not.
+    pub write: bool,
+    /// Bytes written.
+    pub bytes: u64,
 }
 
 impl LogEvent {
@@ -528,6 +553,7 @@ impl LogEvent {
             path,
             fields: Vec::new(),
             dry_run: false,
+            fact: None,
         }
     }
 
@@ -556,6 +582,11 @@ impl LogEvent {
         self.with(key, LogValue::U64(value))
     }
 
+    pub fn with_fact(mut self, fact: Fact) -> Self {
+        self.fact = Some(fact);
+        self
+    }
+
     pub fn dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
@@ -567,5 +598,43 @@ impl LogEvent {
 
     pub fn field(&self, key: &str) -> Option<&LogValue> {
         self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_entry_takes_the_stages_counts_and_a_new_verb_its_level() {
+        let mut cx = TickCx::new(4);
+        cx.scan = Some(ScanMode {
+            full: false,
+            rescanned: 2,
+        });
+        cx.errors = 1;
+        cx.count("backup", 2);
+        let mut outcome = TickOutcome::default();
+        outcome.counts.add(Verb::Copy);
+        outcome.bytes = 10;
+        cx.count("backup", 1);
+        cx.settle(&mut outcome);
+        assert_eq!(
+            (outcome.errors, outcome.tallies.get("backup")),
+            (1, Some(3))
+        );
+        let ev = outcome.summary(&cx, Duration::from_millis(7));
+        let keys: Vec<String> = ev.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            keys.join(" "),
+            "seq=4 mkdir=0 copy=1 update=0 meta=0 symlink=0 delete=0 rmdir=0 skip=0 warn=0 \
+             backup=3 bytes=10 errors=1 elapsed_ms=7 mode=incremental rescanned=2"
+        );
+        let backup = Verb::Other {
+            name: "backup",
+            level: Level::Info,
+        };
+        assert_eq!((backup.as_str(), backup.level()), ("backup", Level::Info));
+        assert!(!Counts::default().add(backup));
     }
 }
