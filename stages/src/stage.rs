@@ -239,6 +239,15 @@ impl<First: Send + 'static, Last: Send + 'static> Pipeline<First, Last> {
             self
         }
     }
+
+    /// Adds `stage` if there is one: an optional stage built from an
+    /// option (`config.x.map(Stage::new)`).
+    pub fn then_some<S: Stage<In = Last, Out = Last>>(self, stage: Option<S>) -> Self {
+        match stage {
+            Some(stage) => self.then(stage),
+            None => self,
+        }
+    }
 }
 
 impl<First: Send + 'static> Pipeline<First, Done> {
@@ -334,6 +343,7 @@ mod tests {
             .then(Double)
             .then(sink)
             .then_if(tail, || Tail)
+            .then_some(None::<Tail>)
             .end(end.recipient());
         (start, ended, logged, seen)
     }
