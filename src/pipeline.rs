@@ -12,6 +12,7 @@ use treesync_stages::differ::Differ;
 use treesync_stages::hasher::Hasher;
 use treesync_stages::logger::Logger;
 use treesync_stages::messages::{FlushLog, LogEvent, LogHealth, Verb};
+use treesync_stages::on_tick::OnTick;
 use treesync_stages::scanner::Scanner;
 use treesync_stages::scheduler::Scheduler;
 use treesync_stages::stage::Pipeline;
@@ -42,6 +43,9 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
         .then(Hasher::new(opts.clone(), log.clone().recipient()))
         .then(Differ::new(opts.clone(), log.clone().recipient()))
         .then(Applier::new(opts.clone(), log.clone().recipient()))
+        .then_some(config.on_tick.map(|(cmd, t)| {
+            OnTick::new(cmd, opts.dry_run, log.clone().recipient()).with_timeout(t)
+        }))
         .end(scheduler.clone().recipient());
     let (done_tx, done_rx) = oneshot::channel();
     let coordinator =

@@ -12,6 +12,7 @@ pub mod log_format;
 pub mod logger;
 pub mod messages;
 pub mod model;
+pub mod on_tick;
 pub mod options;
 pub mod plan;
 pub mod progress;
