@@ -104,6 +104,16 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_interval)]
     pub rescan: Duration,
 
+    /// After each sync, run CMD with `sh -c`: the sync's summary (the `tick`
+    /// log entry's keys) as one JSON object on its standard input, and
+    /// TREESYNC_SEQ, TREESYNC_ERRORS and TREESYNC_EXIT (the exit status of
+    /// that sync alone) in its environment. A failure or a run past 60 s
+    /// (the command is then killed) is a warning; the sync goes on.
+    #[arg(long, value_name = "CMD")]
+    pub on_tick: Option<String>,
+    /// How long the --on-tick command may run (for tests).
+    #[arg(long, hide = true, default_value = "60", value_parser = parse_interval)]
+    pub on_tick_timeout: Duration,
     /// Parallel workers for walking, hashing and copying [default: cores].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,

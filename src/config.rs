@@ -22,6 +22,8 @@ pub struct Config {
     pub interval: Option<Duration>,
     /// Full rescan period in watch mode.
     pub rescan: Duration,
+    /// `--on-tick`: the command run after each tick, and its time-out.
+    pub on_tick: Option<(String, Duration)>,
     /// The replica root does not exist yet (it is created unless dry run).
     pub replica_missing: bool,
 }
@@ -140,6 +142,7 @@ impl Config {
             log,
             interval: if cli.once { None } else { cli.interval },
             rescan: cli.rescan,
+            on_tick: cli.on_tick.map(|cmd| (cmd, cli.on_tick_timeout)),
             replica_missing,
         })
     }

@@ -1,5 +1,6 @@
 //! Assembles the stages into the pipeline, runs it to its end and turns the
-//! outcome into an exit status. The only place that names concrete stages.
+//! outcome into an exit status. The only place that names concrete stages:
+//! the stage list below reads in the order data flows.
 
 use crate::config::Config;
 use crate::shutdown::{RunEnd, ShutdownCoordinator};
@@ -10,20 +11,15 @@ use treesync_stages::applier::Applier;
 use treesync_stages::differ::Differ;
 use treesync_stages::hasher::Hasher;
 use treesync_stages::logger::Logger;
-use treesync_stages::messages::{FlushLog, LogEvent, LogHealth, TickOutcome, Verb};
+use treesync_stages::messages::{FlushLog, LogEvent, LogHealth, Verb};
+use treesync_stages::on_tick::OnTick;
 use treesync_stages::scanner::Scanner;
 use treesync_stages::scheduler::Scheduler;
+use treesync_stages::stage::Pipeline;
 use treesync_stages::stop::StopFlag;
 use treesync_stages::watcher::Watcher;
 
-/// Exit statuses of the command-line contract.
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const FATAL: i32 = 1;
-    pub const FAILED_OPS: i32 = 3;
-    pub const GUARD: i32 = 4;
-    pub const INTERRUPTED: i32 = 130;
-}
+pub use treesync_stages::messages::exit;
 
 /// Runs the pipeline until the sync (or the stop) is over; returns the
 /// exit status.
@@ -42,36 +38,22 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
     // address exists before the stages that need it are started.
     let scheduler_ctx = Context::<Scheduler>::new();
     let scheduler = scheduler_ctx.address();
-    let applier = Applier::new(
-        opts.clone(),
-        scheduler.clone().recipient(),
-        log.clone().recipient(),
-        stop.clone(),
-    )
-    .start();
-    let differ = Differ::new(opts.clone(), applier.recipient(), log.clone().recipient()).start();
-    let hasher = Hasher::new(
-        opts.clone(),
-        differ.recipient(),
-        log.clone().recipient(),
-        stop.clone(),
-    )
-    .start();
-    let scanner = Scanner::new(
-        opts.clone(),
-        hasher.recipient(),
-        scheduler.clone().recipient(),
-        log.clone().recipient(),
-        stop.clone(),
-    )
-    .start();
+    let first = Pipeline::new(log.clone().recipient(), stop.clone())
+        .then(Scanner::new(opts.clone(), log.clone().recipient()))
+        .then(Hasher::new(opts.clone(), log.clone().recipient()))
+        .then(Differ::new(opts.clone(), log.clone().recipient()))
+        .then(Applier::new(opts.clone(), log.clone().recipient()))
+        .then_some(config.on_tick.map(|(cmd, t)| {
+            OnTick::new(cmd, opts.dry_run, log.clone().recipient()).with_timeout(t)
+        }))
+        .end(scheduler.clone().recipient());
     let (done_tx, done_rx) = oneshot::channel();
     let coordinator =
         ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx, terminal).start();
     let mut schedule = Scheduler::new(
         config.interval,
         opts.dry_run,
-        scanner.recipient(),
+        first,
         coordinator.recipient(),
         log.clone().recipient(),
     );
@@ -126,26 +108,13 @@ pub fn exit_status(once: bool, end: &RunEnd) -> i32 {
     if !once {
         return exit::OK;
     }
-    once_status(last)
-}
-
-fn once_status(o: &TickOutcome) -> i32 {
-    if o.aborted.is_some() {
-        exit::FATAL
-    } else if o.interrupted {
-        exit::INTERRUPTED
-    } else if o.guard_tripped {
-        exit::GUARD
-    } else if o.errors > 0 {
-        exit::FAILED_OPS
-    } else {
-        exit::OK
-    }
+    last.once_status()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use treesync_stages::messages::TickOutcome;
 
     fn end(o: TickOutcome) -> RunEnd {
         RunEnd {

@@ -1,8 +1,7 @@
 //! Applier: takes `PlanMade`, carries out the plan on the replica, logs
-//! every operation and sends `TickFinished` with the tick's outcome.
+//! every operation and ends the tick with its outcome.
 //!
-//! The work runs in a blocking task, off the async threads; the handler
-//! only starts it and forwards the result. The plan runs phase by phase
+//! A `Stage`: the work runs on a blocking thread, off the async threads. The plan runs phase by phase
 //! (`Op::phase`), each phase completing before the next: reports, then
 //! deletions (children first), folders (parents first), files and links
 //! (in parallel over `jobs` threads, since they are independent), and last
@@ -16,75 +15,42 @@
 //! a plain function, for tests and for callers without actix.
 
 use crate::identity::Roots;
-use crate::messages::{Counts, LogEvent, LogValue, PlanMade, TickFinished, TickOutcome, Verb};
+use crate::messages::{
+    Counts, Done, Fact, LogEvent, LogValue, OpDone, PlanMade, TickCx, TickOutcome, Verb,
+};
 use crate::options::SyncOptions;
 use crate::plan::{GuardTrip, Op, Phase, Plan, RootIds};
 use crate::relpath::RelPath;
 use crate::replica_ops::{fail_point, Copied, OpError, ReplicaOps};
+use crate::stage::{Flow, Stage};
 use crate::stop::StopFlag;
-use actix::{Actor, Context, Handler, Recipient};
+use actix::Recipient;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct Applier {
     opts: Arc<SyncOptions>,
-    done: Recipient<TickFinished>,
     log: Recipient<LogEvent>,
-    stop: StopFlag,
 }
 
 impl Applier {
-    pub fn new(
-        opts: Arc<SyncOptions>,
-        done: Recipient<TickFinished>,
-        log: Recipient<LogEvent>,
-        stop: StopFlag,
-    ) -> Self {
-        Applier {
-            opts,
-            done,
-            log,
-            stop,
-        }
+    pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
+        Applier { opts, log }
     }
 }
 
-impl Actor for Applier {
-    type Context = Context<Self>;
-}
+impl Stage for Applier {
+    type In = PlanMade;
+    type Out = Done;
 
-impl Handler<PlanMade> for Applier {
-    type Result = ();
+    fn name(&self) -> &'static str {
+        "apply"
+    }
 
-    fn handle(&mut self, msg: PlanMade, _ctx: &mut Context<Self>) {
-        let PlanMade {
-            tick,
-            plan,
-            errors,
-            roots,
-        } = msg;
-        let (opts, stop, log) = (self.opts.clone(), self.stop.clone(), self.log.clone());
-        let work = actix_rt::task::spawn_blocking(move || {
-            let send = |event: LogEvent| log.do_send(event);
-            apply_in(&plan, &opts, Some(&roots), &stop, &send)
-        });
-        let (done, log) = (self.done.clone(), self.log.clone());
-        actix::spawn(async move {
-            let mut outcome = match work.await {
-                Ok(outcome) => outcome,
-                // A panic in the work: the tick's state is unknown, so it
-                // is reported as failed rather than lost.
-                Err(e) => {
-                    log.do_send(LogEvent::error(None, "apply", e));
-                    TickOutcome {
-                        errors: 1,
-                        ..TickOutcome::default()
-                    }
-                }
-            };
-            outcome.errors += errors;
-            done.do_send(TickFinished { tick, outcome });
-        });
+    fn run(&mut self, msg: PlanMade, cx: &mut TickCx) -> Flow<Done> {
+        let send = |event: LogEvent| self.log.do_send(event);
+        let outcome = apply_in(&msg.plan, &self.opts, Some(&msg.roots), cx.stop(), &send);
+        Flow::End(outcome)
     }
 }
 
@@ -161,6 +127,7 @@ pub fn apply_in(
         unapplied,
         idle: false,
         retry: tally.retry,
+        tallies: Default::default(),
     }
 }
 
@@ -243,36 +210,16 @@ struct Tally {
 impl Tally {
     /// Counts a logged event by its verb.
     fn count(&mut self, event: &LogEvent) {
-        let c = &mut self.counts;
-        match event.verb {
-            Verb::Mkdir => c.mkdir += 1,
-            Verb::Copy => c.copy += 1,
-            Verb::Update => c.update += 1,
-            Verb::Meta => c.meta += 1,
-            Verb::Symlink => c.symlink += 1,
-            Verb::Delete => c.delete += 1,
-            Verb::Rmdir => c.rmdir += 1,
-            Verb::Skip => c.skip += 1,
-            Verb::Warn => c.warn += 1,
-            Verb::Error => self.errors += 1,
-            Verb::Tick | Verb::Detail(_) => {}
+        if !self.counts.add(event.verb) && event.verb == Verb::Error {
+            self.errors += 1;
         }
-        if let Some(LogValue::U64(n)) = event.field("bytes") {
-            self.bytes += n;
+        if let Some(Fact::OpDone(done)) = event.fact {
+            self.bytes += done.bytes;
         }
     }
 
     fn merge(&mut self, other: Tally) {
-        let (c, o) = (&mut self.counts, other.counts);
-        c.mkdir += o.mkdir;
-        c.copy += o.copy;
-        c.update += o.update;
-        c.meta += o.meta;
-        c.symlink += o.symlink;
-        c.delete += o.delete;
-        c.rmdir += o.rmdir;
-        c.skip += o.skip;
-        c.warn += o.warn;
+        self.counts.merge(&other.counts);
         self.bytes += other.bytes;
         self.errors += other.errors;
         self.retry.extend(other.retry);
@@ -349,7 +296,13 @@ impl Run<'_> {
         let event = match result {
             Ok(Some(event)) => event,
             Ok(None) => return,
-            Err(e) => LogEvent::error(Some(op.path()), op_name(op), e),
+            Err(e) => {
+                LogEvent::error(Some(op.path()), op_name(op), e).with_fact(Fact::OpDone(OpDone {
+                    verb: Verb::Error,
+                    write: writes(op),
+                    bytes: 0,
+                }))
+            }
         };
         let failed = matches!(event.verb, Verb::Error | Verb::Skip);
         if failed && op.phase() != Phase::Report {
@@ -461,7 +414,17 @@ fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
         Op::FinishDir { changed: true, .. } => LogEvent::op(Verb::Meta, path),
         Op::FinishDir { changed: false, .. } => return None,
     };
-    Some(event)
+    let done = OpDone {
+        verb: event.verb,
+        write: writes(op),
+        bytes: bytes.unwrap_or(0),
+    };
+    Some(event.with_fact(Fact::OpDone(done)))
+}
+
+/// The operation writes a file's content.
+fn writes(op: &Op) -> bool {
+    matches!(op, Op::Copy { .. } | Op::Update { .. })
 }
 
 /// The `op` key of an `error` entry: the verb the operation would have
@@ -484,12 +447,12 @@ fn op_name(op: &Op) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::TickInfo;
     use crate::model::{Meta, TEMP_PREFIX};
     use crate::options::MaxDelete;
     use crate::relpath::RelPath;
     use crate::root::meta_of;
     use crate::testing::{wait_until, Collector};
+    use actix::Actor;
     use filetime::FileTime;
     use std::fs;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -1188,32 +1151,33 @@ mod tests {
     async fn applier_actor_applies_and_reports_the_tick() {
         let t = trees();
         let m = source_file(&t.src.join("f"), b"abc", 0o644, (1, 0));
-        let (done, finished) = Collector::<TickFinished>::start();
         let (log, logged) = Collector::<LogEvent>::start();
-        let applier = Applier::new(
-            Arc::new(t.opts.clone()),
+        let applier = Applier::new(Arc::new(t.opts.clone()), log.clone().recipient());
+        let (done, finished) = Collector::<crate::messages::TickFinished>::start();
+        let applier = crate::stage::StageActor::new(
+            applier,
+            None,
             done.recipient(),
             log.recipient(),
             StopFlag::new(),
         )
         .start();
-        let tick = TickInfo {
-            seq: 7,
-            started: std::time::Instant::now(),
-        };
+        let mut cx = TickCx::new(7);
+        cx.errors = 2;
         let p = plan(vec![Op::Copy {
             path: rel("f"),
             meta: m,
         }]);
-        applier.do_send(PlanMade {
-            tick,
-            plan: p,
-            errors: 2,
-            roots: crate::testing::roots(&t.src, &t.dst),
-        });
+        applier.do_send(crate::messages::Batch::whole(
+            cx,
+            PlanMade {
+                plan: p,
+                roots: crate::testing::roots(&t.src, &t.dst),
+            },
+        ));
         wait_until(|| !finished.lock().unwrap().is_empty()).await;
         let got = finished.lock().unwrap().remove(0);
-        assert_eq!(got.tick.seq, 7);
+        assert_eq!(got.cx.seq, 7);
         assert_eq!(
             (
                 got.outcome.counts.copy,

@@ -2,8 +2,8 @@
 //!
 //! The plan is a pure function of the two listings, the content
 //! comparisons and a few options (`diff`), so it is tested and snapshotted
-//! without actix or a filesystem. The actor only calls it; it runs on the
-//! async thread since it does no I/O and is linear in the listings.
+//! without actix or a filesystem. The stage only calls it, and keeps what
+//! one tick's plan tells the next (the guard, the first plan).
 //!
 //! Rules, in short: metadata decides where it can, content comparisons
 //! (made by the Hasher) where it cannot; a path whose type changed is
@@ -11,7 +11,7 @@
 //! that was not fully listed, never touch excluded entries unless asked,
 //! and are withheld as a whole when they exceed `--max-delete`.
 
-use crate::messages::{LogEvent, PlanMade, TreesHashed};
+use crate::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::model::{
     run_token, Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
@@ -19,7 +19,8 @@ use crate::options::{MaxDelete, SyncOptions};
 use crate::plan::{GuardTrip, Op, Plan, RootIds};
 use crate::relpath::RelPath;
 use crate::replica_fs::FsCaps;
-use actix::{Actor, Context, Handler, Recipient};
+use crate::stage::{Flow, Stage};
+use actix::Recipient;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -554,10 +555,9 @@ pub fn expected_perm(perm: u32, preserve_owner: bool) -> u32 {
     }
 }
 
-/// The Differ actor.
+/// The Differ stage.
 pub struct Differ {
     opts: Arc<SyncOptions>,
-    next: Recipient<PlanMade>,
     log: Recipient<LogEvent>,
     /// No plan made yet (a fresh replica root matters only to the first).
     first: bool,
@@ -568,14 +568,9 @@ pub struct Differ {
 }
 
 impl Differ {
-    pub fn new(
-        opts: Arc<SyncOptions>,
-        next: Recipient<PlanMade>,
-        log: Recipient<LogEvent>,
-    ) -> Self {
+    pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
         Differ {
             opts,
-            next,
             log,
             first: true,
             guard_tripped: false,
@@ -583,14 +578,15 @@ impl Differ {
     }
 }
 
-impl Actor for Differ {
-    type Context = Context<Self>;
-}
+impl Stage for Differ {
+    type In = TreesHashed;
+    type Out = PlanMade;
 
-impl Handler<TreesHashed> for Differ {
-    type Result = ();
+    fn name(&self) -> &'static str {
+        "plan"
+    }
 
-    fn handle(&mut self, msg: TreesHashed, _: &mut Context<Self>) {
+    fn run(&mut self, msg: TreesHashed, _: &mut TickCx) -> Flow<PlanMade> {
         let mut opts = DiffOptions {
             fresh_root: self.first && self.opts.fresh_replica,
             managed: msg.managed,
@@ -619,18 +615,20 @@ impl Handler<TreesHashed> for Differ {
             .fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
         self.log.do_send(
             LogEvent::new(crate::messages::Verb::Detail("plan"), None)
+                .with_fact(Fact::PlanReady {
+                    files: copies,
+                    bytes,
+                })
                 .with_u64("ops", plan.ops.len() as u64)
                 .with_u64("copies", copies)
                 .with_u64("bytes", bytes)
                 .with_u64("source_entries", msg.source.entries.len() as u64)
                 .with_u64("replica_entries", msg.replica.entries.len() as u64),
         );
-        self.next.do_send(PlanMade {
-            tick: msg.tick,
+        Flow::Next(PlanMade {
             plan,
-            errors: msg.errors,
             roots: msg.roots,
-        });
+        })
     }
 }
 

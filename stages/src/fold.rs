@@ -184,6 +184,7 @@ pub fn pair_scanned(
     mut msg: TreesScanned,
     opts: &SyncOptions,
     log: &Recipient<LogEvent>,
+    errors: &mut u64,
 ) -> TreesScanned {
     if !opts.replica_fs.caps.folds_names() {
         return msg;
@@ -194,7 +195,7 @@ pub fn pair_scanned(
     for c in &folded.collisions {
         log.do_send(collision_event(c).dry_run(opts.dry_run));
     }
-    msg.errors += folded.collisions.len() as u64;
+    *errors += folded.collisions.len() as u64;
     msg.source = Arc::new(folded.source);
     msg.replica = Arc::new(folded.replica);
     msg

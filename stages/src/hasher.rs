@@ -15,15 +15,16 @@
 
 use crate::fold;
 use crate::hash_cache::{CacheKey, HashCache};
-use crate::messages::{LogEvent, TreesHashed, TreesScanned, Verb};
-use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent, TempTokens};
+use crate::messages::{LogEvent, TickCx, TreesHashed, TreesScanned, Verb};
+use crate::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent};
 use crate::options::SyncOptions;
 use crate::racy;
 use crate::relpath::RelPath;
 use crate::replica_fs::FsCaps;
 use crate::root::Root;
+use crate::stage::{Flow, Stage};
 use crate::stop::StopFlag;
-use actix::{Actor, AsyncContext, Context, Handler, Recipient};
+use actix::Recipient;
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
 use std::borrow::Cow;
@@ -392,178 +393,129 @@ pub fn digest_file(root: &Root, path: &RelPath) -> io::Result<(Digest, Meta)> {
     Ok((Digest(hasher.finalize().into()), after))
 }
 
-/// The Hasher actor; holds the digest cache between ticks.
+/// The Hasher stage; holds the digest cache between ticks.
 pub struct Hasher {
     opts: Arc<SyncOptions>,
-    next: Recipient<TreesHashed>,
     log: Recipient<LogEvent>,
-    stop: StopFlag,
     cache: Arc<Mutex<HashCache>>,
     /// The saved cache was read (it is read once, at the first comparison).
     loaded: bool,
 }
 
 impl Hasher {
-    pub fn new(
-        opts: Arc<SyncOptions>,
-        next: Recipient<TreesHashed>,
-        log: Recipient<LogEvent>,
-        stop: StopFlag,
-    ) -> Self {
+    pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
         Hasher {
             opts,
-            next,
             log,
-            stop,
             cache: Arc::default(),
             loaded: false,
         }
     }
 }
 
-impl Actor for Hasher {
-    type Context = Context<Self>;
-}
+impl Stage for Hasher {
+    type In = TreesScanned;
+    type Out = TreesHashed;
 
-impl Handler<TreesScanned> for Hasher {
-    type Result = ();
+    fn name(&self) -> &'static str {
+        "compare"
+    }
 
-    fn handle(&mut self, msg: TreesScanned, ctx: &mut Context<Self>) {
-        let msg = fold::pair_scanned(msg, &self.opts, &self.log);
+    // Every tick comes here: besides the comparisons, the replica's state
+    // (racy copies, temporaries' tokens) is read here, off the async
+    // thread.
+    fn run(&mut self, msg: TreesScanned, cx: &mut TickCx) -> Flow<TreesHashed> {
+        let msg = fold::pair_scanned(msg, &self.opts, &self.log, &mut cx.errors);
         let caps = &self.opts.replica_fs.caps;
         let pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
-        let (opts, cache, stop) = (self.opts.clone(), self.cache.clone(), self.stop.clone());
-        let (next, log) = (self.next.clone(), self.log.clone());
+        let (opts, cache, stop, log) = (&self.opts, &self.cache, cx.stop(), &self.log);
         let load = !pairs.is_empty() && !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
-        // Kept here too, so that a failed task still ends the tick.
-        let (tick_info, source, replica, managed, errors, checked) = (
-            msg.tick,
-            msg.source.clone(),
-            msg.replica.clone(),
-            msg.managed,
-            msg.errors,
-            msg.roots.clone(),
-        );
-        let log_failure = self.log.clone();
-        // Every tick goes through a blocking task: besides the comparisons,
-        // the replica's state (racy copies, temporaries' tokens) is read
-        // there, off the async thread.
-        let work = actix_rt::task::spawn_blocking(move || {
-            let tick = msg.tick.seq;
-            // The roots the Scanner checked and walked, never opened again
-            // by path: a root swapped since then is not read.
-            let roots = match &msg.roots.replica {
-                Some(replica) => Ok((&msg.roots.source, replica)),
-                None => Err(()),
-            };
-            let (temps, racy_paths) = match &roots {
-                Ok((_, replica)) => {
-                    let (paths, unusable) = racy::load(replica);
-                    if let (Some(e), 1) = (unusable, tick) {
-                        log.do_send(
-                            LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()),
-                        );
-                    }
-                    (crate::replica_ops::recorded_tokens(replica), paths)
-                }
-                Err(()) => Default::default(),
-            };
-            let rechecks = racy_pairs(&msg.source, &msg.replica, &racy_paths);
-            let rechecked: std::collections::HashSet<usize> =
-                rechecks.iter().map(|p| p.source).collect();
-            let pairs: Vec<Pair> = pairs
-                .into_iter()
-                .filter(|p| !rechecked.contains(&p.source))
-                .collect();
-            if let (true, Ok((_, replica))) = (load, &roots) {
-                let (loaded, unusable) = HashCache::load(replica, tick);
-                *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
-                // Once a run: the cache is loaded once.
-                if let Some(e) = unusable {
+        let tick = cx.seq;
+        // The roots the Scanner checked and walked, never opened again
+        // by path: a root swapped since then is not read.
+        let roots = match &msg.roots.replica {
+            Some(replica) => Ok((&msg.roots.source, replica)),
+            None => Err(()),
+        };
+        let (temps, racy_paths) = match &roots {
+            Ok((_, replica)) => {
+                let (paths, unusable) = racy::load(replica);
+                if let (Some(e), 1) = (unusable, tick) {
                     log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()));
                 }
+                (crate::replica_ops::recorded_tokens(replica), paths)
             }
-            let (jobs, verbose) = (opts.jobs, opts.verbose);
-            let (mut contents, mut events) = match &roots {
-                Ok((s, r)) if !pairs.is_empty() => {
-                    let sides = Sides {
-                        source: &msg.source,
-                        replica: &msg.replica,
-                        source_root: s,
-                        replica_root: r,
-                    };
-                    compare_all(&pairs, &sides, &cache, tick, jobs, verbose, &stop)
-                }
-                // No replica (a dry run into a missing one), or no pairs.
-                _ => (SameContent::default(), Vec::new()),
-            };
-            if !pairs.is_empty() {
-                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-                // Only a tick that saw every pair knows which digests are
-                // of files gone; one given the changed parts (`managed`
-                // set) does not, and pruning there would empty the cache.
-                if msg.managed.is_none() {
-                    cache.prune(tick);
-                }
-                if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
-                    // The cache only saves work: failing to save it is no error.
-                    if let Err(e) = cache.save(replica) {
-                        log.do_send(
-                            LogEvent::new(Verb::Detail("cache"), None)
-                                .with_str("error", e.to_string()),
-                        );
-                    }
-                }
+            Err(()) => Default::default(),
+        };
+        let rechecks = racy_pairs(&msg.source, &msg.replica, &racy_paths);
+        let rechecked: std::collections::HashSet<usize> =
+            rechecks.iter().map(|p| p.source).collect();
+        let pairs: Vec<Pair> = pairs
+            .into_iter()
+            .filter(|p| !rechecked.contains(&p.source))
+            .collect();
+        if let (true, Ok((_, replica))) = (load, &roots) {
+            let (loaded, unusable) = HashCache::load(replica, tick);
+            *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+            // Once a run: the cache is loaded once.
+            if let Some(e) = unusable {
+                log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", e.to_string()));
             }
-            if let (false, Ok((s, r))) = (racy_paths.is_empty(), &roots) {
+        }
+        let (jobs, verbose) = (opts.jobs, opts.verbose);
+        let (mut contents, mut events) = match &roots {
+            Ok((s, r)) if !pairs.is_empty() => {
                 let sides = Sides {
                     source: &msg.source,
                     replica: &msg.replica,
                     source_root: s,
                     replica_root: r,
                 };
-                let full = msg.managed.is_none();
-                let (found, more) = recheck(&rechecks, &sides, racy_paths, full, &opts, &stop);
-                contents.merge(&found);
-                events.extend(more);
+                compare_all(&pairs, &sides, cache, tick, jobs, verbose, stop)
             }
-            for ev in events {
-                log.do_send(ev);
+            // No replica (a dry run into a missing one), or no pairs.
+            _ => (SameContent::default(), Vec::new()),
+        };
+        if !pairs.is_empty() {
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            // Only a tick that saw every pair knows which digests are
+            // of files gone; one given the changed parts (`managed`
+            // set) does not, and pruning there would empty the cache.
+            if msg.managed.is_none() {
+                cache.prune(tick);
             }
-            TreesHashed {
-                tick: msg.tick,
-                source: msg.source,
-                replica: msg.replica,
-                contents,
-                managed: msg.managed,
-                errors: msg.errors,
-                roots: msg.roots,
-                temps,
-            }
-        });
-        ctx.spawn(actix::fut::wrap_future(async move {
-            match work.await {
-                Ok(hashed) => next.do_send(hashed),
-                Err(e) => {
-                    // Unknown contents are copied: the tick goes on safely.
-                    log_failure.do_send(LogEvent::error(
-                        None,
-                        "compare",
-                        format!("hashing failed: {e}"),
-                    ));
-                    next.do_send(TreesHashed {
-                        tick: tick_info,
-                        source,
-                        replica,
-                        contents: SameContent::default(),
-                        managed,
-                        errors: errors + 1,
-                        roots: checked,
-                        temps: TempTokens::default(),
-                    });
+            if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
+                // The cache only saves work: failing to save it is no error.
+                if let Err(e) = cache.save(replica) {
+                    log.do_send(
+                        LogEvent::new(Verb::Detail("cache"), None).with_str("error", e.to_string()),
+                    );
                 }
             }
-        }));
+        }
+        if let (false, Ok((s, r))) = (racy_paths.is_empty(), &roots) {
+            let sides = Sides {
+                source: &msg.source,
+                replica: &msg.replica,
+                source_root: s,
+                replica_root: r,
+            };
+            let full = msg.managed.is_none();
+            let (found, more) = recheck(&rechecks, &sides, racy_paths, full, opts, stop);
+            contents.merge(&found);
+            events.extend(more);
+        }
+        for ev in events {
+            log.do_send(ev);
+        }
+        Flow::Next(TreesHashed {
+            source: msg.source,
+            replica: msg.replica,
+            contents,
+            managed: msg.managed,
+            roots: msg.roots,
+            temps,
+        })
     }
 }
 
@@ -647,10 +599,10 @@ pub fn recheck(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{LogValue, TickInfo};
+    use crate::messages::{Batch, LogValue};
     use crate::model::Timestamp;
     use crate::root::{meta_of, stat_at};
-    use crate::testing::{wait_until, Collector};
+    use crate::testing::{start_stage, wait_until, Collector};
 
     fn scanned(root: &Root, path: &str) -> Entry {
         let rel = RelPath::from_str_lossy(path);
@@ -868,31 +820,22 @@ mod tests {
         let mut e = scanned(&r, "f");
         e.meta.mtime = Timestamp::new(1, 0);
         replica.entries.push(e);
-        let (next, got) = Collector::<TreesHashed>::start();
         let (log, _) = Collector::<LogEvent>::start();
         let opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
-        let hasher = Hasher::new(
-            Arc::new(opts),
-            next.recipient(),
-            log.recipient(),
-            StopFlag::new(),
-        )
-        .start();
-        let tick = TickInfo {
-            seq: 1,
-            started: std::time::Instant::now(),
-        };
-        hasher.do_send(TreesScanned {
-            tick,
-            source: Arc::new(source),
-            replica: Arc::new(replica),
-            managed: None,
-            errors: 0,
-            roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
-        });
+        let hasher = Hasher::new(Arc::new(opts), log.clone().recipient());
+        let (hasher, (got, _)) = start_stage(hasher, log.recipient(), StopFlag::new());
+        hasher.do_send(Batch::whole(
+            TickCx::new(1),
+            TreesScanned {
+                source: Arc::new(source),
+                replica: Arc::new(replica),
+                managed: None,
+                roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
+            },
+        ));
         wait_until(|| !got.lock().unwrap().is_empty()).await;
         let got = got.lock().unwrap();
-        assert_eq!(got[0].contents, SameContent::default());
+        assert_eq!(got[0].body.contents, SameContent::default());
     }
 
     #[actix_rt::test]
@@ -907,29 +850,21 @@ mod tests {
         std::fs::create_dir(tmp.path().join("r/.treesync")).unwrap();
         let paths = [RelPath::from_str_lossy("f"), RelPath::from_str_lossy("g")];
         racy::save(&r, &paths.iter().cloned().collect()).unwrap();
-        let (next, got) = Collector::<TreesHashed>::start();
         let (log, _) = Collector::<LogEvent>::start();
         let opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
-        let hasher = Hasher::new(
-            Arc::new(opts),
-            next.recipient(),
-            log.recipient(),
-            StopFlag::new(),
-        )
-        .start();
-        hasher.do_send(TreesScanned {
-            tick: TickInfo {
-                seq: 1,
-                started: std::time::Instant::now(),
+        let hasher = Hasher::new(Arc::new(opts), log.clone().recipient());
+        let (hasher, (got, _)) = start_stage(hasher, log.recipient(), StopFlag::new());
+        hasher.do_send(Batch::whole(
+            TickCx::new(1),
+            TreesScanned {
+                source: Arc::new(source),
+                replica: Arc::new(replica),
+                managed: None,
+                roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             },
-            source: Arc::new(source),
-            replica: Arc::new(replica),
-            managed: None,
-            errors: 0,
-            roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
-        });
+        ));
         wait_until(|| !got.lock().unwrap().is_empty()).await;
-        let contents = &got.lock().unwrap()[0].contents;
+        let contents = &got.lock().unwrap()[0].body.contents;
         // f differs (an update), g is equal; both were compared.
         assert!(contents.rechecked(0) && !contents.contains(0));
         assert!(contents.rechecked(1) && contents.contains(1));
@@ -945,33 +880,25 @@ mod tests {
             entries: vec![scanned(root, "f")],
             incomplete: Vec::new(),
         };
-        let (next, got) = Collector::<TreesHashed>::start();
         let (log, _) = Collector::<LogEvent>::start();
         let mut opts = SyncOptions::new(tmp.path().join("s"), tmp.path().join("r"));
         opts.checksum = true;
         opts.dry_run = true; // nothing loaded or saved: the cache is this one
-        let hasher = Hasher::new(
-            Arc::new(opts),
-            next.recipient(),
-            log.recipient(),
-            StopFlag::new(),
-        );
+        let hasher = Hasher::new(Arc::new(opts), log.clone().recipient());
         let cache = hasher.cache.clone();
         let elsewhere = CacheKey::from(&Meta::default());
         cache.lock().unwrap().insert(elsewhere, Digest([9; 20]), 1);
-        let hasher = hasher.start();
+        let (hasher, (got, _)) = start_stage(hasher, log.recipient(), StopFlag::new());
         let send = |seq, managed| {
-            hasher.do_send(TreesScanned {
-                tick: TickInfo {
-                    seq,
-                    started: std::time::Instant::now(),
+            hasher.do_send(Batch::whole(
+                TickCx::new(seq),
+                TreesScanned {
+                    source: Arc::new(listing(&s)),
+                    replica: Arc::new(listing(&r)),
+                    managed,
+                    roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
                 },
-                source: Arc::new(listing(&s)),
-                replica: Arc::new(listing(&r)),
-                managed,
-                errors: 0,
-                roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
-            })
+            ))
         };
         // The changed parts only: a digest of a file elsewhere stays.
         send(2, Some(10));

@@ -12,6 +12,7 @@ pub mod log_format;
 pub mod logger;
 pub mod messages;
 pub mod model;
+pub mod on_tick;
 pub mod options;
 pub mod plan;
 pub mod progress;
@@ -23,6 +24,7 @@ pub mod root;
 pub mod rules;
 pub mod scanner;
 pub mod scheduler;
+pub mod stage;
 pub mod state;
 pub mod stop;
 #[cfg(test)]

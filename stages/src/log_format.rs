@@ -11,7 +11,7 @@
 //! escaped and invalid UTF-8 bytes are written `\xNN`; in `json`, strings
 //! follow JSON's rules and paths are `RelPath::escaped()`.
 
-use crate::messages::{LogEvent, LogValue};
+use crate::messages::{LogEvent, LogValue, Verb};
 use crate::relpath::{escape_bytes, RelPath};
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -104,12 +104,25 @@ pub fn tick_summary(ev: &LogEvent) -> String {
         ("rmdir", "folders removed"),
         ("skip", "skipped"),
         ("warn", "warnings"),
-        ("errors", "errors"),
     ]
     .iter()
     .filter(|(key, _)| n(key) > 0)
     .map(|(key, word)| format!("{} {word}", n(key)))
     .collect();
+    // The stages' own counts (`TickCx::count`), by their keys.
+    let known = |key: &str| {
+        Verb::COUNTED.iter().any(|v| v.as_str() == key)
+            || ["seq", "bytes", "errors", "elapsed_ms", "rescanned"].contains(&key)
+    };
+    for (key, value) in &ev.fields {
+        match value {
+            LogValue::U64(v) if *v > 0 && !known(key) => done.push(format!("{v} {key}")),
+            _ => {}
+        }
+    }
+    if n("errors") > 0 {
+        done.push(format!("{} errors", n("errors")));
+    }
     if done.is_empty() {
         done.push("nothing to do".into());
     }
@@ -271,7 +284,6 @@ fn push_display(out: &mut String, value: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::Verb;
     use std::time::{Duration, UNIX_EPOCH};
 
     /// 2026-11-26T11:15:55.123Z: a fixed time keeps snapshots stable.
@@ -447,6 +459,19 @@ mod tests {
         assert_eq!(
             tick_summary(&tick),
             "sync 3: 2 copied, 1 deleted; 5.2 MB in 0.31 s (16.8 MB/s)"
+        );
+        // A stage's own count shows by its key, before the errors.
+        let tick = LogEvent::new(Verb::Tick, None)
+            .with_u64("seq", 3)
+            .with_u64("copy", 2)
+            .with_u64("delete", 1)
+            .with_u64("backup", 4)
+            .with_u64("bytes", 5_200_000)
+            .with_u64("errors", 1)
+            .with_u64("elapsed_ms", 310);
+        assert_eq!(
+            tick_summary(&tick),
+            "sync 3: 2 copied, 1 deleted, 4 backup, 1 errors; 5.2 MB in 0.31 s (16.8 MB/s)"
         );
         let idle = LogEvent::new(Verb::Tick, None)
             .with_u64("seq", 9)

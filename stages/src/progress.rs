@@ -21,7 +21,7 @@
 //! so tests pass an in-memory terminal and the time, and nothing sleeps.
 
 use crate::log_format::human_bytes;
-use crate::messages::{LogEvent, LogValue, Verb};
+use crate::messages::{Fact, LogEvent, Verb};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use slog::{Drain, OwnedKVList, Record};
 use std::time::{Duration, Instant};
@@ -54,35 +54,29 @@ pub struct TickWork {
 }
 
 impl TickWork {
-    /// The work announced by the Differ's `plan` event; `None` for any other
-    /// event and for a plan that writes no file (nothing to show).
+    /// The work announced by the Differ's plan (`Fact::PlanReady`); `None`
+    /// for any other event and for a plan that writes no file (nothing to
+    /// show).
     pub fn from_plan(ev: &LogEvent) -> Option<TickWork> {
-        if ev.verb != Verb::Detail("plan") {
+        let Some(Fact::PlanReady { files, bytes }) = ev.fact else {
             return None;
-        }
-        let files = u64_field(ev, "copies")?;
+        };
         (files > 0).then(|| TickWork {
             files,
-            bytes: u64_field(ev, "bytes").unwrap_or(0),
+            bytes,
             ..TickWork::default()
         })
     }
 
-    /// Counts a finished copy or update, or one that failed.
+    /// Counts a finished copy or update, or one that failed
+    /// (`Fact::OpDone`).
     pub fn count(&mut self, ev: &LogEvent) {
-        let file_op = match ev.verb {
-            Verb::Copy | Verb::Update => true,
-            Verb::Error => matches!(
-                ev.field("op"),
-                Some(LogValue::Str(op)) if op == "copy" || op == "update"
-            ),
-            _ => false,
+        let Some(Fact::OpDone(done)) = ev.fact else {
+            return;
         };
-        if file_op {
+        if done.write && matches!(done.verb, Verb::Copy | Verb::Update | Verb::Error) {
             self.files_done += 1;
-            if ev.verb != Verb::Error {
-                self.bytes_done += u64_field(ev, "bytes").unwrap_or(0);
-            }
+            self.bytes_done += done.bytes;
         }
     }
 
@@ -120,13 +114,6 @@ fn share(done: u64, total: u64) -> f64 {
         1.0
     } else {
         (done as f64 / total as f64).min(1.0)
-    }
-}
-
-fn u64_field(ev: &LogEvent, key: &str) -> Option<u64> {
-    match ev.field(key) {
-        Some(LogValue::U64(n)) => Some(*n),
-        _ => None,
     }
 }
 
@@ -327,6 +314,7 @@ impl<D: Drain> Drain for AboveBar<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::OpDone;
     use crate::relpath::RelPath;
     use indicatif::TermLike;
     use std::io;
@@ -337,10 +325,21 @@ mod tests {
             .with_u64("ops", copies + 3)
             .with_u64("copies", copies)
             .with_u64("bytes", bytes)
+            .with_fact(Fact::PlanReady {
+                files: copies,
+                bytes,
+            })
+    }
+
+    fn done(verb: Verb, write: bool, bytes: u64) -> Fact {
+        Fact::OpDone(OpDone { verb, write, bytes })
     }
 
     fn op(verb: Verb, bytes: u64) -> LogEvent {
-        LogEvent::op(verb, &RelPath::from_str_lossy("a/b")).with_u64("bytes", bytes)
+        let write = matches!(verb, Verb::Copy | Verb::Update);
+        LogEvent::op(verb, &RelPath::from_str_lossy("a/b"))
+            .with_u64("bytes", bytes)
+            .with_fact(done(verb, write, bytes))
     }
 
     fn tick() -> LogEvent {
@@ -366,8 +365,14 @@ mod tests {
         let mut work = TickWork::from_plan(&plan(4, 1000)).expect("work");
         work.count(&op(Verb::Copy, 100));
         work.count(&op(Verb::Update, 50));
-        work.count(&LogEvent::error(None, "copy", "disk full"));
-        work.count(&LogEvent::error(None, "delete", "busy"));
+        work.count(&LogEvent::error(None, "copy", "disk full").with_fact(done(
+            Verb::Error,
+            true,
+            0,
+        )));
+        work.count(&LogEvent::error(None, "delete", "busy").with_fact(done(Verb::Error, false, 0)));
+        // The text alone counts for nothing.
+        work.count(&LogEvent::op(Verb::Copy, &RelPath::from_str_lossy("t")).with_u64("bytes", 7));
         work.count(&op(Verb::Meta, 0));
         work.count(&LogEvent::op(Verb::Mkdir, &RelPath::from_str_lossy("d")));
         assert_eq!((work.files_done, work.bytes_done), (3, 150));

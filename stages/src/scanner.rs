@@ -1,15 +1,14 @@
 //! Scanner: takes `ScanTrees`, lists the source and the replica, and sends
 //! `TreesScanned` to the next stage.
 //!
-//! The scan runs in a blocking task (`spawn_blocking`), never on the async
+//! A `Stage`: the scan runs on a blocking thread, never on the async
 //! threads; its worker threads are the joint walk's (see `walk.rs`), with
 //! the `.syncignore` rules of `rules.rs`. Per-folder errors are logged and
 //! counted, and the folder is marked incomplete so that nothing below it is
 //! deleted. A root problem (the source missing or not a folder, the replica
 //! missing outside a dry run, a root path that names another folder than
 //! at start: see `identity`) makes the tick impossible: it is logged as
-//! `error op=root` and `TickFinished` with `aborted` goes to the Scheduler
-//! instead. The root handles the tick checked travel on with it. A stop
+//! `error op=root` and the tick ends with `aborted`. The root handles the tick checked travel on with it. A stop
 //! raised during the walk ends the tick with `interrupted`. Nothing is
 //! ever created.
 //!
@@ -21,25 +20,21 @@
 
 use crate::differ::{managed_entries, DiffOptions};
 use crate::identity::{open_roots, RootIdentity, Roots};
-use crate::messages::{
-    LogEvent, ScanScope, ScanTrees, TickFinished, TickInfo, TickOutcome, TreesScanned, Verb,
-};
+use crate::messages::{LogEvent, ScanScope, ScanTrees, TickCx, TickOutcome, TreesScanned, Verb};
 use crate::model::{Entry, Listing, IGNORE_FILE, STATE_DIR};
 use crate::options::SyncOptions;
 use crate::relpath::RelPath;
 use crate::root::Root;
+use crate::stage::{Flow, Stage};
 use crate::stop::StopFlag;
 use crate::walk::{walk, walk_folders, KnownFolder, WalkOptions, WalkResult};
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
+use actix::Recipient;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct Scanner {
     opts: Arc<SyncOptions>,
-    next: Recipient<TreesScanned>,
-    finished: Recipient<TickFinished>,
     log: Recipient<LogEvent>,
-    stop: StopFlag,
     /// The roots as recorded at start (or, without that, at the first
     /// tick): a root path naming anything else makes the tick impossible.
     pinned: Option<RootIdentity>,
@@ -56,19 +51,10 @@ pub struct Previous {
 }
 
 impl Scanner {
-    pub fn new(
-        opts: Arc<SyncOptions>,
-        next: Recipient<TreesScanned>,
-        finished: Recipient<TickFinished>,
-        log: Recipient<LogEvent>,
-        stop: StopFlag,
-    ) -> Self {
+    pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
         Scanner {
             opts: opts.clone(),
-            next,
-            finished,
             log,
-            stop,
             pinned: opts.identity.clone(),
             previous: None,
         }
@@ -76,10 +62,15 @@ impl Scanner {
 
     /// Sends what the scan found on to the next stage, or ends the tick.
     /// `narrow`: the plan may look only at what changed.
-    fn deliver(&mut self, tick: TickInfo, result: Result<Scan, String>, narrow: bool) {
+    fn deliver(
+        &mut self,
+        cx: &mut TickCx,
+        result: Result<Scan, String>,
+        narrow: bool,
+    ) -> Flow<TreesScanned> {
         let scan = match result {
             Ok(scan) => scan,
-            Err(msg) => return self.abort(tick, msg),
+            Err(msg) => return self.abort(msg),
         };
         if self.pinned.is_none() {
             self.pinned = Some(scan.identity);
@@ -88,14 +79,12 @@ impl Scanner {
         for event in scan.walk.events {
             self.log.do_send(event);
         }
+        cx.errors += scan.walk.errors;
         if scan.walk.interrupted {
-            let outcome = TickOutcome {
-                errors: scan.walk.errors,
+            return Flow::End(TickOutcome {
                 interrupted: true,
                 ..TickOutcome::default()
-            };
-            self.finished.do_send(TickFinished { tick, outcome });
-            return;
+            });
         }
         if let Some(n) = scan.partial {
             self.log
@@ -109,12 +98,10 @@ impl Scanner {
         if scan.unchanged {
             // Nothing to plan: the tick ends here, idle ticks stay cheap.
             self.previous = Some(listings);
-            let outcome = TickOutcome {
+            return Flow::End(TickOutcome {
                 idle: true,
                 ..TickOutcome::default()
-            };
-            self.finished.do_send(TickFinished { tick, outcome });
-            return;
+            });
         }
         self.previous = self.opts.watch.then(|| listings.clone());
         let listed = listed_source.iter().chain(&listed_replica);
@@ -130,39 +117,33 @@ impl Scanner {
             }
             None => (listings.source, listings.replica, None),
         };
-        self.next.do_send(TreesScanned {
-            tick,
+        Flow::Next(TreesScanned {
             source,
             replica,
             managed,
-            errors: scan.walk.errors,
             roots,
-        });
+        })
     }
 
-    fn abort(&mut self, tick: TickInfo, msg: String) {
+    fn abort(&mut self, msg: String) -> Flow<TreesScanned> {
         self.previous = None;
         self.log.do_send(LogEvent::error(None, "root", &msg));
-        let outcome = TickOutcome {
+        Flow::End(TickOutcome {
             aborted: Some(msg),
             ..TickOutcome::default()
-        };
-        self.finished.do_send(TickFinished { tick, outcome });
+        })
     }
 }
 
-impl Actor for Scanner {
-    type Context = Context<Self>;
-}
+impl Stage for Scanner {
+    type In = ScanTrees;
+    type Out = TreesScanned;
 
-impl Handler<ScanTrees> for Scanner {
-    type Result = ();
+    fn name(&self) -> &'static str {
+        "scan"
+    }
 
-    fn handle(&mut self, msg: ScanTrees, ctx: &mut Context<Self>) {
-        let opts = self.opts.clone();
-        let stop = self.stop.clone();
-        let pinned = self.pinned.clone();
-        let tick = msg.tick;
+    fn run(&mut self, msg: ScanTrees, cx: &mut TickCx) -> Flow<TreesScanned> {
         let narrow = !msg.whole_plan;
         // A partial scan updates the last listings; without them (first
         // tick, or after a failed one) only a full walk will do.
@@ -171,19 +152,12 @@ impl Handler<ScanTrees> for Scanner {
             ScanScope::Full => None,
         };
         self.previous = None;
-        let task = async move {
-            actix_rt::task::spawn_blocking(move || match previous {
-                Some((prev, folders)) => {
-                    scan_folders(&opts, pinned.as_ref(), &stop, prev, &folders)
-                }
-                None => scan(&opts, pinned.as_ref(), &stop),
-            })
-            .await
+        let (opts, pinned, stop) = (&self.opts, self.pinned.as_ref(), cx.stop());
+        let result = match previous {
+            Some((prev, folders)) => scan_folders(opts, pinned, stop, prev, &folders),
+            None => scan(opts, pinned, stop),
         };
-        ctx.spawn(task.into_actor(self).map(move |joined, scanner, _| {
-            let result = joined.unwrap_or_else(|e| Err(format!("the scan failed: {e}")));
-            scanner.deliver(tick, result, narrow);
-        }));
+        self.deliver(cx, result, narrow)
     }
 }
 
@@ -606,27 +580,22 @@ fn merge_sorted(a: Vec<Entry>, b: Vec<Entry>) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::{Batch, TickFinished};
     use crate::model::Listing;
     use crate::relpath::RelPath;
-    use crate::testing::{wait_until, Collector};
+    use crate::testing::{start_stage, wait_until, Collector};
     use std::fs;
     use std::path::PathBuf;
-    use std::time::Instant;
-
-    fn tick(seq: u64) -> TickInfo {
-        TickInfo {
-            seq,
-            started: Instant::now(),
-        }
-    }
 
     /// Tick `seq`, walking everything.
-    fn full_scan(seq: u64) -> ScanTrees {
-        ScanTrees {
-            tick: tick(seq),
-            scope: ScanScope::Full,
-            whole_plan: false,
-        }
+    fn full_scan(seq: u64) -> Batch<ScanTrees> {
+        Batch::whole(
+            TickCx::new(seq),
+            ScanTrees {
+                scope: ScanScope::Full,
+                whole_plan: false,
+            },
+        )
     }
 
     fn trees() -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -708,24 +677,16 @@ mod tests {
     }
 
     type Stages = (
-        actix::Addr<Scanner>,
-        Arc<std::sync::Mutex<Vec<TreesScanned>>>,
+        Recipient<Batch<ScanTrees>>,
+        Arc<std::sync::Mutex<Vec<Batch<TreesScanned>>>>,
         Arc<std::sync::Mutex<Vec<TickFinished>>>,
         Arc<std::sync::Mutex<Vec<LogEvent>>>,
     );
 
     fn start(opts: SyncOptions, stop: StopFlag) -> Stages {
-        let (next, scanned) = Collector::<TreesScanned>::start();
-        let (finished, ended) = Collector::<TickFinished>::start();
         let (log, logged) = Collector::<LogEvent>::start();
-        let scanner = Scanner::new(
-            Arc::new(opts),
-            next.recipient(),
-            finished.recipient(),
-            log.recipient(),
-            stop,
-        )
-        .start();
+        let scanner = Scanner::new(Arc::new(opts), log.clone().recipient());
+        let (scanner, (scanned, ended)) = start_stage(scanner, log.recipient(), stop);
         (scanner, scanned, ended, logged)
     }
 
@@ -735,9 +696,9 @@ mod tests {
         let (scanner, scanned, ended, _) = start(SyncOptions::new(s, d), StopFlag::new());
         scanner.do_send(full_scan(1));
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
-        let got = scanned.lock().unwrap().remove(0);
-        assert_eq!(got.tick.seq, 1);
-        assert_eq!(got.errors, 0);
+        let Batch { cx, body: got, .. } = scanned.lock().unwrap().remove(0);
+        assert_eq!(cx.seq, 1);
+        assert_eq!(cx.errors, 0);
         let paths = |l: &Listing| {
             l.entries
                 .iter()
@@ -757,7 +718,7 @@ mod tests {
         scanner.do_send(full_scan(7));
         wait_until(|| !ended.lock().unwrap().is_empty()).await;
         let end = ended.lock().unwrap().remove(0);
-        assert_eq!(end.tick.seq, 7);
+        assert_eq!(end.cx.seq, 7);
         let reason = end.outcome.aborted.expect("aborted");
         assert!(reason.contains("is missing"), "{reason}");
         wait_until(|| !logged.lock().unwrap().is_empty()).await;
@@ -789,8 +750,8 @@ mod tests {
         let (scanner, scanned, _, logged) = start(SyncOptions::new(s, d), StopFlag::new());
         scanner.do_send(full_scan(1));
         wait_until(|| !scanned.lock().unwrap().is_empty()).await;
-        let got = scanned.lock().unwrap().remove(0);
-        assert_eq!(got.errors, 1);
+        let Batch { cx, body: got, .. } = scanned.lock().unwrap().remove(0);
+        assert_eq!(cx.errors, 1);
         assert_eq!(got.source.incomplete, [RelPath::root()]);
         wait_until(|| !logged.lock().unwrap().is_empty()).await;
         let event = logged.lock().unwrap().remove(0);

@@ -1,6 +1,6 @@
 //! Scheduler: decides when a tick starts and logs each tick's summary.
 //!
-//! Sends `ScanTrees` at once when started, then, with an interval, again
+//! Sends `ScanTrees` (with a new `TickCx`) at once when started, then, with an interval, again
 //! one interval after the previous tick *started*, or at once if that tick
 //! took longer: ticks never overlap and never pile up. Takes
 //! `TickFinished` (logs the `tick` entry) and `StopTicks` (starts nothing
@@ -14,8 +14,8 @@
 //! have been lost, and at every tick once part of the trees is unwatched.
 
 use crate::messages::{
-    FoldersChanged, LogEvent, LogValue, ScanScope, ScanTrees, StopTicks, TickFinished, TickInfo,
-    TickOutcome, TicksOver, Verb,
+    Batch, FoldersChanged, LogEvent, ScanMode, ScanScope, ScanTrees, StopTicks, TickCx,
+    TickFinished, TickOutcome, TicksOver,
 };
 use crate::relpath::RelPath;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
@@ -26,11 +26,12 @@ pub struct Scheduler {
     /// `None`: one sync, then `TicksOver`.
     interval: Option<Duration>,
     dry_run: bool,
-    scan: Recipient<ScanTrees>,
+    scan: Recipient<Batch<ScanTrees>>,
     over: Recipient<TicksOver>,
     log: Recipient<LogEvent>,
     seq: u64,
-    in_flight: Option<TickInfo>,
+    /// The tick in flight, by number.
+    in_flight: Option<u64>,
     next_tick: Option<SpawnHandle>,
     stopping: bool,
     last: Option<TickOutcome>,
@@ -48,8 +49,6 @@ struct Watching {
     /// Part of the trees is not watched: every tick walks everything.
     unwatched: bool,
     last_full: Option<Instant>,
-    /// The tick in flight: full, or how many folders it lists.
-    current: Option<ScanScope>,
     /// The last tick withheld deletions: plan over everything again.
     guard_pending: bool,
 }
@@ -58,7 +57,7 @@ impl Scheduler {
     pub fn new(
         interval: Option<Duration>,
         dry_run: bool,
-        scan: Recipient<ScanTrees>,
+        scan: Recipient<Batch<ScanTrees>>,
         over: Recipient<TicksOver>,
         log: Recipient<LogEvent>,
     ) -> Self {
@@ -86,7 +85,6 @@ impl Scheduler {
             full_due: true,
             unwatched: false,
             last_full: None,
-            current: None,
             guard_pending: false,
         });
         self
@@ -97,16 +95,14 @@ impl Scheduler {
             return ScanScope::Full;
         };
         let overdue = w.last_full.is_none_or(|t| t.elapsed() >= w.rescan_every);
-        let scope = if w.full_due || w.unwatched || overdue {
+        if w.full_due || w.unwatched || overdue {
             w.full_due = false;
             w.last_full = Some(Instant::now());
             w.dirty.clear();
             ScanScope::Full
         } else {
             ScanScope::Folders(std::mem::take(&mut w.dirty).into_iter().collect())
-        };
-        w.current = Some(scope.clone());
-        scope
+        }
     }
 
     fn start_tick(&mut self) {
@@ -115,18 +111,24 @@ impl Scheduler {
             return;
         }
         self.seq += 1;
-        let tick = TickInfo {
-            seq: self.seq,
-            started: Instant::now(),
-        };
-        self.in_flight = Some(tick);
+        let mut cx = TickCx::new(self.seq);
+        self.in_flight = Some(self.seq);
         let scope = self.next_scope();
+        if self.watch.is_some() {
+            cx.scan = Some(match &scope {
+                ScanScope::Folders(f) => ScanMode {
+                    full: false,
+                    rescanned: f.len() as u64,
+                },
+                ScanScope::Full => ScanMode {
+                    full: true,
+                    rescanned: 0,
+                },
+            });
+        }
         let whole_plan = self.watch.as_ref().is_some_and(|w| w.guard_pending);
-        self.scan.do_send(ScanTrees {
-            tick,
-            scope,
-            whole_plan,
-        });
+        let scan = ScanTrees { scope, whole_plan };
+        self.scan.do_send(Batch::whole(cx, scan));
     }
 
     fn finish(&mut self) {
@@ -134,36 +136,6 @@ impl Scheduler {
             last: self.last.clone(),
         });
     }
-}
-
-/// The `tick` log entry: counts per verb, bytes, errors, time.
-pub fn tick_event(tick: &TickInfo, outcome: &TickOutcome, elapsed: Duration) -> LogEvent {
-    let c = &outcome.counts;
-    let mut ev = LogEvent::new(Verb::Tick, None).with_u64("seq", tick.seq);
-    for (key, n) in [
-        ("mkdir", c.mkdir),
-        ("copy", c.copy),
-        ("update", c.update),
-        ("meta", c.meta),
-        ("symlink", c.symlink),
-        ("delete", c.delete),
-        ("rmdir", c.rmdir),
-        ("skip", c.skip),
-        ("warn", c.warn),
-    ] {
-        ev = ev.with_u64(key, n);
-    }
-    ev = ev
-        .with_u64("bytes", outcome.bytes)
-        .with_u64("errors", outcome.errors)
-        .with_u64("elapsed_ms", elapsed.as_millis() as u64);
-    if outcome.guard_tripped {
-        ev = ev.with("guard", LogValue::Bool(true));
-    }
-    if outcome.interrupted {
-        ev = ev.with("interrupted", LogValue::Bool(true));
-    }
-    ev
 }
 
 impl Actor for Scheduler {
@@ -178,18 +150,13 @@ impl Handler<TickFinished> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: TickFinished, ctx: &mut Context<Self>) {
-        if self.in_flight.map(|t| t.seq) != Some(msg.tick.seq) {
+        if self.in_flight != Some(msg.cx.seq) {
             return;
         }
         self.in_flight = None;
-        let elapsed = msg.tick.started.elapsed();
-        let mut event = tick_event(&msg.tick, &msg.outcome, elapsed).dry_run(self.dry_run);
+        let elapsed = msg.cx.started.elapsed();
+        let event = msg.outcome.summary(&msg.cx, elapsed).dry_run(self.dry_run);
         if let Some(w) = &mut self.watch {
-            let (mode, folders) = match w.current.take() {
-                Some(ScanScope::Folders(f)) => ("incremental", f.len() as u64),
-                _ => ("full", 0),
-            };
-            event = event.with_str("mode", mode).with_u64("rescanned", folders);
             // What a tick that did not complete missed, only a walk finds;
             // what failed is tried again where it failed.
             let o = &msg.outcome;
@@ -243,17 +210,19 @@ impl Handler<StopTicks> for Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::{LogValue, Verb};
     use crate::testing::{wait_until, Collector};
+    use actix::Actor;
 
     struct Rig {
         scheduler: actix::Addr<Scheduler>,
-        scans: std::sync::Arc<std::sync::Mutex<Vec<ScanTrees>>>,
+        scans: std::sync::Arc<std::sync::Mutex<Vec<Batch<ScanTrees>>>>,
         over: std::sync::Arc<std::sync::Mutex<Vec<TicksOver>>>,
         logs: std::sync::Arc<std::sync::Mutex<Vec<LogEvent>>>,
     }
 
     fn rig(interval: Option<Duration>) -> Rig {
-        let (scan, scans) = Collector::<ScanTrees>::start();
+        let (scan, scans) = Collector::<Batch<ScanTrees>>::start();
         let (over_addr, over) = Collector::<TicksOver>::start();
         let (log, logs) = Collector::<LogEvent>::start();
         let scheduler = Scheduler::new(
@@ -273,12 +242,12 @@ mod tests {
     }
 
     fn finish(r: &Rig, seq: u64, errors: u64) {
-        let tick = r.scans.lock().unwrap()[seq as usize - 1].tick;
+        let tick = r.scans.lock().unwrap()[seq as usize - 1].cx.clone();
         let outcome = TickOutcome {
             errors,
             ..TickOutcome::default()
         };
-        r.scheduler.do_send(TickFinished { tick, outcome });
+        r.scheduler.do_send(TickFinished { cx: tick, outcome });
     }
 
     #[actix_rt::test]
@@ -325,7 +294,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn watch_mode_lists_only_changed_folders_and_rescans_when_events_were_lost() {
-        let (scan, scans) = Collector::<ScanTrees>::start();
+        let (scan, scans) = Collector::<Batch<ScanTrees>>::start();
         let (over, _) = Collector::<TicksOver>::start();
         let (log, logs) = Collector::<LogEvent>::start();
         let scheduler = Scheduler::new(
@@ -343,7 +312,7 @@ mod tests {
             over: Default::default(),
             logs,
         };
-        let scope = |n: usize| r.scans.lock().unwrap()[n - 1].scope.clone();
+        let scope = |n: usize| r.scans.lock().unwrap()[n - 1].body.scope.clone();
         wait_until(|| r.scans.lock().unwrap().len() == 1).await;
         assert_eq!(scope(1), ScanScope::Full, "the first tick walks everything");
         let changed = |folders: &[&str], lost: bool, unwatched: bool| FoldersChanged {
@@ -357,15 +326,15 @@ mod tests {
         let folders =
             |v: &[&str]| ScanScope::Folders(v.iter().map(|f| RelPath::from_str_lossy(f)).collect());
         assert_eq!(scope(2), folders(&["a", "b"]));
-        let whole_plan = |n: usize| r.scans.lock().unwrap()[n - 1].whole_plan;
+        let whole_plan = |n: usize| r.scans.lock().unwrap()[n - 1].body.whole_plan;
         assert!(!whole_plan(2), "plans look only at what changed");
-        let tick = r.scans.lock().unwrap()[1].tick;
+        let tick = r.scans.lock().unwrap()[1].cx.clone();
         let outcome = TickOutcome {
             retry: vec![RelPath::from_str_lossy("failed/here")],
             guard_tripped: true,
             ..TickOutcome::default()
         };
-        r.scheduler.do_send(TickFinished { tick, outcome });
+        r.scheduler.do_send(TickFinished { cx: tick, outcome });
         wait_until(|| r.scans.lock().unwrap().len() == 3).await;
         assert_eq!(
             scope(3),
@@ -376,13 +345,13 @@ mod tests {
             whole_plan(3),
             "withheld deletions are planned (and reported) again"
         );
-        let tick = r.scans.lock().unwrap()[2].tick;
+        let tick = r.scans.lock().unwrap()[2].cx.clone();
         let idle = TickOutcome {
             idle: true,
             ..TickOutcome::default()
         };
         r.scheduler.do_send(TickFinished {
-            tick,
+            cx: tick,
             outcome: idle,
         });
         wait_until(|| r.scans.lock().unwrap().len() == 4).await;
@@ -391,13 +360,13 @@ mod tests {
             "an idle tick planned nothing: still withheld"
         );
         assert_eq!(scope(4), folders(&[]), "nothing changed: nothing to list");
-        let tick = r.scans.lock().unwrap()[3].tick;
+        let tick = r.scans.lock().unwrap()[3].cx.clone();
         let unapplied = TickOutcome {
             unapplied: true,
             ..TickOutcome::default()
         };
         r.scheduler.do_send(TickFinished {
-            tick,
+            cx: tick,
             outcome: unapplied,
         });
         wait_until(|| r.scans.lock().unwrap().len() == 5).await;

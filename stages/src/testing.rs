@@ -46,3 +46,30 @@ pub fn roots(source: &std::path::Path, replica: &std::path::Path) -> Arc<crate::
     let (roots, _) = crate::identity::open_roots(source, replica, None, true).expect("open roots");
     Arc::new(roots)
 }
+
+/// What a stage run alone sent on: its batches and the ticks it ended.
+pub type Sent<T> = (
+    Arc<Mutex<Vec<crate::messages::Batch<T>>>>,
+    Arc<Mutex<Vec<crate::messages::TickFinished>>>,
+);
+
+/// Starts `stage` in its actor, with collectors downstream.
+pub fn start_stage<S>(
+    stage: S,
+    log: actix::Recipient<crate::messages::LogEvent>,
+    stop: crate::stop::StopFlag,
+) -> (
+    actix::Recipient<crate::messages::Batch<S::In>>,
+    Sent<S::Out>,
+)
+where
+    S: crate::stage::Stage,
+    S::Out: Unpin,
+{
+    let (next, batches) = Collector::<crate::messages::Batch<S::Out>>::start();
+    let (end, ended) = Collector::<crate::messages::TickFinished>::start();
+    let actor =
+        crate::stage::StageActor::new(stage, Some(next.recipient()), end.recipient(), log, stop)
+            .start();
+    (actor.recipient(), (batches, ended))
+}
