@@ -121,6 +121,7 @@ impl Config {
             identity: None,
             modify_window: cli.modify_window,
             replica_fs: Default::default(),
+            hooks: Default::default(),
         };
         let log = LogConfig {
             file: log_file,

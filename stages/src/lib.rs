@@ -7,6 +7,7 @@ pub mod differ;
 pub mod fold;
 pub mod hash_cache;
 pub mod hasher;
+pub mod hooks;
 pub mod identity;
 pub mod log_format;
 pub mod logger;
