@@ -273,6 +273,7 @@ impl Tally {
             Verb::Symlink => c.symlink += 1,
             Verb::Delete => c.delete += 1,
             Verb::Rmdir => c.rmdir += 1,
+            Verb::Backup => c.backup += 1,
             Verb::Skip => c.skip += 1,
             Verb::Warn => c.warn += 1,
             Verb::Error => self.errors += 1,
@@ -294,6 +295,7 @@ impl Tally {
         c.rmdir += o.rmdir;
         c.skip += o.skip;
         c.warn += o.warn;
+        c.backup += o.backup;
         self.bytes += other.bytes;
         self.errors += other.errors;
         self.retry.extend(other.retry);

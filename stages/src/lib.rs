@@ -3,6 +3,7 @@
 //! about the command line.
 
 pub mod applier;
+pub mod backup;
 pub mod differ;
 pub mod fold;
 pub mod hash_cache;

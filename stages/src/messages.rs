@@ -160,6 +160,8 @@ pub struct Counts {
     pub rmdir: u64,
     pub skip: u64,
     pub warn: u64,
+    /// Old versions kept by `--backup-dir` (not changes of the mirror).
+    pub backup: u64,
 }
 
 impl Counts {
@@ -226,6 +228,8 @@ pub enum Verb {
     Symlink,
     Delete,
     Rmdir,
+    /// An old version moved aside by `--backup-dir` (`path`, `to`).
+    Backup,
     Skip,
     Error,
     Warn,
@@ -244,6 +248,7 @@ impl Verb {
             Verb::Symlink => "symlink",
             Verb::Delete => "delete",
             Verb::Rmdir => "rmdir",
+            Verb::Backup => "backup",
             Verb::Skip => "skip",
             Verb::Error => "error",
             Verb::Warn => "warn",

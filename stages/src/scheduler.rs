@@ -153,6 +153,10 @@ pub fn tick_event(tick: &TickInfo, outcome: &TickOutcome, elapsed: Duration) -> 
     ] {
         ev = ev.with_u64(key, n);
     }
+    // Only where there were some: most mirrors keep no old versions.
+    if c.backup > 0 {
+        ev = ev.with_u64("backup", c.backup);
+    }
     ev = ev
         .with_u64("bytes", outcome.bytes)
         .with_u64("errors", outcome.errors)
