@@ -94,6 +94,18 @@ pub struct Cli {
     #[arg(long)]
     pub fsync: bool,
 
+    /// Keep the old version of each file or link that a sync replaces or
+    /// deletes, moved to DIR/<sync start, UTC: 2026-05-04T093000.123Z>/<path>.
+    /// DIR must be outside SOURCE and REPLICA and on the replica's
+    /// filesystem (nothing is copied); it is created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// With --backup-dir: at each sync, remove the folders of old versions
+    /// older than DURATION (7d, 12h). By default they are all kept.
+    #[arg(long, value_name = "DURATION", requires = "backup_dir", value_parser = parse_keep)]
+    pub backup_keep: Option<Duration>,
+
     /// With an INTERVAL: do not watch for filesystem events; every sync
     /// walks both trees completely.
     #[arg(long)]
@@ -149,6 +161,18 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `7d`, `12h`, `90m`: how long old versions are kept, at least 1 s.
+pub fn parse_keep(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 7d or 12h, got {s:?}: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "expected a duration of at least 1 second, got {s:?}"
+        ));
+    }
+    Ok(d)
+}
+
 /// `2`, `0.01`: whole or fractional seconds, to the nanosecond.
 pub fn parse_modify_window(s: &str) -> Result<Duration, String> {
     let bad = || format!("expected seconds such as 2 or 0.01, got {s:?}");
@@ -194,6 +218,16 @@ mod tests {
         for bad in ["", ".", "-1", "1e3", "2s", "0.0000000001", "1.2.3"] {
             assert!(parse_modify_window(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn backup_keep_durations() {
+        assert_eq!(parse_keep("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_keep("12h"), Ok(Duration::from_secs(12 * 3600)));
+        for bad in ["", "7", "0s", "500ms", "week"] {
+            assert!(parse_keep(bad).is_err(), "{bad}");
+        }
+        assert!(Cli::try_parse_from(["treesync", "a", "b", "--backup-keep", "7d"]).is_err());
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use treesync_stages::backup::BackupDir;
 use treesync_stages::logger::{LogConfig, LogFormat, Verbosity};
 use treesync_stages::options::SyncOptions;
 use treesync_stages::relpath::RelPath;
@@ -54,6 +56,16 @@ pub enum ConfigError {
     LogInReplica(PathBuf),
     #[error("replica {0} is not empty and was never synced by treesync; pass --adopt to sync into it (its files that the source lacks will be deleted)")]
     NotAdopted(PathBuf),
+    #[error("backup folder {path}: {source}")]
+    BackupDir { path: PathBuf, source: io::Error },
+    #[error("backup folder {path} is inside the {which} {root}; put it outside both roots")]
+    BackupInRoot {
+        path: PathBuf,
+        which: &'static str,
+        root: PathBuf,
+    },
+    #[error("backup folder {path} is not on the filesystem of replica {replica}: old versions are moved there, never copied; choose a folder on the replica's filesystem")]
+    BackupOtherFs { path: PathBuf, replica: PathBuf },
     #[error("cannot find the current folder: {0}")]
     Cwd(io::Error),
     #[error("{0}")]
@@ -104,7 +116,17 @@ impl Config {
         // A dry run changes nothing, so each tick must plan everything again:
         // narrowing ticks to what changed would hide what is still to do.
         let watch = cli.interval.is_some() && !cli.once && !cli.no_watch && !cli.dry_run;
-        let sync = SyncOptions {
+        let backup = match &cli.backup_dir {
+            Some(dir) => Some(backup_dir(
+                &cwd.join(dir),
+                &source,
+                &replica,
+                cli.backup_keep,
+                cli.dry_run,
+            )?),
+            None => None,
+        };
+        let mut sync = SyncOptions {
             source,
             replica,
             checksum: cli.checksum,
@@ -123,7 +145,11 @@ impl Config {
             identity: None,
             modify_window: cli.modify_window,
             replica_fs: Default::default(),
+            hooks: Default::default(),
         };
+        if let Some(backup) = backup {
+            sync.hooks.push(Arc::new(backup));
+        }
         let log = LogConfig {
             file: log_file,
             format: log_format(cli.log_format),
@@ -243,6 +269,59 @@ fn canonical_log_path(path: &Path) -> Result<PathBuf, ConfigError> {
         Ok(md) if md.file_type().is_symlink() => path.canonicalize().map_err(err),
         _ => canonical_child(path).map_err(err),
     }
+}
+
+/// Checks and opens `--backup-dir`: outside both roots (by name and by
+/// identity), on the replica's filesystem (old versions are moved there,
+/// so it must be the same `st_dev`), created when missing unless this is
+/// a dry run. A missing replica is judged by its parent, where it will be
+/// made.
+fn backup_dir(
+    path: &Path,
+    source: &Path,
+    replica: &Path,
+    keep: Option<Duration>,
+    dry_run: bool,
+) -> Result<BackupDir, ConfigError> {
+    let err = |source| ConfigError::BackupDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (canon, missing) = match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => (path.canonicalize().map_err(err)?, false),
+        Ok(_) => return Err(err(io::ErrorKind::NotADirectory.into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                // A dangling link: making the folder would follow it.
+                return Err(err(io::ErrorKind::NotADirectory.into()));
+            }
+            (canonical_child(path).map_err(err)?, true)
+        }
+        Err(e) => return Err(err(e)),
+    };
+    for (which, root) in [("source", source), ("replica", replica)] {
+        if is_inside(&canon, root) {
+            return Err(ConfigError::BackupInRoot {
+                path: path.to_path_buf(),
+                which,
+                root: root.to_path_buf(),
+            });
+        }
+    }
+    let dev = |p: &Path| {
+        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(p);
+        std::fs::metadata(existing).map(|m| m.dev()).map_err(err)
+    };
+    if dev(&canon)? != dev(replica)? {
+        return Err(ConfigError::BackupOtherFs {
+            path: path.to_path_buf(),
+            replica: replica.to_path_buf(),
+        });
+    }
+    if missing && !dry_run {
+        std::fs::create_dir(&canon).map_err(err)?;
+    }
+    BackupDir::open(&canon, keep, dry_run).map_err(err)
 }
 
 /// Whether `path` lies inside the folder `root`, by name or by identity:
@@ -429,6 +508,44 @@ mod tests {
         .unwrap();
         assert!(c.replica_missing);
         assert_eq!(c.interval, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_backup_dir_inside_a_root_or_missing_its_parent_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
+        std::fs::create_dir_all(s.join("in")).unwrap();
+        std::fs::create_dir_all(&r).unwrap();
+        std::os::unix::fs::symlink(&r, tmp.path().join("alias")).unwrap();
+        let log = tmp.path().join("log");
+        let with = |dir: &Path| {
+            config(&[
+                s.to_str().unwrap(),
+                r.to_str().unwrap(),
+                "--adopt",
+                "--log-file",
+                log.to_str().unwrap(),
+                "--backup-dir",
+                dir.to_str().unwrap(),
+            ])
+        };
+        for inside in [
+            s.join("in"),
+            s.clone(),
+            r.join("new"),
+            tmp.path().join("alias/b"),
+        ] {
+            let err = with(&inside).unwrap_err();
+            assert!(matches!(err, ConfigError::BackupInRoot { .. }), "{err}");
+            assert_eq!(err.exit_code(), 1);
+        }
+        assert!(!r.join("new").exists());
+        let err = with(&tmp.path().join("no/such")).unwrap_err();
+        assert!(matches!(err, ConfigError::BackupDir { .. }), "{err}");
+        // Beside the roots: made when missing.
+        let ok = with(&tmp.path().join("versions")).unwrap();
+        assert!(!ok.sync.hooks.is_empty());
+        assert!(tmp.path().join("versions").is_dir());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! about the command line.
 
 pub mod applier;
+pub mod backup;
 pub mod differ;
 pub mod fold;
 pub mod hash_cache;
 pub mod hasher;
+pub mod hooks;
 pub mod identity;
 pub mod log_format;
 pub mod logger;

@@ -1,5 +1,6 @@
 //! Settings the stages need, validated by the binary before they start.
 
+use crate::hooks::Hooks;
 use crate::identity::RootIdentity;
 use crate::relpath::RelPath;
 use crate::replica_fs::{self, FsCaps, ReplicaFs};
@@ -107,6 +108,9 @@ pub struct SyncOptions {
     pub modify_window: Option<Duration>,
     /// What the replica's filesystem keeps (`settle_replica_fs`).
     pub replica_fs: ReplicaFs,
+    /// Called before each replacement or deletion in the replica
+    /// (`hooks.rs`; `--backup-dir`).
+    pub hooks: Hooks,
 }
 
 impl SyncOptions {
@@ -159,6 +163,7 @@ impl SyncOptions {
             identity: None,
             modify_window: None,
             replica_fs: ReplicaFs::default(),
+            hooks: Hooks::default(),
         }
     }
 }

@@ -16,7 +16,9 @@
 //! which the fault tests (`tests/faults.rs`) change the world at the worst
 //! moment; without the `failpoints` feature they compile to nothing.
 
+use crate::hooks::{HookAt, HookCx, HookError, Hooks};
 use crate::identity::Roots;
+use crate::messages::LogEvent;
 use crate::model::{run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp};
 use crate::options::SyncOptions;
 use crate::plan::RootIds;
@@ -101,6 +103,9 @@ pub enum OpError {
     /// made it meanwhile. Nothing is overwritten.
     #[error("the replica already has an entry at this name (its filesystem may take it for another name); nothing was overwritten")]
     Taken { path: RelPath },
+    /// A hook withheld the operation (`hooks.rs`); the old entry stays.
+    #[error("{source}")]
+    Hook { path: RelPath, source: HookError },
 }
 
 impl OpError {
@@ -115,6 +120,7 @@ impl OpError {
             OpError::Root { source, .. } | OpError::Io { source, .. } => {
                 Errno::from_io_error(source)
             }
+            OpError::Hook { source, .. } => source.errno(),
             OpError::Kind { .. } | OpError::Taken { .. } => None,
         }
     }
@@ -182,6 +188,9 @@ pub struct ReplicaOps {
     /// The token is in `.treesync/temps` (checked once, at the first
     /// temporary of the tick).
     recorded: OnceLock<()>,
+    /// Called before each replacement or deletion (`hooks.rs`).
+    hooks: Hooks,
+    hook_cx: HookCx,
 }
 
 impl ReplicaOps {
@@ -231,7 +240,53 @@ impl ReplicaOps {
             fs: opts.replica_fs.caps,
             unkept: Unkept::default(),
             recorded: OnceLock::new(),
+            hooks: opts.hooks.clone(),
+            hook_cx: HookCx {
+                tick_start: SystemTime::now(),
+                dry_run: false,
+            },
         }
+    }
+
+    /// The operations of the tick that started at `tick_start` (wall
+    /// clock), as the hooks see it.
+    pub fn at_tick(mut self, tick_start: SystemTime) -> Self {
+        self.hook_cx.tick_start = tick_start;
+        self
+    }
+
+    /// The hooks' start-of-tick housekeeping; reasons for `warn`s.
+    pub fn start_hooks(&self) -> Vec<String> {
+        self.hooks.tick_started(&self.hook_cx)
+    }
+
+    /// Calls the hooks before an entry of `dir` is replaced or deleted;
+    /// their events go to `events`. A hook refused for want of write
+    /// permission on a read-only folder of ours runs once more with the
+    /// folder made writable, as the operation itself would (`in_writable`).
+    fn run_hooks(
+        &self,
+        at: HookAt,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &RelPath,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<(), OpError> {
+        if self.hooks.is_empty() {
+            return Ok(());
+        }
+        let run = |events: &mut Vec<LogEvent>| {
+            self.hooks
+                .before(at, &self.hook_cx, dir, name, path, events)
+        };
+        match run(events) {
+            Err(e) if e.errno() == Some(Errno::ACCESS) && unlock_dir(dir) => run(events),
+            other => other,
+        }
+        .map_err(|source| OpError::Hook {
+            path: path.clone(),
+            source,
+        })
     }
 
     /// Permissions or owners this tick could not keep.
@@ -282,24 +337,48 @@ impl ReplicaOps {
 
     /// Writes the source file at `path` to the replica, atomically. `meta`
     /// is the source as scanned; the file must still be that file.
-    pub fn copy(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::New)
+    /// A new file: the name must be free (see `place_new`).
+    pub fn copy(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        self.write_file(path, meta, Into::New, events)
     }
 
-    /// Like `copy`, over the replica file that is there (`Update`).
-    pub fn update(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        self.write_file(path, meta, Into::Existing)
+    /// Like `copy`, over the replica file that is there (`Update`): the
+    /// hooks run first, their events going to `events`.
+    pub fn update(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        self.write_file(path, meta, Into::Existing, events)
     }
 
-    fn write_file(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<Copied, OpError> {
-        match self.try_copy(path, meta, into) {
+    fn write_file(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        into: Into,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        match self.try_copy(path, meta, into, events) {
             Ok((bytes, racy)) => Ok(Copied::Written { bytes, racy }),
             Err(Halt::Skip(reason)) => Ok(Copied::Skipped { reason }),
             Err(Halt::Fail(e)) => Err(e),
         }
     }
 
-    fn try_copy(&self, path: &RelPath, meta: &Meta, into: Into) -> Result<(u64, bool), Halt> {
+    fn try_copy(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        into: Into,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<(u64, bool), Halt> {
         let started = SystemTime::now();
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
@@ -341,7 +420,7 @@ impl ReplicaOps {
         // lost. A new file never replaces anything.
         match into {
             Into::New => self.place_new(dir.as_fd(), temp, name, path)?,
-            Into::Existing => self.replace(dir.as_fd(), temp, name, path)?,
+            Into::Existing => self.replace(dir.as_fd(), temp, name, path, events)?,
         }
         Ok((bytes, racy))
     }
@@ -375,14 +454,21 @@ impl ReplicaOps {
     }
 
     /// Creates or retargets the link at `path`: a new link under a
-    /// temporary name, renamed over the old entry in one step.
-    pub fn symlink(&self, path: &RelPath, target: &[u8], meta: &Meta) -> Result<(), OpError> {
+    /// temporary name, renamed over the old entry in one step (the hooks
+    /// run before, their events going to `events`).
+    pub fn symlink(
+        &self,
+        path: &RelPath,
+        target: &[u8],
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<(), OpError> {
         let (dir, name) = self.replica_parent(path)?;
         let ((), temp) = self.new_temp(dir.as_fd(), path, "create the symlink", |n| {
             rfs::symlinkat(target, dir.as_fd(), n)
         })?;
         self.set_link_meta(dir.as_fd(), temp.name(), meta, path)?;
-        self.replace(dir.as_fd(), temp, name, path)
+        self.replace(dir.as_fd(), temp, name, path, events)
     }
 
     /// Sets owner, permissions and times of the file or link at `path`
@@ -451,13 +537,14 @@ impl ReplicaOps {
     }
 
     /// Removes the file or link at `path`; one already gone counts as done.
-    pub fn delete(&self, path: &RelPath) -> Result<(), OpError> {
-        self.remove(path, AtFlags::empty())
+    /// The hooks run first, their events going to `events`.
+    pub fn delete(&self, path: &RelPath, events: &mut Vec<LogEvent>) -> Result<(), OpError> {
+        self.remove(path, AtFlags::empty(), Some(events))
     }
 
     /// Removes the empty folder at `path`; one already gone counts as done.
     pub fn rmdir(&self, path: &RelPath) -> Result<(), OpError> {
-        self.remove(path, AtFlags::REMOVEDIR)
+        self.remove(path, AtFlags::REMOVEDIR, None)
     }
 
     /// Removes a temporary left by an interrupted run. Only names of the
@@ -471,16 +558,25 @@ impl ReplicaOps {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "not a temporary's name"),
             });
         }
-        self.remove(path, AtFlags::empty())
+        self.remove(path, AtFlags::empty(), None)
     }
 
-    fn remove(&self, path: &RelPath, flags: AtFlags) -> Result<(), OpError> {
+    /// `events`: where the hooks' events go, for removals the hooks see.
+    fn remove(
+        &self,
+        path: &RelPath,
+        flags: AtFlags,
+        events: Option<&mut Vec<LogEvent>>,
+    ) -> Result<(), OpError> {
         let (dir, name) = match self.replica.open_parent(path) {
             Ok(found) => found,
             // No parent folder, so no entry either.
             Err(e) if matches!(errno_of(&e), Some(Errno::NOENT)) => return Ok(()),
             Err(e) => return Err(std_err("open the replica folder", path)(e)),
         };
+        if let Some(events) = events {
+            self.run_hooks(HookAt::Delete, dir.as_fd(), name, path, events)?;
+        }
         fail_point!("replica_ops::delete::before_unlink");
         match self.in_writable(dir.as_fd(), || rfs::unlinkat(&dir, name, flags)) {
             Ok(()) | Err(Errno::NOENT) => self.sync_dir(dir.as_fd(), path),
@@ -553,15 +649,18 @@ impl ReplicaOps {
         let _ = state::write_bytes(&dir, TEMPS_FILE, &tokens.to_bytes());
     }
 
-    /// Renames the finished temporary over `name`, then makes the folder
-    /// durable when asked.
+    /// Runs the hooks, renames the finished temporary over `name`, then
+    /// makes the folder durable when asked.
     fn replace(
         &self,
         dir: BorrowedFd<'_>,
         temp: Temp<'_>,
         name: &[u8],
         path: &RelPath,
+        events: &mut Vec<LogEvent>,
     ) -> Result<(), OpError> {
+        self.run_hooks(HookAt::Replace, dir, name, path, events)?;
+        fail_point!("replica_ops::replace::before_rename");
         rfs::renameat(dir, temp.name(), dir, name).map_err(io_err("rename into place", path))?;
         temp.keep();
         self.sync_dir(dir, path)
@@ -923,20 +1022,25 @@ mod tests {
         fs::write(&src, b"new content").unwrap();
         fs::write(&dst, b"old content").unwrap();
         let old_ino = fs::metadata(&dst).unwrap().ino();
-        let copied = ops.update(&rel("f"), &lmeta(&src)).unwrap();
+        let copied = ops
+            .update(&rel("f"), &lmeta(&src), &mut Vec::new())
+            .unwrap();
         assert!(matches!(copied, Copied::Written { bytes: 11, .. }));
         assert_eq!(fs::read(&dst).unwrap(), b"new content");
         assert_ne!(fs::metadata(&dst).unwrap().ino(), old_ino);
         assert_eq!(names(&tmp.path().join("dst")), ["f"]);
         // Nothing there any more: a plain rename.
         fs::remove_file(&dst).unwrap();
-        ops.update(&rel("f"), &lmeta(&src)).unwrap();
+        ops.update(&rel("f"), &lmeta(&src), &mut Vec::new())
+            .unwrap();
         assert_eq!(fs::read(&dst).unwrap(), b"new content");
         // A folder put there meanwhile stays, as a rename would leave it.
         fs::remove_file(&dst).unwrap();
         fs::create_dir(&dst).unwrap();
         fs::write(dst.join("inside"), b"x").unwrap();
-        let err = ops.update(&rel("f"), &lmeta(&src)).unwrap_err();
+        let err = ops
+            .update(&rel("f"), &lmeta(&src), &mut Vec::new())
+            .unwrap_err();
         assert!(err.to_string().contains("rename into place"), "{err}");
         assert!(dst.join("inside").exists());
         assert_eq!(names(&tmp.path().join("dst")), ["f"]);
@@ -1023,14 +1127,22 @@ mod tests {
         symlink(&outside, tmp.path().join("dst/f")).unwrap();
         // A new file's name is never taken over, link or not.
         let err = ops
-            .copy(&rel("f"), &lmeta(&tmp.path().join("src/f")))
+            .copy(
+                &rel("f"),
+                &lmeta(&tmp.path().join("src/f")),
+                &mut Vec::new(),
+            )
             .unwrap_err();
         assert!(matches!(err, OpError::Taken { .. }), "{err}");
         assert!(fs::symlink_metadata(tmp.path().join("dst/f"))
             .unwrap()
             .is_symlink());
         let got = ops
-            .update(&rel("f"), &lmeta(&tmp.path().join("src/f")))
+            .update(
+                &rel("f"),
+                &lmeta(&tmp.path().join("src/f")),
+                &mut Vec::new(),
+            )
             .unwrap();
         assert!(matches!(got, Copied::Written { bytes: 3, .. }));
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
@@ -1066,7 +1178,7 @@ mod tests {
         opts.jobs = 1;
         let ops = ReplicaOps::open(&opts).unwrap();
         let meta = lmeta(Path::new("/proc/self/status"));
-        match ops.copy(&rel("status"), &meta).unwrap() {
+        match ops.copy(&rel("status"), &meta, &mut Vec::new()).unwrap() {
             Copied::Skipped { reason } => assert_eq!(reason, "changed while being copied"),
             other => panic!("{other:?}"),
         }

@@ -613,3 +613,80 @@ fn a_copy_taken_while_a_write_was_in_flight_is_repaired_at_the_next_tick() {
     drop(file);
     scenario.teardown();
 }
+
+/// The contents of every file and link named `name` anywhere below `dir`.
+fn found_below(dir: &Path, name: &str) -> Vec<String> {
+    listing(dir)
+        .into_iter()
+        .filter(|(path, _)| path.rsplit('/').next() == Some(name))
+        .map(|(_, what)| what)
+        .collect()
+}
+
+#[test]
+fn with_a_backup_dir_the_old_version_is_always_at_its_name_or_kept() {
+    // Paused between the steps of an update (link into the backup, then
+    // rename over the name) and of a delete (rename into the backup, then
+    // the unlink that finds nothing): what a kill -9 at that moment
+    // leaves. The old version is at its name or in the backup, whole.
+    let scenario = FailScenario::setup();
+    let t = trees();
+    let versions = t.outside.join("versions");
+    fs::create_dir(&versions).unwrap();
+    let mut opts = t.opts.clone();
+    let backup = treesync_stages::backup::BackupDir::open(&versions, None, false).unwrap();
+    opts.hooks.push(Arc::new(backup));
+    fs::create_dir(t.src.join("a")).unwrap();
+    fs::create_dir(t.dst.join("a")).unwrap();
+    fs::write(t.src.join("a/f"), b"new content").unwrap();
+    fs::write(t.dst.join("a/f"), b"old content").unwrap();
+    fs::write(t.dst.join("a/gone"), b"old gone").unwrap();
+    let p = plan(vec![
+        Op::Delete {
+            path: rel("a/gone"),
+        },
+        Op::Update {
+            path: rel("a/f"),
+            meta: meta(&t.src.join("a/f")),
+        },
+    ]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    for (point, name) in [
+        ("replica_ops::replace::before_rename", "f"),
+        ("replica_ops::delete::before_unlink", "gone"),
+    ] {
+        let (seen, dst, versions) = (seen.clone(), t.dst.clone(), versions.clone());
+        once_at(point, move || {
+            let at_name = fs::read(dst.join("a").join(name)).ok();
+            let kept = found_below(&versions, name);
+            seen.lock().unwrap().push((name, at_name, kept));
+        });
+    }
+    let (out, events) = run(&p, &opts);
+    assert_eq!(out.errors, 0, "{events:?}");
+    let seen = seen.lock().unwrap().clone();
+    let file = |s: &str| s.to_string();
+    assert_eq!(
+        seen,
+        [
+            // Renamed into the backup in one step: no longer at its name.
+            ("gone", None, vec![file("old gone")]),
+            // Linked first: at its name and in the backup.
+            (
+                "f",
+                Some(b"old content".to_vec()),
+                vec![file("old content")]
+            ),
+        ]
+    );
+    // Then the new version at the name, the old ones kept.
+    assert_eq!(fs::read(t.dst.join("a/f")).unwrap(), b"new content");
+    assert!(!t.dst.join("a/gone").exists());
+    let mut kept = found_below(&versions, "f");
+    kept.extend(found_below(&versions, "gone"));
+    assert_eq!(kept, [file("old content"), file("old gone")]);
+    let verbs: Vec<&str> = events.iter().map(|e| e.verb.as_str()).collect();
+    assert_eq!(verbs, ["backup", "delete", "backup", "update"]);
+    assert!(no_temporaries(&t.dst));
+    scenario.teardown();
+}

@@ -754,7 +754,8 @@ fn check_contract(e: &Entry, line: &str) {
         "`ts` is not RFC 3339 UTC with milliseconds: {line}"
     );
     let want_level = match e.msg.as_str() {
-        "mkdir" | "copy" | "update" | "meta" | "symlink" | "delete" | "rmdir" | "tick" => "INFO",
+        "mkdir" | "copy" | "update" | "meta" | "symlink" | "delete" | "rmdir" | "backup"
+        | "tick" => "INFO",
         "skip" | "warn" => "WARN",
         "error" => "ERROR",
         other => panic!("unknown verb `{other}` in the log file: {line}"),
@@ -790,6 +791,7 @@ fn check_contract(e: &Entry, line: &str) {
                     assert!(e.u64("bytes").is_some(), "{verb} without `bytes`: {line}")
                 }
                 "symlink" => assert!(e.str("target").is_some(), "symlink without target: {line}"),
+                "backup" => assert!(e.str("to").is_some(), "backup without `to`: {line}"),
                 "skip" | "warn" => {
                     assert!(e.str("reason").is_some(), "{verb} without reason: {line}")
                 }
@@ -1031,7 +1033,7 @@ pub fn check_tick_counts(tick: &Entry, entries: &[Entry]) {
             bytes += e.u64("bytes").unwrap_or(0);
         }
     }
-    for verb in CHANGE_VERBS.iter().chain(&["skip", "warn"]) {
+    for verb in CHANGE_VERBS.iter().chain(&["skip", "warn", "backup"]) {
         let n = counts.get(verb).copied().unwrap_or(0);
         match tick.u64(verb) {
             Some(c) => assert_eq!(c, n, "tick count `{verb}` vs entries: {tick:?}"),
