@@ -13,10 +13,10 @@
 
 use crate::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::model::{
-    run_token, Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
+    Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
 use crate::options::{MaxDelete, SyncOptions};
-use crate::plan::{GuardTrip, Op, Plan, RootIds};
+use crate::plan::{guard_base, GuardTrip, Op, Plan, RootIds};
 use crate::relpath::RelPath;
 use crate::replica_fs::FsCaps;
 use crate::stage::{Flow, Stage};
@@ -55,11 +55,7 @@ impl From<&SyncOptions> for DiffOptions {
             fresh_root: o.fresh_replica,
             managed: None,
             fs: o.replica_fs.caps,
-            temps: {
-                let mut own = TempTokens::default();
-                own.insert(run_token());
-                own
-            },
+            temps: TempTokens::this_run(),
         }
     }
 }
@@ -81,7 +77,7 @@ pub fn diff(
     let mut full = Planner::new(source, replica, contents, opts, true).plan();
     let managed = opts
         .managed
-        .unwrap_or_else(|| managed_entries(replica, source, opts));
+        .unwrap_or_else(|| guard_base(replica, source, opts.delete_excluded, &opts.temps));
     if !opts.max_delete.trips(full.deletions, managed) {
         full.plan.roots = roots;
         return full.plan;
@@ -94,17 +90,6 @@ pub fn diff(
     });
     withheld.plan.roots = roots;
     withheld.plan
-}
-
-/// Replica non-folder entries that the mirror manages: the guard's base.
-pub fn managed_entries(replica: &Listing, source: &Listing, opts: DiffOptions) -> u64 {
-    replica
-        .entries
-        .iter()
-        .filter(|e| !e.kind.is_dir() && !e.path.is_root())
-        .filter(|e| opts.delete_excluded || !e.excluded)
-        .filter(|e| !(opts.temps.owns(e.path.name()) && source.get(&e.path).is_none()))
-        .count() as u64
 }
 
 struct Outcome {
@@ -1128,7 +1113,7 @@ mod tests {
             max_delete: MaxDelete::Count(0),
             ..opts()
         };
-        assert_eq!(managed_entries(&r, &s, o), 2);
+        assert_eq!(guard_base(&r, &s, o.delete_excluded, &o.temps), 2);
         assert!(diff(&s, &r, &SameContent::default(), o).guard.is_some());
     }
 

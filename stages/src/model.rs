@@ -332,6 +332,13 @@ pub struct TempTokens {
 impl TempTokens {
     pub const MAX: usize = 16;
 
+    /// This run's own token only.
+    pub fn this_run() -> TempTokens {
+        let mut own = TempTokens::default();
+        own.insert(run_token());
+        own
+    }
+
     pub fn contains(&self, token: u64) -> bool {
         self.tokens[..self.len].contains(&token)
     }

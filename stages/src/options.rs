@@ -4,66 +4,10 @@ use crate::hooks::Hooks;
 use crate::identity::RootIdentity;
 use crate::relpath::RelPath;
 use crate::replica_fs::{self, FsCaps, ReplicaFs};
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-/// The most one tick may delete (Safety rule 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MaxDelete {
-    Count(u64),
-    /// Whole percent, 0 to 100.
-    Percent(u32),
-}
-
-impl Default for MaxDelete {
-    fn default() -> Self {
-        MaxDelete::Percent(50)
-    }
-}
-
-impl MaxDelete {
-    /// True when deleting `deletions` of the `managed` non-folder entries
-    /// must be withheld. The percentage form ignores small deletions (ten or
-    /// fewer) so that pruning a tiny replica is not blocked.
-    pub fn trips(self, deletions: u64, managed: u64) -> bool {
-        match self {
-            MaxDelete::Count(n) => deletions > n,
-            MaxDelete::Percent(p) => {
-                deletions > 10 && deletions.saturating_mul(100) > u64::from(p) * managed
-            }
-        }
-    }
-}
-
-impl FromStr for MaxDelete {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!("expected a count (e.g. 1000) or a percentage from 0% to 100% (e.g. 50%), got {s:?}")
-        };
-        if let Some(p) = s.strip_suffix('%') {
-            let p: u32 = p.parse().map_err(|_| bad())?;
-            if p > 100 {
-                return Err(bad());
-            }
-            Ok(MaxDelete::Percent(p))
-        } else {
-            s.parse().map(MaxDelete::Count).map_err(|_| bad())
-        }
-    }
-}
-
-impl fmt::Display for MaxDelete {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MaxDelete::Count(n) => write!(f, "{n}"),
-            MaxDelete::Percent(p) => write!(f, "{p}%"),
-        }
-    }
-}
+pub use crate::plan::MaxDelete;
 
 /// Everything the stages need to know about one mirror.
 #[derive(Clone, Debug)]

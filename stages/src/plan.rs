@@ -1,8 +1,9 @@
 //! The Plan: what the Differ decides and the Applier carries out.
 
-use crate::model::{FileId, Meta};
-use crate::options::MaxDelete;
+use crate::model::{FileId, Listing, Meta, TempTokens};
 use crate::relpath::RelPath;
+use std::fmt;
+use std::str::FromStr;
 
 /// One operation on the replica. The Applier matches exhaustively, so a new
 /// operation cannot be forgotten there.
@@ -122,4 +123,79 @@ pub struct Plan {
 pub struct RootIds {
     pub source: FileId,
     pub replica: FileId,
+}
+/// The most one tick may delete (Safety rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxDelete {
+    Count(u64),
+    /// Whole percent, 0 to 100.
+    Percent(u32),
+}
+
+impl Default for MaxDelete {
+    fn default() -> Self {
+        MaxDelete::Percent(50)
+    }
+}
+
+impl MaxDelete {
+    /// True when deleting `deletions` of the `managed` non-folder entries
+    /// must be withheld. The percentage form ignores small deletions (ten or
+    /// fewer) so that pruning a tiny replica is not blocked.
+    pub fn trips(self, deletions: u64, managed: u64) -> bool {
+        match self {
+            MaxDelete::Count(n) => deletions > n,
+            MaxDelete::Percent(p) => {
+                deletions > 10 && deletions.saturating_mul(100) > u64::from(p) * managed
+            }
+        }
+    }
+}
+
+impl FromStr for MaxDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("expected a count (e.g. 1000) or a percentage from 0% to 100% (e.g. 50%), got {s:?}")
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u32 = p.parse().map_err(|_| bad())?;
+            if p > 100 {
+                return Err(bad());
+            }
+            Ok(MaxDelete::Percent(p))
+        } else {
+            s.parse().map(MaxDelete::Count).map_err(|_| bad())
+        }
+    }
+}
+
+impl fmt::Display for MaxDelete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxDelete::Count(n) => write!(f, "{n}"),
+            MaxDelete::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// The `--max-delete` guard's base: the replica's non-folder entries that
+/// the mirror manages. Excluded entries count only with
+/// `--delete-excluded`; a temporary of ours (`temps`) that the source lacks
+/// never does. Computed over whole listings, also when a tick plans only
+/// over the parts that changed.
+pub fn guard_base(
+    replica: &Listing,
+    source: &Listing,
+    delete_excluded: bool,
+    temps: &TempTokens,
+) -> u64 {
+    replica
+        .entries
+        .iter()
+        .filter(|e| !e.kind.is_dir() && !e.path.is_root())
+        .filter(|e| delete_excluded || !e.excluded)
+        .filter(|e| !(temps.owns(e.path.name()) && source.get(&e.path).is_none()))
+        .count() as u64
 }

@@ -18,11 +18,11 @@
 //! not the tree. A changed `.syncignore` changes what a whole subtree
 //! excludes, so it makes the tick a full walk.
 
-use crate::differ::{managed_entries, DiffOptions};
 use crate::identity::{open_roots, RootIdentity, Roots};
 use crate::messages::{LogEvent, ScanScope, ScanTrees, TickCx, TickOutcome, TreesScanned, Verb};
-use crate::model::{Entry, Listing, IGNORE_FILE, STATE_DIR};
+use crate::model::{Entry, Listing, TempTokens, IGNORE_FILE, STATE_DIR};
 use crate::options::SyncOptions;
+use crate::plan::guard_base;
 use crate::relpath::RelPath;
 use crate::root::Root;
 use crate::stage::{Flow, Stage};
@@ -111,8 +111,12 @@ impl Scanner {
         };
         let (source, replica, managed) = match parts {
             Some((source, replica)) => {
-                let opts = DiffOptions::from(&*self.opts);
-                let managed = managed_entries(&listings.replica, &listings.source, opts);
+                let managed = guard_base(
+                    &listings.replica,
+                    &listings.source,
+                    self.opts.delete_excluded,
+                    &TempTokens::this_run(),
+                );
                 (Arc::new(source), Arc::new(replica), Some(managed))
             }
             None => (listings.source, listings.replica, None),
@@ -1156,7 +1160,8 @@ mod partial_properties {
         /// about entries outside the parts.
         #[test]
         fn narrowed_plans_equal_whole_plans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
-            use crate::differ::{diff, managed_entries, DiffOptions};
+            use crate::differ::{diff, DiffOptions};
+            use crate::plan::guard_base;
             use crate::model::SameContent;
             use crate::plan::Op;
             let (tmp, o, pinned, mut prev) = empty_trees();
@@ -1173,7 +1178,7 @@ mod partial_properties {
                 let whole = diff(&w.source, &w.replica, &same, DiffOptions::from(&o));
                 if let Some((ps, pr)) = parts(&w.source, &w.replica, listed) {
                     let opts = DiffOptions {
-                        managed: Some(managed_entries(&w.replica, &w.source, DiffOptions::from(&o))),
+                        managed: Some(guard_base(&w.replica, &w.source, o.delete_excluded, &TempTokens::this_run())),
                         ..DiffOptions::from(&o)
                     };
                     let part = diff(&ps, &pr, &same, opts);
