@@ -3,7 +3,7 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
-use treesync_stages::options::MaxDelete;
+use treesync_stages::contract::options::MaxDelete;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use treesync_stages::backup::BackupDir;
-use treesync_stages::logger::{LogConfig, LogFormat, Verbosity};
-use treesync_stages::options::SyncOptions;
-use treesync_stages::relpath::RelPath;
-use treesync_stages::rules::Rules;
+use treesync_stages::contract::options::SyncOptions;
+use treesync_stages::contract::relpath::RelPath;
+use treesync_stages::fs::backup::BackupDir;
+use treesync_stages::fs::rules::Rules;
+use treesync_stages::log::logger::{LogConfig, LogFormat, Verbosity};
 
 /// Everything the pipeline needs, checked.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ fn never_synced(replica: &Path) -> bool {
     };
     let mut any = false;
     for entry in entries.flatten() {
-        if entry.file_name().as_bytes() == treesync_stages::model::STATE_DIR
+        if entry.file_name().as_bytes() == treesync_stages::contract::model::STATE_DIR
             && entry.file_type().is_ok_and(|t| t.is_dir())
         {
             return false;

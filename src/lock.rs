@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use treesync_stages::model::STATE_DIR;
-use treesync_stages::root::Root;
+use treesync_stages::contract::model::STATE_DIR;
+use treesync_stages::fs::root::Root;
 
 /// Held for the life of the process.
 #[derive(Debug)]

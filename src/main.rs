@@ -9,11 +9,11 @@ mod shutdown;
 use clap::Parser;
 use cli::Cli;
 use config::{Config, ConfigError};
-use treesync_stages::identity::RootIdentity;
-use treesync_stages::log_format;
-use treesync_stages::logger::Logger;
-use treesync_stages::logger::{LogConfig, Verbosity};
-use treesync_stages::messages::LogEvent;
+use treesync_stages::contract::messages::LogEvent;
+use treesync_stages::fs::identity::RootIdentity;
+use treesync_stages::log::log_format;
+use treesync_stages::log::logger::Logger;
+use treesync_stages::log::logger::{LogConfig, Verbosity};
 
 fn main() {
     fix_mmap_threshold();
@@ -116,7 +116,7 @@ fn log_fatal(log: &LogConfig, msg: &dyn std::fmt::Display) {
         std::time::SystemTime::now(),
         &LogEvent::error(None, "start", msg),
     );
-    let file = treesync_stages::logger::open_log_file(&log.file);
+    let file = treesync_stages::log::logger::open_log_file(&log.file);
     if let Ok(mut f) = file {
         let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
     }

@@ -7,19 +7,19 @@ use crate::shutdown::{RunEnd, ShutdownCoordinator};
 use actix::{Actor, AsyncContext, Context};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use treesync_stages::applier::Applier;
-use treesync_stages::differ::Differ;
-use treesync_stages::hasher::Hasher;
-use treesync_stages::logger::Logger;
-use treesync_stages::messages::{FlushLog, LogEvent, LogHealth, Verb};
-use treesync_stages::on_tick::OnTick;
-use treesync_stages::scanner::Scanner;
-use treesync_stages::scheduler::Scheduler;
-use treesync_stages::stage::Pipeline;
-use treesync_stages::stop::StopFlag;
-use treesync_stages::watcher::Watcher;
+use treesync_stages::contract::messages::{FlushLog, LogEvent, LogHealth, Verb};
+use treesync_stages::contract::stage::Pipeline;
+use treesync_stages::contract::stop::StopFlag;
+use treesync_stages::log::logger::Logger;
+use treesync_stages::stages::applier::Applier;
+use treesync_stages::stages::differ::Differ;
+use treesync_stages::stages::hasher::Hasher;
+use treesync_stages::stages::on_tick::OnTick;
+use treesync_stages::stages::scanner::Scanner;
+use treesync_stages::stages::scheduler::Scheduler;
+use treesync_stages::stages::watcher::Watcher;
 
-pub use treesync_stages::messages::exit;
+pub use treesync_stages::contract::messages::exit;
 
 /// Runs the pipeline until the sync (or the stop) is over; returns the
 /// exit status.
@@ -114,7 +114,7 @@ pub fn exit_status(once: bool, end: &RunEnd) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use treesync_stages::messages::TickOutcome;
+    use treesync_stages::contract::messages::TickOutcome;
 
     fn end(o: TickOutcome) -> RunEnd {
         RunEnd {

@@ -10,9 +10,9 @@
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
-use treesync_stages::messages::{StopTicks, TickOutcome, TicksOver};
-use treesync_stages::progress::Above;
-use treesync_stages::stop::StopFlag;
+use treesync_stages::contract::messages::{StopTicks, TickOutcome, TicksOver};
+use treesync_stages::contract::stop::StopFlag;
+use treesync_stages::log::progress::Above;
 
 /// How the run ended.
 #[derive(Debug)]

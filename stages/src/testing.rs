@@ -42,34 +42,43 @@ pub async fn wait_until(mut pred: impl FnMut() -> bool) {
 }
 
 /// Both roots opened as they are, for messages built by hand.
-pub fn roots(source: &std::path::Path, replica: &std::path::Path) -> Arc<crate::identity::Roots> {
-    let (roots, _) = crate::identity::open_roots(source, replica, None, true).expect("open roots");
+pub fn roots(
+    source: &std::path::Path,
+    replica: &std::path::Path,
+) -> Arc<crate::fs::identity::Roots> {
+    let (roots, _) =
+        crate::fs::identity::open_roots(source, replica, None, true).expect("open roots");
     Arc::new(roots)
 }
 
 /// What a stage run alone sent on: its batches and the ticks it ended.
 pub type Sent<T> = (
-    Arc<Mutex<Vec<crate::messages::Batch<T>>>>,
-    Arc<Mutex<Vec<crate::messages::TickFinished>>>,
+    Arc<Mutex<Vec<crate::contract::messages::Batch<T>>>>,
+    Arc<Mutex<Vec<crate::contract::messages::TickFinished>>>,
 );
 
 /// Starts `stage` in its actor, with collectors downstream.
 pub fn start_stage<S>(
     stage: S,
-    log: actix::Recipient<crate::messages::LogEvent>,
-    stop: crate::stop::StopFlag,
+    log: actix::Recipient<crate::contract::messages::LogEvent>,
+    stop: crate::contract::stop::StopFlag,
 ) -> (
-    actix::Recipient<crate::messages::Batch<S::In>>,
+    actix::Recipient<crate::contract::messages::Batch<S::In>>,
     Sent<S::Out>,
 )
 where
-    S: crate::stage::Stage,
+    S: crate::contract::stage::Stage,
     S::Out: Unpin,
 {
-    let (next, batches) = Collector::<crate::messages::Batch<S::Out>>::start();
-    let (end, ended) = Collector::<crate::messages::TickFinished>::start();
-    let actor =
-        crate::stage::StageActor::new(stage, Some(next.recipient()), end.recipient(), log, stop)
-            .start();
+    let (next, batches) = Collector::<crate::contract::messages::Batch<S::Out>>::start();
+    let (end, ended) = Collector::<crate::contract::messages::TickFinished>::start();
+    let actor = crate::contract::stage::StageActor::new(
+        stage,
+        Some(next.recipient()),
+        end.recipient(),
+        log,
+        stop,
+    )
+    .start();
     (actor.recipient(), (batches, ended))
 }

@@ -16,19 +16,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use treesync_stages::applier::apply;
-use treesync_stages::differ::{diff, DiffOptions};
-use treesync_stages::hash_cache::HashCache;
-use treesync_stages::hasher::{candidates, compare_all, racy_pairs, recheck, Sides};
-use treesync_stages::messages::{LogEvent, LogValue, TickOutcome, Verb};
-use treesync_stages::model::{Meta, SameContent, TEMP_PREFIX};
-use treesync_stages::options::SyncOptions;
-use treesync_stages::plan::{Op, Plan};
-use treesync_stages::racy;
-use treesync_stages::relpath::RelPath;
-use treesync_stages::root::{meta_of, Root};
-use treesync_stages::scanner::scan;
-use treesync_stages::stop::StopFlag;
+use treesync_stages::contract::messages::{LogEvent, LogValue, TickOutcome, Verb};
+use treesync_stages::contract::model::{Meta, SameContent, TEMP_PREFIX};
+use treesync_stages::contract::options::SyncOptions;
+use treesync_stages::contract::plan::{Op, Plan};
+use treesync_stages::contract::relpath::RelPath;
+use treesync_stages::contract::stop::StopFlag;
+use treesync_stages::fs::hash_cache::HashCache;
+use treesync_stages::fs::racy;
+use treesync_stages::fs::root::{meta_of, Root};
+use treesync_stages::stages::applier::apply;
+use treesync_stages::stages::differ::{diff, DiffOptions};
+use treesync_stages::stages::hasher::{candidates, compare_all, racy_pairs, recheck, Sides};
+use treesync_stages::stages::scanner::scan;
 
 struct Trees {
     _tmp: tempfile::TempDir,
@@ -634,7 +634,7 @@ fn with_a_backup_dir_the_old_version_is_always_at_its_name_or_kept() {
     let versions = t.outside.join("versions");
     fs::create_dir(&versions).unwrap();
     let mut opts = t.opts.clone();
-    let backup = treesync_stages::backup::BackupDir::open(&versions, None, false).unwrap();
+    let backup = treesync_stages::fs::backup::BackupDir::open(&versions, None, false).unwrap();
     opts.hooks.push(Arc::new(backup));
     fs::create_dir(t.src.join("a")).unwrap();
     fs::create_dir(t.dst.join("a")).unwrap();

@@ -1,0 +1,12 @@
+//! The contract between stages: messages, the tick context, the model, the
+//! plan, paths relative to the roots, options, and the traits a stage or a
+//! per-operation hook implements.
+
+pub mod hooks;
+pub mod messages;
+pub mod model;
+pub mod options;
+pub mod plan;
+pub mod relpath;
+pub mod stage;
+pub mod stop;

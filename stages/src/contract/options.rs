@@ -1,0 +1,139 @@
+//! Settings the stages need, validated by the binary before they start.
+
+use crate::contract::hooks::Hooks;
+use crate::contract::relpath::RelPath;
+use crate::fs::identity::RootIdentity;
+use crate::fs::replica_fs::{self, FsCaps, ReplicaFs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::contract::plan::MaxDelete;
+
+/// Everything the stages need to know about one mirror.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Canonical absolute source root.
+    pub source: PathBuf,
+    /// Canonical absolute replica root (it exists unless `dry_run`).
+    pub replica: PathBuf,
+    /// Compare content by SHA-1 even where size and mtime agree.
+    pub checksum: bool,
+    /// Plan and log only; write nothing under the replica.
+    pub dry_run: bool,
+    /// Also delete replica entries that the rules exclude.
+    pub delete_excluded: bool,
+    pub max_delete: MaxDelete,
+    /// Workers for walking, hashing and copying (at least 1).
+    pub jobs: usize,
+    /// Gitignore lines applied as if in a `.syncignore` at the source root,
+    /// after that file's own lines.
+    pub excludes: Vec<String>,
+    /// Source paths left out silently (the log file when it is inside
+    /// the source): neither copied nor deleted nor reported.
+    pub hidden: Vec<RelPath>,
+    /// Set owner and group from the source (running as root).
+    pub preserve_owner: bool,
+    /// Make each file and its folder durable before reporting it.
+    pub fsync: bool,
+    /// Filesystem events narrow the ticks: the Scanner keeps its listings
+    /// between ticks to update them.
+    pub watch: bool,
+    /// `-v`: stages send their detail events (what was compared, why);
+    /// otherwise they spare the Logger events it would drop.
+    pub verbose: bool,
+    /// The replica root was created by this run: the first sync gives it
+    /// the source root's metadata as part of making it, not as `meta`.
+    pub fresh_replica: bool,
+    /// The roots as recorded at start: every tick checks that the root
+    /// paths still name them. `None` (tests): taken from the first tick.
+    pub identity: Option<RootIdentity>,
+    /// `--modify-window`: mtimes this close count as equal, overriding
+    /// the replica's probed timestamp granularity.
+    pub modify_window: Option<Duration>,
+    /// What the replica's filesystem keeps (`settle_replica_fs`).
+    pub replica_fs: ReplicaFs,
+    /// Called before each replacement or deletion in the replica
+    /// (`hooks.rs`; `--backup-dir`).
+    pub hooks: Hooks,
+}
+
+impl SyncOptions {
+    /// Finds what the replica's filesystem keeps for this run (probed, or
+    /// in a dry run as an earlier run saved it) and applies it, with
+    /// `--modify-window`; owners are no longer preserved where they cannot
+    /// be kept. Returns the reason for a `warn` when the probe could not
+    /// run.
+    pub fn settle_replica_fs(&mut self) -> Option<String> {
+        let as_root = self.preserve_owner;
+        let (caps, failed) = if self.dry_run {
+            (
+                replica_fs::load_saved(&self.replica).unwrap_or_default(),
+                None,
+            )
+        } else {
+            match replica_fs::probe_replica(&self.replica, as_root) {
+                Ok(caps) => (caps, None),
+                Err(e) => (FsCaps::default(), Some(e)),
+            }
+        };
+        let mut caps = caps.with_window(self.modify_window);
+        caps.owners_lost = as_root && !caps.keeps_owners;
+        if caps.owners_lost {
+            self.preserve_owner = false;
+        }
+        self.replica_fs = ReplicaFs::new(caps);
+        failed.map(|e| {
+            format!("cannot probe the replica's filesystem ({e}): assuming it keeps names, modes, owners, links and nanosecond mtimes")
+        })
+    }
+
+    /// Defaults for tests: roots as given, everything else off.
+    pub fn new(source: PathBuf, replica: PathBuf) -> Self {
+        SyncOptions {
+            source,
+            replica,
+            checksum: false,
+            dry_run: false,
+            delete_excluded: false,
+            max_delete: MaxDelete::default(),
+            jobs: 2,
+            excludes: Vec::new(),
+            hidden: Vec::new(),
+            preserve_owner: false,
+            fsync: false,
+            watch: false,
+            fresh_replica: false,
+            verbose: false,
+            identity: None,
+            modify_window: None,
+            replica_fs: ReplicaFs::default(),
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_percentages() {
+        assert_eq!("0".parse(), Ok(MaxDelete::Count(0)));
+        assert_eq!("50%".parse(), Ok(MaxDelete::Percent(50)));
+        assert_eq!("100%".parse(), Ok(MaxDelete::Percent(100)));
+        assert!("101%".parse::<MaxDelete>().is_err());
+        assert!("-1".parse::<MaxDelete>().is_err());
+        assert!("half".parse::<MaxDelete>().is_err());
+    }
+
+    #[test]
+    fn percentage_trips_only_above_ten_deletions() {
+        let p = MaxDelete::Percent(50);
+        assert!(!p.trips(10, 10));
+        assert!(p.trips(11, 20));
+        assert!(!p.trips(11, 22));
+        assert!(!MaxDelete::Percent(100).trips(1000, 1000));
+        assert!(MaxDelete::Count(0).trips(1, 1000));
+        assert!(!MaxDelete::Count(0).trips(0, 1000));
+    }
+}

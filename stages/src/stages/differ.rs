@@ -1,0 +1,1174 @@
+//! Differ: takes `TreesHashed`, sends `PlanMade`.
+//!
+//! The plan is a pure function of the two listings, the content
+//! comparisons and a few options (`diff`), so it is tested and snapshotted
+//! without actix or a filesystem. The stage only calls it, and keeps what
+//! one tick's plan tells the next (the guard, the first plan).
+//!
+//! Rules, in short: metadata decides where it can, content comparisons
+//! (made by the Hasher) where it cannot; a path whose type changed is
+//! removed and created again; deletions never reach below a source folder
+//! that was not fully listed, never touch excluded entries unless asked,
+//! and are withheld as a whole when they exceed `--max-delete`.
+
+use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
+use crate::contract::model::{
+    Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
+};
+use crate::contract::options::{MaxDelete, SyncOptions};
+use crate::contract::plan::{guard_base, GuardTrip, Op, Plan, RootIds};
+use crate::contract::relpath::RelPath;
+use crate::contract::stage::{Flow, Stage};
+use crate::fs::replica_fs::FsCaps;
+use actix::Recipient;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The options that shape a plan.
+#[derive(Clone, Copy, Debug)]
+pub struct DiffOptions {
+    pub checksum: bool,
+    pub delete_excluded: bool,
+    pub max_delete: MaxDelete,
+    pub preserve_owner: bool,
+    /// The replica root was just created: its metadata is set as part of
+    /// creating it, not reported as changed.
+    pub fresh_root: bool,
+    /// The guard's base when the listings are parts of the trees; `None`:
+    /// counted in the replica listing.
+    pub managed: Option<u64>,
+    /// What the replica can store: mtimes are compared within its
+    /// granularity, permissions and owners only where it keeps them.
+    pub fs: FsCaps,
+    /// The runs whose temporaries are ours to remove silently (this one
+    /// and those recorded in the state folder); any other name is a file.
+    pub temps: TempTokens,
+}
+
+impl From<&SyncOptions> for DiffOptions {
+    fn from(o: &SyncOptions) -> Self {
+        DiffOptions {
+            checksum: o.checksum,
+            delete_excluded: o.delete_excluded,
+            max_delete: o.max_delete,
+            preserve_owner: o.preserve_owner,
+            fresh_root: o.fresh_replica,
+            managed: None,
+            fs: o.replica_fs.caps,
+            temps: TempTokens::this_run(),
+        }
+    }
+}
+
+/// Computes the plan that makes `replica` equal to `source`.
+pub fn diff(
+    source: &Listing,
+    replica: &Listing,
+    contents: &SameContent,
+    opts: DiffOptions,
+) -> Plan {
+    let roots = match (source.root(), replica.root()) {
+        (Some(s), Some(r)) => Some(RootIds {
+            source: s.meta.id,
+            replica: r.meta.id,
+        }),
+        _ => None,
+    };
+    let mut full = Planner::new(source, replica, contents, opts, true).plan();
+    let managed = opts
+        .managed
+        .unwrap_or_else(|| guard_base(replica, source, opts.delete_excluded, &opts.temps));
+    if !opts.max_delete.trips(full.deletions, managed) {
+        full.plan.roots = roots;
+        return full.plan;
+    }
+    let mut withheld = Planner::new(source, replica, contents, opts, false).plan();
+    withheld.plan.guard = Some(GuardTrip {
+        would_delete: full.deletions,
+        managed,
+        limit: opts.max_delete,
+    });
+    withheld.plan.roots = roots;
+    withheld.plan
+}
+
+struct Outcome {
+    plan: Plan,
+    /// Non-folder entries removed for good (not a type change of the path).
+    deletions: u64,
+}
+
+/// What becomes of a replica entry that the source no longer has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Remove,
+    Stale,
+}
+
+/// A source folder, to be finished once its contents are done.
+struct DirState {
+    path: RelPath,
+    meta: Meta,
+    mtime_changed: bool,
+    /// Permissions or owner differ.
+    other_changed: bool,
+    created: bool,
+}
+
+struct Planner<'a> {
+    source: &'a Listing,
+    replica: &'a Listing,
+    contents: &'a SameContent,
+    opts: DiffOptions,
+    allow_deletions: bool,
+    report: Vec<Op>,
+    clean: Vec<Op>,
+    mkdir: Vec<Op>,
+    files: Vec<Op>,
+    /// Source folders, in listing order.
+    dirs: Vec<DirState>,
+    /// Replica folders whose entries the plan changes (their mtime moves).
+    touched: HashSet<RelPath>,
+    /// Replica folders that must stay because something below them stays.
+    blocked: HashSet<RelPath>,
+    deletions: u64,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        source: &'a Listing,
+        replica: &'a Listing,
+        contents: &'a SameContent,
+        opts: DiffOptions,
+        allow_deletions: bool,
+    ) -> Self {
+        Planner {
+            source,
+            replica,
+            contents,
+            opts,
+            allow_deletions,
+            report: Vec::new(),
+            clean: Vec::new(),
+            mkdir: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            touched: HashSet::new(),
+            blocked: HashSet::new(),
+            deletions: 0,
+        }
+    }
+
+    fn plan(mut self) -> Outcome {
+        self.block_kept_entries();
+        let (src, rep) = (&self.source.entries, &self.replica.entries);
+        let (mut i, mut j) = (0, 0);
+        while i < src.len() || j < rep.len() {
+            match (src.get(i), rep.get(j)) {
+                (Some(s), Some(r)) if s.path == r.path => {
+                    self.both(s, r, i);
+                    i += 1;
+                    j += 1;
+                }
+                (Some(s), Some(r)) if s.path < r.path => {
+                    self.source_only(s);
+                    i += 1;
+                }
+                (Some(s), None) => {
+                    self.source_only(s);
+                    i += 1;
+                }
+                (_, Some(r)) => {
+                    self.replica_only(r);
+                    j += 1;
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        self.assemble()
+    }
+
+    /// Marks the ancestors of every replica entry that stays although the
+    /// source lacks it, so that those folders are not removed.
+    fn block_kept_entries(&mut self) {
+        let (src, rep) = (&self.source.entries, &self.replica.entries);
+        let mut i = 0;
+        for r in rep {
+            // Both listings are sorted: walk them side by side.
+            while i < src.len() && src[i].path < r.path {
+                i += 1;
+            }
+            if r.path.is_root() || src.get(i).is_some_and(|s| s.path == r.path) {
+                continue;
+            }
+            if self.fate(r) == Fate::Keep {
+                let mut p = r.path.parent();
+                while let Some(dir) = p {
+                    if !self.blocked.insert(dir.clone()) {
+                        break;
+                    }
+                    p = dir.parent();
+                }
+            }
+        }
+    }
+
+    fn fate(&self, r: &Entry) -> Fate {
+        // Below a folder not fully listed (on either side) what would be
+        // deleted is not known: keep it all.
+        if self.source.is_incomplete_at(&r.path)
+            || self.replica.is_incomplete_at(&r.path)
+            || self.under_skipped_source(&r.path)
+        {
+            return Fate::Keep;
+        }
+        if !r.kind.is_dir() && self.opts.temps.owns(r.path.name()) {
+            return Fate::Stale;
+        }
+        if (r.excluded && !self.opts.delete_excluded) || !self.allow_deletions {
+            return Fate::Keep;
+        }
+        Fate::Remove
+    }
+
+    /// True when the nearest ancestor the source has is an entry that is
+    /// skipped (a special file): what the replica has there is left alone.
+    fn under_skipped_source(&self, path: &RelPath) -> bool {
+        let mut p = path.parent();
+        while let Some(dir) = p {
+            if let Some(s) = self.source.get(&dir) {
+                return matches!(s.kind, EntryKind::Special { .. });
+            }
+            p = dir.parent();
+        }
+        false
+    }
+
+    fn parent_blocked(&self, path: &RelPath) -> bool {
+        path.parent().is_some_and(|p| self.blocked.contains(&p))
+    }
+
+    fn touch_parent(&mut self, path: &RelPath) {
+        if let Some(parent) = path.parent() {
+            self.touched.insert(parent);
+        }
+    }
+
+    fn source_only(&mut self, s: &Entry) {
+        if in_state_dir(&s.path) || self.skipped(s) || self.unstorable_link(s) {
+            return;
+        }
+        self.create(s);
+    }
+
+    /// Reports source entries that are never mirrored; true if `s` is one.
+    fn skipped(&mut self, s: &Entry) -> bool {
+        let reason = if s.path.depth() == 1 && s.path.name() == STATE_DIR {
+            "reserved name: the replica keeps treesync's state there".to_string()
+        } else if let EntryKind::Special { what } = s.kind {
+            format!("{}: special files are not mirrored", what.as_str())
+        } else {
+            return false;
+        };
+        self.report.push(Op::Skip {
+            path: s.path.clone(),
+            reason,
+        });
+        true
+    }
+
+    fn create(&mut self, s: &Entry) {
+        let path = s.path.clone();
+        if !path.is_root() {
+            self.touch_parent(&path);
+        }
+        match &s.kind {
+            EntryKind::Dir => {
+                if !path.is_root() {
+                    self.mkdir.push(Op::Mkdir {
+                        path: path.clone(),
+                        meta: s.meta,
+                    });
+                }
+                self.dirs.push(DirState {
+                    path,
+                    meta: s.meta,
+                    mtime_changed: false,
+                    other_changed: false,
+                    created: true,
+                });
+            }
+            EntryKind::File => self.files.push(Op::Copy { path, meta: s.meta }),
+            EntryKind::Symlink { target } => self.files.push(Op::Symlink {
+                path,
+                target: target.as_bytes().into(),
+                meta: s.meta,
+            }),
+            EntryKind::Special { .. } => {}
+        }
+    }
+
+    fn replica_only(&mut self, r: &Entry) {
+        if in_state_dir(&r.path) {
+            return;
+        }
+        match self.fate(r) {
+            Fate::Keep => {}
+            Fate::Stale => {
+                self.touch_parent(&r.path);
+                self.clean.push(Op::RemoveStale {
+                    path: r.path.clone(),
+                });
+            }
+            // The rules of a folder kept for its excluded entries stay with
+            // it: without them those entries would go at the next sync.
+            Fate::Remove if r.path.name() == IGNORE_FILE && self.parent_blocked(&r.path) => {}
+            Fate::Remove => {
+                if r.kind.is_dir() && self.blocked.contains(&r.path) {
+                    if !r.excluded {
+                        self.report.push(Op::Warn {
+                            path: r.path.clone(),
+                            reason: "folder kept: it still holds excluded or unreadable entries"
+                                .into(),
+                        });
+                    }
+                    return;
+                }
+                self.remove(r);
+                if !r.kind.is_dir() {
+                    self.deletions += 1;
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, r: &Entry) {
+        self.touch_parent(&r.path);
+        let path = r.path.clone();
+        self.clean.push(if r.kind.is_dir() {
+            Op::Rmdir { path }
+        } else {
+            Op::Delete { path }
+        });
+    }
+
+    /// `index`: the source entry's place in the source listing.
+    fn both(&mut self, s: &Entry, r: &Entry, index: usize) {
+        if in_state_dir(&s.path) || self.skipped(s) {
+            return;
+        }
+        if self.unstorable_link(s) {
+            return;
+        }
+        if !s.kind.same_type(&r.kind) {
+            return self.replace(s, r);
+        }
+        // Paths are cloned only for what the plan keeps: on a no-change
+        // tick this runs for every entry.
+        let path = || s.path.clone();
+        match &s.kind {
+            EntryKind::Dir => {
+                let fresh = s.path.is_root() && self.opts.fresh_root;
+                let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
+                let mtime_changed = !fresh && !self.opts.fs.same_mtime(s.meta.mtime, r.meta.mtime);
+                self.dirs.push(DirState {
+                    path: path(),
+                    meta: s.meta,
+                    mtime_changed,
+                    other_changed,
+                    created: fresh,
+                });
+            }
+            EntryKind::File => {
+                if self.content_differs(s, r, index) {
+                    self.touch_parent(&s.path);
+                    self.files.push(Op::Update {
+                        path: path(),
+                        meta: s.meta,
+                    });
+                } else if self.meta_differs(&s.meta, &r.meta, true) {
+                    self.files.push(Op::SetMeta {
+                        path: path(),
+                        link: false,
+                        meta: s.meta,
+                    });
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if Some(target.as_bytes()) != link_target(r) {
+                    self.touch_parent(&s.path);
+                    self.files.push(Op::Symlink {
+                        path: path(),
+                        target: target.as_bytes().into(),
+                        meta: s.meta,
+                    });
+                } else if self.meta_differs(&s.meta, &r.meta, false) {
+                    self.files.push(Op::SetMeta {
+                        path: path(),
+                        link: true,
+                        meta: s.meta,
+                    });
+                }
+            }
+            EntryKind::Special { .. } => {}
+        }
+    }
+
+    /// The path changed type: remove the replica's entry, create the new.
+    /// A folder can only go once everything below it goes too.
+    fn replace(&mut self, s: &Entry, r: &Entry) {
+        if r.kind.is_dir()
+            && (self.blocked.contains(&r.path) || self.source.is_incomplete_at(&r.path))
+        {
+            if self.allow_deletions {
+                self.report.push(Op::Refuse {
+                    path: s.path.clone(),
+                    op: "replace",
+                    reason: format!(
+                        "cannot replace the folder with a {}: it holds entries that are kept (excluded or unreadable)",
+                        s.kind.as_str()
+                    ),
+                });
+            }
+            return;
+        }
+        self.remove(r);
+        self.create(s);
+    }
+
+    fn content_differs(&self, s: &Entry, r: &Entry, index: usize) -> bool {
+        if s.meta.size != r.meta.size {
+            return true;
+        }
+        if self
+            .opts
+            .fs
+            .needs_content_check(&s.meta, &r.meta, self.opts.checksum)
+            || self.contents.rechecked(index)
+        {
+            return !self.contents.contains(index);
+        }
+        false
+    }
+
+    /// Whether times, permissions or (as root) owner differ. Links have no
+    /// permissions of their own.
+    /// What the replica cannot store is not compared.
+    fn meta_differs(&self, s: &Meta, r: &Meta, with_perm: bool) -> bool {
+        !self.opts.fs.same_mtime(s.mtime, r.mtime)
+            || (with_perm && self.perm_differs(s, r))
+            || self.owner_differs(s, r)
+    }
+
+    fn perm_or_owner_differs(&self, s: &Meta, r: &Meta) -> bool {
+        self.perm_differs(s, r) || self.owner_differs(s, r)
+    }
+
+    fn perm_differs(&self, s: &Meta, r: &Meta) -> bool {
+        self.opts.fs.keeps_perms && expected_perm(s.perm, self.opts.preserve_owner) != r.perm
+    }
+
+    fn owner_differs(&self, s: &Meta, r: &Meta) -> bool {
+        self.opts.preserve_owner && self.opts.fs.keeps_owners && (s.uid != r.uid || s.gid != r.gid)
+    }
+
+    /// A source link where the replica cannot hold links: an error for that
+    /// link (each tick), and the replica's entry there is left as it is.
+    fn unstorable_link(&mut self, s: &Entry) -> bool {
+        if self.opts.fs.symlinks || !matches!(s.kind, EntryKind::Symlink { .. }) {
+            return false;
+        }
+        self.report.push(Op::Refuse {
+            path: s.path.clone(),
+            op: "symlink",
+            reason: "the replica's filesystem cannot hold symbolic links".into(),
+        });
+        true
+    }
+
+    fn assemble(mut self) -> Outcome {
+        // Children before parents: the listing is pre-order, so reversed.
+        self.clean.reverse();
+        let mut ops = self.report;
+        ops.append(&mut self.clean);
+        ops.append(&mut self.mkdir);
+        ops.append(&mut self.files);
+        let touched = self.touched;
+        let finish = self.dirs.into_iter().rev().filter_map(|d| {
+            let touched = touched.contains(&d.path);
+            // A folder whose entries this plan changes has its mtime
+            // restored as part of those operations, not as `meta`.
+            let changed = d.other_changed || (d.mtime_changed && !touched);
+            (changed || touched || d.mtime_changed || d.created).then_some(Op::FinishDir {
+                path: d.path,
+                meta: d.meta,
+                changed,
+            })
+        });
+        ops.extend(finish);
+        Outcome {
+            plan: Plan {
+                ops,
+                guard: None,
+                roots: None,
+            },
+            deletions: self.deletions,
+        }
+    }
+}
+
+/// Below the tool's own folder: never planned for, on either side.
+fn in_state_dir(path: &RelPath) -> bool {
+    path.depth() >= 2 && path.components().next() == Some(STATE_DIR)
+}
+
+fn link_target(e: &Entry) -> Option<&[u8]> {
+    match &e.kind {
+        EntryKind::Symlink { target } => Some(target.as_bytes()),
+        _ => None,
+    }
+}
+
+/// The permission bits a replica entry should have: setuid and setgid are
+/// kept only together with the owner.
+pub fn expected_perm(perm: u32, preserve_owner: bool) -> u32 {
+    if preserve_owner {
+        perm
+    } else {
+        perm & !0o6000
+    }
+}
+
+/// The Differ stage.
+pub struct Differ {
+    opts: Arc<SyncOptions>,
+    log: Recipient<LogEvent>,
+    /// No plan made yet (a fresh replica root matters only to the first).
+    first: bool,
+    /// The guard withheld deletions at some tick of this run: it withholds
+    /// every deletion for the rest of the run, since the copies made
+    /// meanwhile lower the ratio it measures (no ratchet).
+    guard_tripped: bool,
+}
+
+impl Differ {
+    pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
+        Differ {
+            opts,
+            log,
+            first: true,
+            guard_tripped: false,
+        }
+    }
+}
+
+impl Stage for Differ {
+    type In = TreesHashed;
+    type Out = PlanMade;
+
+    fn name(&self) -> &'static str {
+        "plan"
+    }
+
+    fn run(&mut self, msg: TreesHashed, _: &mut TickCx) -> Flow<PlanMade> {
+        let mut opts = DiffOptions {
+            fresh_root: self.first && self.opts.fresh_replica,
+            managed: msg.managed,
+            temps: DiffOptions::from(&*self.opts).temps.union(&msg.temps),
+            ..DiffOptions::from(&*self.opts)
+        };
+        if self.guard_tripped {
+            // Any deletion at all trips the guard now; it is reported with
+            // the limit the user set.
+            opts.max_delete = MaxDelete::Count(0);
+        }
+        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, opts);
+        if let Some(trip) = &mut plan.guard {
+            trip.limit = self.opts.max_delete;
+            self.guard_tripped = true;
+        }
+        self.first = false;
+        // Totals of the writes ahead, for the progress display.
+        let (copies, bytes) = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Copy { meta, .. } | Op::Update { meta, .. } => Some(meta.size),
+                _ => None,
+            })
+            .fold((0u64, 0u64), |(n, b), size| (n + 1, b + size));
+        self.log.do_send(
+            LogEvent::new(crate::contract::messages::Verb::Detail("plan"), None)
+                .with_fact(Fact::PlanReady {
+                    files: copies,
+                    bytes,
+                })
+                .with_u64("ops", plan.ops.len() as u64)
+                .with_u64("copies", copies)
+                .with_u64("bytes", bytes)
+                .with_u64("source_entries", msg.source.entries.len() as u64)
+                .with_u64("replica_entries", msg.replica.entries.len() as u64),
+        );
+        Flow::Next(PlanMade {
+            plan,
+            roots: msg.roots,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::model::{LinkTarget, SpecialKind, Timestamp};
+    use std::fmt::Write;
+
+    fn entry(path: &str, kind: EntryKind, size: u64, mtime: i64) -> Entry {
+        Entry {
+            path: RelPath::from_str_lossy(path),
+            kind,
+            meta: Meta {
+                size,
+                mtime: Timestamp::new(mtime, 0),
+                perm: 0o644,
+                ..Meta::default()
+            },
+            excluded: false,
+        }
+    }
+    fn file(path: &str, size: u64, mtime: i64) -> Entry {
+        entry(path, EntryKind::File, size, mtime)
+    }
+    fn dir(path: &str) -> Entry {
+        let mut e = entry(path, EntryKind::Dir, 0, 100);
+        e.meta.perm = 0o755;
+        e
+    }
+    fn link(path: &str, target: &str) -> Entry {
+        let target = LinkTarget::new(target.as_bytes());
+        entry(path, EntryKind::Symlink { target }, 0, 100)
+    }
+    fn excluded(mut e: Entry) -> Entry {
+        e.excluded = true;
+        e
+    }
+    fn listing(entries: Vec<Entry>) -> Listing {
+        let mut l = Listing {
+            entries,
+            incomplete: Vec::new(),
+        };
+        l.entries.push(dir(""));
+        l.sort();
+        l
+    }
+    fn opts() -> DiffOptions {
+        DiffOptions {
+            checksum: false,
+            delete_excluded: false,
+            max_delete: MaxDelete::Percent(100),
+            preserve_owner: false,
+            fresh_root: false,
+            managed: None,
+            fs: FsCaps::default(),
+            temps: TempTokens::parse(b"0000000000000099\n"),
+        }
+    }
+    fn plan(src: &Listing, rep: &Listing) -> Plan {
+        diff(src, rep, &SameContent::default(), opts())
+    }
+    fn render(plan: &Plan) -> String {
+        let mut out = String::new();
+        if let Some(g) = plan.guard {
+            writeln!(
+                out,
+                "GUARD would_delete={} managed={} limit={}",
+                g.would_delete, g.managed, g.limit
+            )
+            .unwrap();
+        }
+        for op in &plan.ops {
+            let line = match op {
+                Op::Skip { path, reason } => format!("skip {path} ({reason})"),
+                Op::Warn { path, reason } => format!("warn {path} ({reason})"),
+                Op::Refuse { path, op, reason } => format!("refuse {op} {path} ({reason})"),
+                Op::RemoveStale { path } => format!("stale {path}"),
+                Op::Delete { path } => format!("delete {path}"),
+                Op::Rmdir { path } => format!("rmdir {path}"),
+                Op::Mkdir { path, .. } => format!("mkdir {path}"),
+                Op::Copy { path, meta } => format!("copy {path} {}", meta.size),
+                Op::Update { path, meta } => format!("update {path} {}", meta.size),
+                Op::Symlink { path, target, .. } => {
+                    format!("symlink {path} -> {}", String::from_utf8_lossy(target))
+                }
+                Op::SetMeta { path, link, .. } => format!("meta {path} link={link}"),
+                Op::FinishDir { path, changed, .. } => format!("finish {path} changed={changed}"),
+            };
+            writeln!(out, "{line}").unwrap();
+        }
+        out
+    }
+
+    fn rich_source() -> Listing {
+        listing(vec![
+            dir("docs"),
+            file("docs/a.txt", 5, 10),
+            dir("docs/empty"),
+            dir("src"),
+            file("src/main.rs", 40, 11),
+            link("src/link", "../docs/a.txt"),
+            link("dangling", "nowhere"),
+            file(".hidden", 1, 12),
+        ])
+    }
+
+    #[test]
+    fn initial_sync_creates_everything_parents_first_and_finishes_folders_last() {
+        insta::assert_snapshot!(render(&plan(&rich_source(), &listing(vec![]))));
+    }
+
+    /// A tree as an exFAT-like replica holds it after a first sync: mtimes
+    /// cut to the second, every mode 0777, owned by root, no links.
+    fn odd_replica_of(source: &Listing) -> Listing {
+        let mut r = source.clone();
+        r.entries
+            .retain(|e| !matches!(e.kind, EntryKind::Symlink { .. }));
+        for e in &mut r.entries {
+            e.meta.mtime.nanos = 0;
+            e.meta.perm = 0o777;
+            (e.meta.uid, e.meta.gid) = (0, 0);
+        }
+        r
+    }
+
+    #[test]
+    fn an_odd_replica_filesystem_is_compared_only_in_what_it_stores() {
+        let mut s = listing(vec![
+            dir("d"),
+            file("d/f", 5, 10),
+            file("setuid", 1, 11),
+            link("l", "t"),
+        ]);
+        for e in &mut s.entries {
+            e.meta.mtime.nanos = 123_456_789;
+            (e.meta.uid, e.meta.gid) = (1000, 1000);
+        }
+        s.entries[3].meta.perm = 0o4755;
+        let r = odd_replica_of(&s);
+        let caps = FsCaps {
+            keeps_perms: false,
+            keeps_owners: false,
+            symlinks: false,
+            granularity_ns: 1_000_000_000,
+            ..FsCaps::default()
+        };
+        let exact = DiffOptions {
+            preserve_owner: true,
+            ..opts()
+        };
+        let odd = DiffOptions {
+            fs: caps.with_window(None),
+            ..exact
+        };
+        let none = SameContent::default();
+        insta::assert_snapshot!(format!(
+            "assumed POSIX:\n{}\nas probed:\n{}",
+            render(&diff(&s, &r, &none, exact)),
+            render(&diff(&s, &r, &none, odd))
+        ));
+    }
+
+    #[test]
+    fn a_coarse_replica_still_sees_a_change_of_a_whole_step() {
+        let s = listing(vec![file("f", 5, 11)]);
+        let r = listing(vec![file("f", 5, 10)]);
+        let coarse = DiffOptions {
+            fs: FsCaps {
+                granularity_ns: 1_000_000_000,
+                ..FsCaps::default()
+            }
+            .with_window(None),
+            ..opts()
+        };
+        let p = diff(&s, &r, &SameContent::default(), coarse);
+        assert_eq!(render(&p), "update f 5\nfinish . changed=false\n");
+    }
+
+    #[test]
+    fn equal_trees_need_nothing() {
+        let s = rich_source();
+        assert!(plan(&s, &s.clone()).ops.is_empty());
+    }
+
+    #[test]
+    fn same_size_new_mtime_asks_the_content_comparison() {
+        let s = listing(vec![
+            file("same", 5, 20),
+            file("differs", 5, 20),
+            file("unread", 5, 20),
+        ]);
+        let r = listing(vec![
+            file("same", 5, 10),
+            file("differs", 5, 10),
+            file("unread", 5, 10),
+        ]);
+        // "differs" was found different, "unread" could not be read.
+        let contents = SameContent::of_paths(&s, ["same"]);
+        insta::assert_snapshot!(render(&diff(&s, &r, &contents, opts())), @r"
+        update differs 5
+        meta same link=false
+        update unread 5
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn size_change_updates_without_asking_and_equal_metadata_is_trusted() {
+        let s = listing(vec![file("grew", 6, 10), file("hidden-change", 5, 10)]);
+        let r = listing(vec![file("grew", 5, 10), file("hidden-change", 5, 10)]);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "update grew 6\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn checksum_compares_content_even_when_metadata_agrees() {
+        let s = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
+        let contents = SameContent::of_paths(&s, ["b"]);
+        let o = DiffOptions {
+            checksum: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &s.clone(), &contents, o)),
+            "update a 5\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn permission_change_is_meta_and_setuid_needs_the_owner() {
+        let mut s = listing(vec![file("x", 1, 1), file("suid", 1, 1)]);
+        s.entries[1].meta.perm = 0o4755;
+        s.entries[2].meta.perm = 0o600;
+        let mut r = listing(vec![file("x", 1, 1), file("suid", 1, 1)]);
+        r.entries[1].meta.perm = 0o755;
+        assert_eq!(render(&plan(&s, &r)), "meta x link=false\n");
+        let as_root = DiffOptions {
+            preserve_owner: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &r, &SameContent::default(), as_root)),
+            "meta suid link=false\nmeta x link=false\n"
+        );
+    }
+
+    #[test]
+    fn deletions_go_children_first_and_folders_are_restored_after() {
+        let s = listing(vec![dir("keep"), file("keep/a", 1, 1)]);
+        let r = listing(vec![
+            dir("keep"),
+            file("keep/a", 1, 1),
+            file("keep/gone", 1, 1),
+            dir("old"),
+            dir("old/sub"),
+            file("old/sub/f", 1, 1),
+            link("old/l", "x"),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete old/sub/f
+        rmdir old/sub
+        delete old/l
+        rmdir old
+        delete keep/gone
+        finish keep changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn type_changes_remove_then_create() {
+        let s = listing(vec![
+            dir("f2d"),
+            file("f2d/inner", 1, 1),
+            file("d2f", 3, 1),
+            link("f2l", "t"),
+            dir("l2d"),
+        ]);
+        let r = listing(vec![
+            file("f2d", 1, 1),
+            dir("d2f"),
+            file("d2f/x", 1, 1),
+            file("f2l", 1, 1),
+            link("l2d", "/outside"),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete l2d
+        delete f2l
+        delete f2d
+        delete d2f/x
+        rmdir d2f
+        mkdir f2d
+        mkdir l2d
+        copy d2f 3
+        copy f2d/inner 1
+        symlink f2l -> t
+        finish l2d changed=false
+        finish f2d changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn excluded_replica_entries_stay_unless_delete_excluded() {
+        let s = listing(vec![dir("a")]);
+        let r = listing(vec![
+            dir("a"),
+            excluded(file("a/build.o", 1, 1)),
+            dir("gone"),
+            excluded(file("gone/cache", 1, 1)),
+            file("gone/plain", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        warn gone (folder kept: it still holds excluded or unreadable entries)
+        delete gone/plain
+        ");
+        let o = DiffOptions {
+            delete_excluded: true,
+            ..opts()
+        };
+        insta::assert_snapshot!(render(&diff(&s, &r, &SameContent::default(), o)), @r"
+        delete gone/plain
+        delete gone/cache
+        rmdir gone
+        delete a/build.o
+        finish a changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn nothing_is_deleted_below_a_folder_the_source_could_not_list() {
+        let mut s = listing(vec![dir("locked")]);
+        s.incomplete.push(RelPath::from_str_lossy("locked"));
+        let r = listing(vec![
+            dir("locked"),
+            file("locked/precious", 1, 1),
+            dir("locked/sub"),
+        ]);
+        assert!(plan(&s, &r).ops.is_empty());
+    }
+
+    #[test]
+    fn a_kept_folder_keeps_the_rules_that_keep_its_entries() {
+        let s = listing(vec![]);
+        let r = listing(vec![
+            dir("gone"),
+            file("gone/.syncignore", 6, 1),
+            excluded(file("gone/x.log", 1, 1)),
+            file("gone/plain", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        warn gone (folder kept: it still holds excluded or unreadable entries)
+        delete gone/plain
+        ");
+    }
+
+    #[test]
+    fn nothing_below_the_state_folder_is_ever_planned() {
+        let s = listing(vec![dir(".treesync"), file(".treesync/lock", 1, 1)]);
+        let r = listing(vec![
+            file(".treesync/hashes", 1, 1),
+            file(".treesync/lock", 2, 2),
+        ]);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "skip .treesync (reserved name: the replica keeps treesync's state there)\n"
+        );
+    }
+
+    #[test]
+    fn a_replica_folder_that_could_not_be_listed_is_kept_with_its_parents() {
+        let s = listing(vec![]);
+        let mut r = listing(vec![dir("old"), dir("old/locked"), file("old/f", 1, 1)]);
+        r.incomplete.push(RelPath::from_str_lossy("old/locked"));
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "warn old (folder kept: it still holds excluded or unreadable entries)\ndelete old/f\n"
+        );
+    }
+
+    #[test]
+    fn guard_withholds_every_deletion_but_keeps_copies_and_type_changes() {
+        let mut rep: Vec<Entry> = (0..20).map(|i| file(&format!("f{i:02}"), 1, 1)).collect();
+        rep.push(file("t", 1, 1));
+        rep.push(dir("d2f"));
+        rep.push(file("d2f/x", 1, 1));
+        let mut src: Vec<Entry> = (0..5).map(|i| file(&format!("f{i:02}"), 1, 1)).collect();
+        src.push(file("new", 2, 1));
+        src.push(link("t", "target"));
+        src.push(file("d2f", 1, 1));
+        let o = DiffOptions {
+            max_delete: MaxDelete::Percent(50),
+            ..opts()
+        };
+        let p = diff(&listing(src), &listing(rep), &SameContent::default(), o);
+        insta::assert_snapshot!(render(&p), @r"
+        GUARD would_delete=16 managed=22 limit=50%
+        delete t
+        copy new 2
+        symlink t -> target
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn count_guard_zero_forbids_any_deletion() {
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        let p = diff(
+            &listing(vec![]),
+            &listing(vec![file("x", 1, 1)]),
+            &SameContent::default(),
+            o,
+        );
+        assert!(p.guard.is_some());
+        assert!(p.ops.iter().all(|op| !matches!(op, Op::Delete { .. })));
+    }
+
+    #[test]
+    fn special_files_and_the_state_name_are_skipped_and_their_replica_entry_left_alone() {
+        let fifo = EntryKind::Special {
+            what: SpecialKind::Fifo,
+        };
+        let s = listing(vec![
+            entry("pipe", fifo, 0, 1),
+            dir(".treesync"),
+            file("a/.treesync", 1, 1),
+            dir("a"),
+        ]);
+        let r = listing(vec![
+            dir("pipe"),
+            file("pipe/kept", 1, 1),
+            dir("a"),
+            file("a/.treesync", 1, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        skip .treesync (reserved name: the replica keeps treesync's state there)
+        skip pipe (fifo: special files are not mirrored)
+        ");
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_unless_the_source_has_that_name() {
+        let ours = ".treesync-tmp-0000000000000099-1";
+        let s = listing(vec![file(ours, 1, 1)]);
+        let r = listing(vec![
+            file(ours, 1, 1),
+            dir("d"),
+            file(&format!("d/{ours}"), 7, 1),
+        ]);
+        let s = {
+            let mut s = s;
+            s.entries.push(dir("d"));
+            s.sort();
+            s
+        };
+        assert_eq!(
+            render(&plan(&s, &r)),
+            format!("stale d/{ours}\nfinish d changed=false\n")
+        );
+    }
+
+    #[test]
+    fn a_rechecked_file_found_different_is_updated_though_metadata_agree() {
+        let s = listing(vec![file("a", 5, 1), file("b", 5, 1)]);
+        let mut contents = SameContent::of_paths(&s, ["b"]);
+        for i in 0..s.entries.len() {
+            contents.mark_rechecked(i);
+        }
+        assert_eq!(
+            render(&diff(&s, &s.clone(), &contents, opts())),
+            "update a 5\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn a_name_like_a_temporary_without_a_recorded_token_is_an_ordinary_file() {
+        let s = listing(vec![dir("d")]);
+        let r = listing(vec![
+            dir("d"),
+            file("d/.treesync-tmp-1-1", 1, 1),
+            file("d/.treesync-tmp-00000000000000aa-1", 1, 1),
+        ]);
+        let p = plan(&s, &r);
+        assert_eq!(
+            render(&p),
+            "delete d/.treesync-tmp-1-1\ndelete d/.treesync-tmp-00000000000000aa-1\nfinish d changed=false\n"
+        );
+        // Counted by the guard like any file.
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        assert_eq!(guard_base(&r, &s, o.delete_excluded, &o.temps), 2);
+        assert!(diff(&s, &r, &SameContent::default(), o).guard.is_some());
+    }
+
+    #[test]
+    fn link_retarget_and_link_times() {
+        let s = listing(vec![link("a", "new"), link("b", "same")]);
+        let mut r = listing(vec![link("a", "old"), link("b", "same")]);
+        r.entries[2].meta.mtime = Timestamp::new(5, 0);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "symlink a -> new\nmeta b link=true\nfinish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn a_replica_root_made_by_this_run_is_finished_without_a_meta() {
+        let mut s = listing(vec![]);
+        s.entries[0].meta.perm = 0o700;
+        s.entries[0].meta.mtime = Timestamp::new(42, 0);
+        let r = listing(vec![]);
+        assert_eq!(render(&plan(&s, &r)), "finish . changed=true\n");
+        let fresh = DiffOptions {
+            fresh_root: true,
+            ..opts()
+        };
+        assert_eq!(
+            render(&diff(&s, &r, &SameContent::default(), fresh)),
+            "finish . changed=false\n"
+        );
+    }
+
+    #[test]
+    fn folder_meta_is_logged_only_when_not_explained_by_its_contents() {
+        let mut s = listing(vec![
+            dir("touched"),
+            file("touched/new", 1, 1),
+            dir("retimed"),
+            dir("chmod"),
+        ]);
+        for e in &mut s.entries {
+            e.meta.mtime = Timestamp::new(500, 0);
+        }
+        s.entries
+            .iter_mut()
+            .find(|e| e.path.name() == b"chmod")
+            .unwrap()
+            .meta
+            .perm = 0o700;
+        let r = listing(vec![dir("touched"), dir("retimed"), dir("chmod")]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        copy touched/new 1
+        finish touched changed=false
+        finish retimed changed=true
+        finish chmod changed=true
+        finish . changed=true
+        ");
+    }
+}
