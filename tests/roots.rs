@@ -61,6 +61,12 @@ fn two_refused_ticks(r: &mut Running, since: usize) -> usize {
         "an error each tick: {later:#?}"
     );
     assert!(changes(&later).is_empty(), "nothing done: {later:#?}");
+    for tick in later.iter().filter(|e| e.msg == "tick") {
+        assert!(
+            tick.u64("errors") >= Some(1),
+            "the root error counts: {tick:?}"
+        );
+    }
     assert!(r.is_running(), "the process keeps running");
     r.ticks()
 }

@@ -8,7 +8,8 @@
 //! deleted. A root problem (the source missing or not a folder, the replica
 //! missing outside a dry run, a root path that names another folder than
 //! at start: see `identity`) makes the tick impossible: it is logged as
-//! `error op=root` and the tick ends with `aborted`. The root handles the tick checked travel on with it. A stop
+//! `error op=root` (counted in the tick's errors) and the tick ends with
+//! `aborted`. The root handles the tick checked travel on with it. A stop
 //! raised during the walk ends the tick with `interrupted`. Nothing is
 //! ever created.
 //!
@@ -134,8 +135,10 @@ impl Scanner {
     fn abort(&mut self, msg: String) -> Flow<TreesScanned> {
         self.previous = None;
         self.log.do_send(LogEvent::error(None, "root", &msg));
+        // The `error` line just logged counts in the tick's summary.
         Flow::End(TickOutcome {
             aborted: Some(msg),
+            errors: 1,
             ..TickOutcome::default()
         })
     }
