@@ -79,7 +79,9 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
         signalled: false,
     });
     // Every entry sent so far is written before the process ends.
-    let health = log.send(FlushLog).await.unwrap_or_default();
+    // A Logger that cannot answer may have lost lines: the log is no full
+    // record then either.
+    let health = log.send(FlushLog).await.unwrap_or(LogHealth { lost: 1 });
     with_log_health(exit_status(once, &end), health)
 }
 

@@ -8,6 +8,7 @@
 //! A hang-up (SIGHUP: a closed terminal) does not stop the run.
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
+use std::io::Write as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use treesync_stages::contract::messages::{StopTicks, TickOutcome, TicksOver};
@@ -69,7 +70,12 @@ impl Actor for ShutdownCoordinator {
                         }
                     });
                 }
-                Err(e) => eprintln!("treesync: cannot watch for {name} signals: {e}"),
+                Err(e) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "treesync: cannot watch for {name} signals: {e}"
+                    );
+                }
             }
         }
         // A hang-up (a closed terminal or ssh session) must not end a
@@ -79,15 +85,18 @@ impl Actor for ShutdownCoordinator {
             Ok(mut stream) => {
                 actix::spawn(async move {
                     while stream.recv().await.is_some() {
-                        terminal.write(|| {
-                            eprintln!(
-                                "treesync: hang-up signal: the run goes on (Ctrl+C or SIGTERM stops it)"
-                            )
-                        });
+                        terminal.say(format_args!(
+                            "treesync: hang-up signal: the run goes on (Ctrl+C or SIGTERM stops it)"
+                        ));
                     }
                 });
             }
-            Err(e) => eprintln!("treesync: cannot watch for hang-up signals: {e}"),
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "treesync: cannot watch for hang-up signals: {e}"
+                );
+            }
         }
     }
 }
@@ -99,15 +108,17 @@ impl Handler<SignalReceived> for ShutdownCoordinator {
         self.signals += 1;
         if self.signals > 1 {
             self.terminal.erase();
-            eprintln!("treesync: second {} signal: exiting now", msg.0);
+            let _ = writeln!(
+                std::io::stderr(),
+                "treesync: second {} signal: exiting now",
+                msg.0
+            );
             std::process::exit(130);
         }
-        self.terminal.write(|| {
-            eprintln!(
-                "treesync: {} signal: stopping after the files in flight (again to exit at once)",
-                msg.0
-            )
-        });
+        self.terminal.say(format_args!(
+            "treesync: {} signal: stopping after the files in flight (again to exit at once)",
+            msg.0
+        ));
         self.stop.request();
         self.scheduler.do_send(StopTicks);
     }

@@ -192,8 +192,16 @@ impl OpHook for BackupDir {
     ) -> HookResult {
         self.keep_old(cx, dir, name, path, |to_dir, to| {
             match rfs::renameat_with(dir, name, to_dir, to, RenameFlags::NOREPLACE) {
-                // A filesystem without RENAME_NOREPLACE.
-                Err(Errno::INVAL | Errno::NOSYS) => rfs::renameat(dir, name, to_dir, to),
+                // A filesystem without RENAME_NOREPLACE: a kept version
+                // already there (the clock stepped back onto a used
+                // stamp) is never replaced; look first.
+                Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    match rfs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(_) => Err(Errno::EXIST),
+                        Err(Errno::NOENT) => rfs::renameat(dir, name, to_dir, to),
+                        Err(e) => Err(e),
+                    }
+                }
                 other => other,
             }
         })

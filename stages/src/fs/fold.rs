@@ -130,17 +130,34 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
         }
     }
     let mut renamed: Vec<(usize, RelPath)> = Vec::new();
+    // A folder that takes the source's spelling takes its contents along,
+    // listed by the source or not: below a source folder that could not be
+    // listed, the replica's entries must still be found under its name
+    // (nothing is deleted there). Folders come before their contents.
+    let mut moved_dirs: HashMap<RelPath, RelPath> = HashMap::new();
     for (j, r) in replica.entries.iter().enumerate() {
         if r.path.is_root() || r.path.starts_with(&state_dir) {
             continue;
         }
-        let Some(&w) = winners.get(&fold_path(&r.path)) else {
-            continue;
+        let here = match r.path.parent().and_then(|p| moved_dirs.get(&p)) {
+            Some(parent) => parent.join(r.path.name()),
+            None => r.path.clone(),
         };
-        let winner = &source.entries[w].path;
-        // An entry of exactly that name pairs by itself.
-        if *winner != r.path && replica.get(winner).is_none() {
-            renamed.push((j, winner.clone()));
+        let target = match winners.get(&fold_path(&here)) {
+            // An entry of exactly that name pairs by itself.
+            Some(&w)
+                if source.entries[w].path != here
+                    && replica.get(&source.entries[w].path).is_none() =>
+            {
+                source.entries[w].path.clone()
+            }
+            _ => here,
+        };
+        if target != r.path {
+            if r.kind.is_dir() {
+                moved_dirs.insert(r.path.clone(), target.clone());
+            }
+            renamed.push((j, target));
         }
     }
     if dropped.is_empty() && renamed.is_empty() {
@@ -318,6 +335,24 @@ mod tests {
                 "gone"
             ]
         );
+    }
+
+    #[test]
+    fn a_folder_that_takes_the_source_spelling_takes_its_contents_along() {
+        // The source could not list "Photos" (its entries are unknown): the
+        // replica's files below must still be found under "Photos", where
+        // the source's incomplete folder protects them.
+        let mut s = listing(&["Photos/"]);
+        s.incomplete.push(RelPath::from_str_lossy("Photos"));
+        let r = listing(&["PHOTOS/", "PHOTOS/a.jpg", "PHOTOS/Sub/", "PHOTOS/Sub/b"]);
+        let f = fold_names(&s, &r).unwrap();
+        assert_eq!(
+            paths(&f.replica),
+            [".", "Photos", "Photos/Sub", "Photos/Sub/b", "Photos/a.jpg"]
+        );
+        assert!(f
+            .source
+            .is_incomplete_at(&RelPath::from_str_lossy("Photos/a.jpg")));
     }
 
     #[test]

@@ -377,12 +377,10 @@ impl FileDrain {
     fn report(&self, err: &io::Error) {
         self.lost.fetch_add(1, Ordering::Relaxed);
         if !self.failed.swap(true, Ordering::Relaxed) {
-            self.above.write(|| {
-                eprintln!(
-                    "treesync: cannot write to the log file: {err}; \
+            self.above.say(format_args!(
+                "treesync: cannot write to the log file: {err}; \
                      the sync goes on, each line is tried again, and the exit status will be 3"
-                )
-            });
+            ));
         }
     }
 }

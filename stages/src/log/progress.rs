@@ -283,6 +283,16 @@ impl Above {
         self.0.suspend(write)
     }
 
+    /// Writes one line to standard error above the bar. A standard error
+    /// that cannot be written (a hung-up terminal) is ignored, never a
+    /// panic that would take the bar's lock and the Logger with it.
+    pub fn say(&self, line: std::fmt::Arguments<'_>) {
+        self.write(|| {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "{line}");
+        })
+    }
+
     /// Erases the bar for good, when the process exits without the
     /// Logger's flush: nothing of it is left on the screen.
     pub fn erase(&self) {

@@ -53,7 +53,8 @@ impl Stage for Applier {
 
     fn run(&mut self, msg: PlanMade, cx: &mut TickCx) -> Flow<Done> {
         let send = |event: LogEvent| self.log.do_send(event);
-        let outcome = apply_in(&msg.plan, &self.opts, Some(&msg.roots), cx.stop(), &send);
+        let (roots, started) = (Some(&*msg.roots), cx.started_at);
+        let outcome = apply_in(&msg.plan, &self.opts, roots, started, cx.stop(), &send);
         Flow::End(outcome)
     }
 }
@@ -68,21 +69,21 @@ pub fn apply(
     stop: &StopFlag,
     log: &(dyn Fn(LogEvent) + Sync),
 ) -> TickOutcome {
-    apply_in(plan, opts, None, stop, log)
+    apply_in(plan, opts, None, SystemTime::now(), stop, log)
 }
 
 /// `apply` in the roots the tick checked and listed (`None`: opened by
-/// path, for callers that have none).
+/// path, for callers that have none), for the tick that started (wall
+/// clock) at `tick_start`: the hooks see it (`--backup-dir` names its
+/// folder after it).
 pub fn apply_in(
     plan: &Plan,
     opts: &SyncOptions,
     roots: Option<&Roots>,
+    tick_start: SystemTime,
     stop: &StopFlag,
     log: &(dyn Fn(LogEvent) + Sync),
 ) -> TickOutcome {
-    // The tick's wall-clock start, as the hooks see it (`--backup-dir`
-    // names its folder after it).
-    let tick_start = SystemTime::now();
     let mut tally = Tally::default();
     if let Some(trip) = &plan.guard {
         // An `error` entry like any other: the tick's count includes it.
