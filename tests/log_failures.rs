@@ -40,6 +40,33 @@ fn full_disk(dir: &std::path::Path) -> Result<Mounted, String> {
     Ok(disk)
 }
 
+/// `treesync --log-format json --log-file LOG SRC DST 1` in the background
+/// (the sandbox's own helpers read a log of their choosing; this one may be
+/// on a full disk).
+fn spawn_logging_to(sb: &Sandbox, log: &std::path::Path) -> std::process::Child {
+    Command::new(bin())
+        .args(["--log-format", "json", "--log-file"])
+        .arg(log)
+        .arg(&sb.src)
+        .arg(&sb.dst)
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn treesync")
+}
+
+/// Waits for an outcome on disk (the log may be unwritable: no line to
+/// wait for).
+fn until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn an_interval_run_with_a_full_log_disk_goes_on_and_exits_3() {
     let sb = Sandbox::new();
@@ -51,28 +78,11 @@ fn an_interval_run_with_a_full_log_disk_goes_on_and_exits_3() {
         }
     };
     file(&sb.src, "first.txt", "1\n");
-    let mut child = Command::new(bin())
-        .arg("--log-file")
-        .arg(disk.dir.join("treesync.log"))
-        .arg(&sb.src)
-        .arg(&sb.dst)
-        .arg("1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn treesync");
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !done() {
-            assert!(start.elapsed() < DEADLINE, "{what} did not happen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    until("the first copy", &|| exists(&sb.d("first.txt")));
+    let mut child = spawn_logging_to(&sb, &disk.dir.join("treesync.log"));
+    until("the first copy", || exists(&sb.d("first.txt")));
     // Later ticks still sync with the log still failing.
     file(&sb.src, "second.txt", "2\n");
-    until("the second copy", &|| exists(&sb.d("second.txt")));
+    until("the second copy", || exists(&sb.d("second.txt")));
     signal(child.id(), "TERM");
     let start = Instant::now();
     while child.try_wait().expect("wait").is_none() {
@@ -123,29 +133,12 @@ fn a_line_cut_short_by_a_full_disk_never_runs_into_the_next() {
     let filler = disk.dir.join("filler");
     std::fs::write(&filler, vec![0u8; 12 * 1024]).unwrap();
     let log = disk.dir.join("treesync.log");
-    let mut child = Command::new(bin())
-        .args(["--log-format", "json", "--log-file"])
-        .arg(&log)
-        .arg(&sb.src)
-        .arg(&sb.dst)
-        .arg("1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn treesync");
-    let until = |what: &str, done: &dyn Fn() -> bool| {
-        let start = Instant::now();
-        while !done() {
-            assert!(start.elapsed() < DEADLINE, "{what} did not happen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    until("the first sync", &|| exists(&sb.d("f79")));
+    let mut child = spawn_logging_to(&sb, &log);
+    until("the first sync", || exists(&sb.d("f79")));
     // Room again: the lines of the next syncs are written.
     std::fs::remove_file(&filler).unwrap();
     file(&sb.src, "later", "y\n");
-    until("a line after the room came back", &|| {
+    until("a line after the room came back", || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"later\""))
     });
     signal(child.id(), "TERM");
