@@ -172,16 +172,24 @@ impl World {
                     .or_default()
                     .insert(bytes.clone());
                 let dst = self.sb.dst.clone();
-                if dst.is_dir() && make_room(&dst, FILES[file]) {
+                let real_root = fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir());
+                if real_root && make_room(&dst, FILES[file]) {
                     fs::write(dst.join(FILES[file]), &bytes).unwrap();
                 }
             }
             Step::ReplicaRemove { file } if !self.replica_swapped => {
-                let _ = fs::remove_file(self.sb.dst.join(FILES[file]));
+                // Never through a link an earlier step put in the replica.
+                if no_link_above(&self.sb.dst, FILES[file]) {
+                    let _ = fs::remove_file(self.sb.dst.join(FILES[file]));
+                }
             }
             Step::ReplicaFolderToLink { folder } if !self.replica_swapped => {
                 let at = self.sb.dst.join(FOLDERS[folder]);
-                if self.sb.dst.is_dir() && at.parent().is_some_and(Path::is_dir) {
+                // The parent must be a real folder of the replica, not a
+                // link put there by an earlier step: the test itself must
+                // not write through it.
+                let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+                if real_dir(&self.sb.dst) && at.parent().is_some_and(real_dir) {
                     if fs::symlink_metadata(&at).is_ok() {
                         remove(&at);
                     }
@@ -223,6 +231,21 @@ impl World {
             self.apply(&Step::SwapSourceRoot);
         }
     }
+}
+
+/// Whether every folder from `root` down to `rel`'s parent is a real
+/// folder (no link).
+fn no_link_above(root: &Path, rel: &str) -> bool {
+    let mut at = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    std::iter::once(None)
+        .chain(parts[..parts.len() - 1].iter().map(Some))
+        .all(|part| {
+            if let Some(part) = part {
+                at.push(part);
+            }
+            fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir())
+        })
 }
 
 /// Makes the parent folders of `rel` below `root`, replacing a file or
