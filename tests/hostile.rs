@@ -177,11 +177,11 @@ impl World {
                     fs::write(dst.join(FILES[file]), &bytes).unwrap();
                 }
             }
-            Step::ReplicaRemove { file } if !self.replica_swapped => {
-                // Never through a link an earlier step put in the replica.
-                if no_link_above(&self.sb.dst, FILES[file]) {
-                    let _ = fs::remove_file(self.sb.dst.join(FILES[file]));
-                }
+            // Never through a link an earlier step put in the replica.
+            Step::ReplicaRemove { file }
+                if !self.replica_swapped && no_link_above(&self.sb.dst, FILES[file]) =>
+            {
+                let _ = fs::remove_file(self.sb.dst.join(FILES[file]));
             }
             Step::ReplicaFolderToLink { folder } if !self.replica_swapped => {
                 let at = self.sb.dst.join(FOLDERS[folder]);

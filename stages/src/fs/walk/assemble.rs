@@ -5,7 +5,7 @@
 //! because sorting a million paths by components was most of a walk's CPU
 //! and holding the tree twice most of its memory.
 
-use super::listing::{io_error, vanished, Side};
+use super::base::{io_error, vanished, Side};
 use super::WalkResult;
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Entry, Listing};

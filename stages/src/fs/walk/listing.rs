@@ -7,6 +7,7 @@
 //! deleted.
 
 use super::assemble::Output;
+use super::base::{DirHandle, Raw, Side, DIR_FLAGS};
 use super::queue::{Job, Worker};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Entry, EntryKind, IGNORE_FILE, STATE_DIR};
@@ -14,41 +15,10 @@ use crate::contract::relpath::RelPath;
 use crate::fs::root::{kind_of, meta_of, Root};
 use crate::fs::rules::{read_ignore_file, Rules};
 use rustix::fd::OwnedFd;
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir, ResolveFlags, Stat};
+use rustix::fs::{self as rfs, AtFlags, Mode, RawDir};
 use rustix::io::Errno;
 use std::cmp::Ordering;
 use std::sync::Arc;
-
-/// Source folders the walk does not enter: the replica root, or a folder
-/// above it, met again below the source (a bind mount), which would mirror
-/// the replica into itself. (On the replica side, a folder that is another
-/// mount is never entered either: `DirHandle::open_on_its_filesystem`.)
-#[derive(Debug, Default)]
-pub(super) struct Fences {
-    /// The replica root and each folder above it, as (device, inode).
-    replica_and_above: Vec<(u64, u64)>,
-}
-
-impl Fences {
-    pub(super) fn around(replica: Option<&Root>) -> Fences {
-        let Some(replica) = replica else {
-            return Fences::default();
-        };
-        let id = |st: &Stat| (st.st_dev, st.st_ino);
-        let mut replica_and_above: Vec<(u64, u64)> = replica.stat().iter().map(id).collect();
-        for above in replica.path().ancestors().skip(1) {
-            if let Ok(st) = rfs::stat(above) {
-                replica_and_above.push(id(&st));
-            }
-        }
-        Fences { replica_and_above }
-    }
-
-    /// A source folder that is the replica or holds it.
-    fn holds_replica(&self, st: &Stat) -> bool {
-        self.replica_and_above.contains(&(st.st_dev, st.st_ino))
-    }
-}
 
 /// Opens a root for the walk and lists its own entry.
 pub(super) fn open_root(root: &Root, side: Side, out: &mut Output) -> Option<DirHandle> {
@@ -70,86 +40,6 @@ pub(super) fn open_root(root: &Root, side: Side, out: &mut Output) -> Option<Dir
         Err(e) => out.folder_failed(side, &rel, "cannot stat folder", e),
     }
     Some(DirHandle::Open(fd))
-}
-
-pub(super) const DIR_FLAGS: OFlags = OFlags::DIRECTORY
-    .union(OFlags::RDONLY)
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::NOCTTY);
-
-/// Size of each worker's `getdents` buffer.
-pub(super) const DIRENT_BUF: usize = 32 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Side {
-    Source,
-    Replica,
-}
-
-/// How a job reaches its folder on one side.
-pub(super) enum DirHandle {
-    /// Already open (a root).
-    Open(OwnedFd),
-    /// The parent's handle, shared with the siblings still pending; the
-    /// folder is the job's last path component.
-    Under(Arc<OwnedFd>),
-}
-
-impl DirHandle {
-    /// Opens the folder, releasing the parent's handle as soon as possible.
-    fn open(self, rel: &RelPath) -> Result<OwnedFd, Errno> {
-        match self {
-            DirHandle::Open(fd) => Ok(fd),
-            DirHandle::Under(parent) => rfs::openat(&*parent, rel.name(), DIR_FLAGS, Mode::empty()),
-        }
-    }
-
-    /// `open`, failing with `EXDEV` where the folder is another mount (a
-    /// bind mount of the same filesystem included).
-    fn open_on_its_filesystem(self, rel: &RelPath) -> Result<OwnedFd, Errno> {
-        const SAME_MOUNT: ResolveFlags = ResolveFlags::NO_XDEV
-            .union(ResolveFlags::NO_SYMLINKS)
-            .union(ResolveFlags::BENEATH);
-        match self {
-            DirHandle::Open(fd) => Ok(fd),
-            DirHandle::Under(parent) => {
-                let name = rel.name();
-                match rfs::openat2(&*parent, name, DIR_FLAGS, Mode::empty(), SAME_MOUNT) {
-                    Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
-                        let fd = rfs::openat(&*parent, name, DIR_FLAGS, Mode::empty())?;
-                        if rfs::fstat(&fd)?.st_dev != rfs::fstat(&*parent)?.st_dev {
-                            return Err(Errno::XDEV);
-                        }
-                        Ok(fd)
-                    }
-                    other => other,
-                }
-            }
-        }
-    }
-}
-
-/// An entry as read from its folder, before the rules look at it.
-pub(super) struct Raw {
-    path: RelPath,
-    stat: Stat,
-}
-
-impl Raw {
-    fn is_dir(&self) -> bool {
-        FileType::from_raw_mode(self.stat.st_mode) == FileType::Directory
-    }
-}
-
-/// The folder or entry went away (or was swapped for something that is not
-/// a folder) between its listing and its use: the next tick will see it.
-pub(super) fn vanished(err: Errno) -> bool {
-    matches!(err, Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
-}
-
-pub(super) fn io_error(err: Errno) -> std::io::Error {
-    err.into()
 }
 
 /// One side of a folder once listed: its subfolders to descend into and the

@@ -22,6 +22,7 @@
 //! seeds the jobs of a partial walk.
 
 mod assemble;
+mod base;
 mod listing;
 mod partial;
 mod queue;
@@ -33,7 +34,8 @@ use crate::contract::stop::StopFlag;
 use crate::fs::root::Root;
 use crate::fs::rules::Rules;
 use assemble::Output;
-use listing::{open_root, Fences, Side};
+use base::{Fences, Side};
+use listing::open_root;
 use queue::{run_jobs, Job};
 
 /// What the walk needs besides the two roots.

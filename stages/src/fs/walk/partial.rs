@@ -5,7 +5,8 @@
 //! cannot be read, since only a full walk can then tell what they exclude.
 
 use super::assemble::Output;
-use super::listing::{open_root, vanished, DirHandle, Side};
+use super::base::{vanished, DirHandle, Side};
+use super::listing::open_root;
 use super::queue::Job;
 use crate::contract::model::{Entry, EntryKind};
 use crate::contract::relpath::RelPath;

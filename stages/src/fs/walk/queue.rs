@@ -6,7 +6,7 @@
 //! ends the walk for all rather than leaving them waiting on its job.
 
 use super::assemble::Output;
-use super::listing::{DirHandle, Fences, Raw, DIRENT_BUF};
+use super::base::{DirHandle, Fences, Raw, DIRENT_BUF};
 use super::{WalkOptions, WalkResult};
 use crate::contract::relpath::RelPath;
 use crate::fs::rules::Rules;
