@@ -117,7 +117,7 @@ pub fn walk_folders(
 
 #[cfg(test)]
 mod tests {
-    use super::listing::DIR_FLAGS;
+    use super::base::DIR_FLAGS;
     use super::*;
     use crate::contract::model::EntryKind;
     use crate::contract::model::SpecialKind;
