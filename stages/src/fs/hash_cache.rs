@@ -145,7 +145,9 @@ impl HashCache {
     /// Replaces the saved cache atomically.
     pub fn save(&mut self, replica: &Root) -> io::Result<()> {
         let dir = state::open_dir(replica)?;
-        state::write_atomic(dir.as_fd(), FILE_NAME, |out| self.encode(out))?;
+        // Only saves work: a cache lost to a power cut is rebuilt, so it is not
+        // made durable (it is as large as the tree's list of files).
+        state::write_atomic(dir.as_fd(), FILE_NAME, false, |out| self.encode(out))?;
         self.dirty = false;
         Ok(())
     }

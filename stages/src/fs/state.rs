@@ -97,6 +97,7 @@ pub fn read_small(
 pub fn write_atomic(
     dir: BorrowedFd<'_>,
     name: &str,
+    durable: bool,
     write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<()> {
     let tmp = format!("{name}.tmp");
@@ -108,7 +109,13 @@ pub fn write_atomic(
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rfs::openat(dir, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;
     let mut out = io::BufWriter::with_capacity(1 << 16, File::from(fd));
-    let written = write(&mut out).and_then(|()| out.flush());
+    let written = write(&mut out).and_then(|()| out.flush()).and_then(|()| {
+        if durable {
+            out.get_ref().sync_data()
+        } else {
+            Ok(())
+        }
+    });
     if let Err(e) = written {
         let _ = rfs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
         return Err(e);
@@ -118,9 +125,12 @@ pub fn write_atomic(
     Ok(())
 }
 
-/// `write_atomic` with the whole content at hand.
+/// `write_atomic` with the whole content at hand. These files are small
+/// and rarely written (the marker, the run tokens, the racy paths, the
+/// probe): they are made durable before the rename, so that a power cut
+/// leaves the old content or the new one, not an empty file.
 pub fn write_bytes(dir: impl AsFd, name: &str, bytes: &[u8]) -> io::Result<()> {
-    write_atomic(dir.as_fd(), name, |out| out.write_all(bytes))
+    write_atomic(dir.as_fd(), name, true, |out| out.write_all(bytes))
 }
 
 fn not_regular(name: &str, found: &'static str) -> StateError {
