@@ -17,5 +17,5 @@ pub mod contract;
 pub mod fs;
 pub mod log;
 pub mod stages;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

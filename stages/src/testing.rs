@@ -1,4 +1,6 @@
-//! Test helpers: a collector actor to stand in for a stage's downstream.
+//! Test helpers, for the crate's unit tests and (feature `testing`) its
+//! fault tests: collector actors to stand in for a stage's downstream, a
+//! stage started alone, and temporary trees to sync.
 
 use actix::{Actor, Context, Handler, Message};
 use std::sync::{Arc, Mutex};
@@ -81,4 +83,46 @@ where
     )
     .start();
     (actor.recipient(), (batches, ended))
+}
+
+/// A source, a replica and a folder the replica must never touch, side by
+/// side in a fresh temporary folder (removed when dropped), with options
+/// for the first two.
+pub struct Trees {
+    _tmp: tempfile::TempDir,
+    pub src: std::path::PathBuf,
+    pub dst: std::path::PathBuf,
+    pub outside: std::path::PathBuf,
+    pub opts: crate::contract::options::SyncOptions,
+}
+
+pub fn trees() -> Trees {
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let (src, dst, outside) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("outside"),
+    );
+    for d in [&src, &dst, &outside] {
+        std::fs::create_dir(d).expect("make a tree");
+    }
+    let opts = crate::contract::options::SyncOptions::new(src.clone(), dst.clone());
+    Trees {
+        _tmp: tmp,
+        src,
+        dst,
+        outside,
+        opts,
+    }
+}
+
+pub fn rel(s: &str) -> crate::contract::relpath::RelPath {
+    crate::contract::relpath::RelPath::from_str_lossy(s)
+}
+
+/// `lstat` of `path` as the scanner reports it.
+pub fn meta(path: &std::path::Path) -> crate::contract::model::Meta {
+    let st = rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .expect("lstat");
+    crate::fs::root::meta_of(&st)
 }

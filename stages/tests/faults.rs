@@ -29,47 +29,7 @@ use treesync_stages::stages::applier::apply;
 use treesync_stages::stages::differ::{diff, DiffOptions};
 use treesync_stages::stages::hasher::{candidates, compare_all, racy_pairs, recheck, Sides};
 use treesync_stages::stages::scanner::scan;
-
-struct Trees {
-    _tmp: tempfile::TempDir,
-    src: PathBuf,
-    dst: PathBuf,
-    outside: PathBuf,
-    opts: SyncOptions,
-}
-
-/// `src`, `dst` (the replica) and `outside`, a folder the replica must
-/// never touch, side by side in a fresh temporary folder.
-fn trees() -> Trees {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, outside) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("outside"),
-    );
-    for d in [&src, &dst, &outside] {
-        fs::create_dir(d).unwrap();
-    }
-    let opts = SyncOptions::new(src.clone(), dst.clone());
-    Trees {
-        _tmp: tmp,
-        src,
-        dst,
-        outside,
-        opts,
-    }
-}
-
-fn rel(s: &str) -> RelPath {
-    RelPath::from_str_lossy(s)
-}
-
-/// `lstat` as the scanner reports it.
-fn meta(path: &Path) -> Meta {
-    let st =
-        rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
-    meta_of(&st)
-}
+use treesync_stages::testing::{meta, rel, trees, Trees};
 
 fn plan(ops: Vec<Op>) -> Plan {
     Plan {

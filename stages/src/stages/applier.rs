@@ -537,52 +537,13 @@ mod tests {
     use crate::contract::options::MaxDelete;
     use crate::contract::relpath::RelPath;
     use crate::fs::root::meta_of;
-    use crate::testing::{wait_until, Collector};
+    use crate::testing::{meta, rel, trees, wait_until, Collector};
     use actix::Actor;
     use filetime::FileTime;
     use std::fs;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
-
-    struct Trees {
-        _tmp: tempfile::TempDir,
-        src: PathBuf,
-        dst: PathBuf,
-        outside: PathBuf,
-        opts: SyncOptions,
-    }
-
-    fn trees() -> Trees {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, dst, outside) = (
-            tmp.path().join("src"),
-            tmp.path().join("dst"),
-            tmp.path().join("outside"),
-        );
-        for d in [&src, &dst, &outside] {
-            fs::create_dir(d).unwrap();
-        }
-        let opts = SyncOptions::new(src.clone(), dst.clone());
-        Trees {
-            _tmp: tmp,
-            src,
-            dst,
-            outside,
-            opts,
-        }
-    }
-
-    fn rel(s: &str) -> RelPath {
-        RelPath::from_str_lossy(s)
-    }
-
-    /// `lstat` as the scanner reports it.
-    fn meta(path: &Path) -> Meta {
-        let st = rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-            .unwrap();
-        meta_of(&st)
-    }
 
     /// A source file with content, mode and a nanosecond mtime.
     fn source_file(path: &Path, content: &[u8], perm: u32, mtime: (i64, u32)) -> Meta {
