@@ -220,6 +220,50 @@ fn backup_keep_prunes_old_stamps_and_keeps_young_ones_and_other_names() {
     assert_eq!(stamps(&dir), want);
 }
 
+#[test]
+fn backup_keep_never_removes_across_a_mount() {
+    let sb = Sandbox::new();
+    file(&sb.src, "f", "x");
+    sb.sync(&[]).expect_code(0);
+    let dir = versions(&sb);
+    let (mounted, bound, plain) = (
+        "2001-01-01T000000.000Z",
+        "2001-01-02T000000.000Z",
+        "2001-01-03T000000.000Z",
+    );
+    dir_at(&dir.join(mounted));
+    dir_at(&dir.join(bound).join("sub"));
+    file(&dir, format!("{plain}/f"), "old backup");
+    let outside = sb.path("outside");
+    file(&outside, "p", "someone else's\n");
+    file(&outside, "d/q", "someone else's\n");
+    let _tmpfs = match Mounted::tmpfs(&dir.join(mounted), "1m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: mounts under the backup folder: {why}");
+            return;
+        }
+    };
+    file(&dir.join(mounted), "t", "on the tmpfs\n");
+    let _bind = Mounted::bind(&outside, &dir.join(bound).join("sub")).expect("bind mount");
+    let mut args = backup_args(&dir);
+    args.extend(["--backup-keep", "1d"]);
+    let run = sb.sync(&args);
+    run.expect_code(0);
+    assert_eq!(read(&outside.join("p")), b"someone else's\n");
+    assert_eq!(read(&outside.join("d/q")), b"someone else's\n");
+    assert_eq!(read(&dir.join(mounted).join("t")), b"on the tmpfs\n");
+    // The plain old stamp went, with a line saying so; the others stay.
+    assert!(!exists(&dir.join(plain)));
+    let pruned: Vec<_> = run.entries("prune").iter().map(|e| e.str("to")).collect();
+    assert_eq!(pruned, [Some(plain)], "{}", run.dump());
+    assert_eq!(run.entries("warn").len(), 2, "{}", run.dump());
+}
+
+fn dir_at(path: &Path) {
+    fs::create_dir_all(path).unwrap();
+}
+
 /// The stamp of `secs` ago.
 fn stamp_ago(secs: i64) -> String {
     let ms = now_ms() - secs * 1000;

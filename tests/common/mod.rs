@@ -755,7 +755,7 @@ fn check_contract(e: &Entry, line: &str) {
     );
     let want_level = match e.msg.as_str() {
         "mkdir" | "copy" | "update" | "meta" | "symlink" | "delete" | "rmdir" | "backup"
-        | "tick" => "INFO",
+        | "prune" | "tick" => "INFO",
         "skip" | "warn" => "WARN",
         "error" => "ERROR",
         other => panic!("unknown verb `{other}` in the log file: {line}"),
@@ -771,6 +771,11 @@ fn check_contract(e: &Entry, line: &str) {
         "error" => {
             assert!(e.str("op").is_some(), "error without `op`: {line}");
             assert!(e.str("error").is_some(), "error without `error`: {line}");
+        }
+        // A stamp folder of `--backup-keep` is no path of the roots.
+        "prune" => {
+            assert!(e.path.is_none(), "prune has no path: {line}");
+            assert!(e.str("to").is_some(), "prune without `to`: {line}");
         }
         // Warnings about watching concern the whole run, not a path (like
         // the entries about a whole tick).

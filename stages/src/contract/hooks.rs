@@ -81,9 +81,10 @@ pub trait OpHook: Send + Sync {
         path: &RelPath,
     ) -> HookResult;
 
-    /// Once at the start of each tick that applies a plan (not in a dry
-    /// run): housekeeping. Returns reasons for `warn` entries.
-    fn tick_started(&self, _cx: &HookCx) -> Vec<String> {
+    /// Once at the start of each tick that applies a plan: housekeeping.
+    /// Returns what it did and what it could not, as log events (counted
+    /// in the tick by their verbs).
+    fn tick_started(&self, _cx: &HookCx) -> Vec<LogEvent> {
         Vec::new()
     }
 }
@@ -130,7 +131,7 @@ impl Hooks {
     }
 
     /// Every hook's start-of-tick housekeeping; the reasons for `warn`s.
-    pub fn tick_started(&self, cx: &HookCx) -> Vec<String> {
+    pub fn tick_started(&self, cx: &HookCx) -> Vec<LogEvent> {
         self.0.iter().flat_map(|h| h.tick_started(cx)).collect()
     }
 }

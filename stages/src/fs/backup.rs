@@ -23,7 +23,7 @@ use crate::contract::messages::{Level, LogEvent, LogValue, Verb};
 use crate::contract::relpath::RelPath;
 use crate::fs::root::Root;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,13 @@ use std::time::{Duration, SystemTime};
 /// own, counted in the `tick` entry as `backup=N` where there were some.
 pub const BACKUP: Verb = Verb::Other {
     name: "backup",
+    level: Level::Info,
+};
+
+/// The log verb of a stamp folder removed by `--backup-keep` (`to`: its
+/// name under DIR).
+pub const PRUNE: Verb = Verb::Other {
+    name: "prune",
     level: Level::Info,
 };
 
@@ -128,14 +135,15 @@ impl BackupDir {
     }
 
     /// Removes the stamp folders older than `--backup-keep` at `now`.
-    fn prune(&self, now: SystemTime) -> Vec<String> {
+    fn prune(&self, now: SystemTime) -> Vec<LogEvent> {
         let (Some(keep), Some(root)) = (self.keep, &self.root) else {
             return Vec::new();
         };
         let Some(limit) = now.checked_sub(keep) else {
             return Vec::new();
         };
-        let mut warnings = Vec::new();
+        let warn = |reason: String| LogEvent::new(Verb::Warn, None).with_str("reason", reason);
+        let mut events = Vec::new();
         let mut old = Vec::new();
         match read_names(root.fd()) {
             Ok(names) => old.extend(
@@ -148,22 +156,27 @@ impl BackupDir {
                             .is_ok_and(|st| FileType::from_raw_mode(st.st_mode).is_dir())
                     }),
             ),
-            Err(e) => warnings.push(format!(
+            Err(e) => events.push(warn(format!(
                 "cannot list the backup folder {}: {e}",
                 self.path.display()
-            )),
+            ))),
         }
         for name in old {
-            if let Err(e) = remove_tree(root.fd(), &name) {
-                warnings.push(format!(
-                    "cannot remove old backups {}: {e}",
-                    self.path
-                        .join(String::from_utf8_lossy(&name).as_ref())
-                        .display()
-                ));
+            let shown = String::from_utf8_lossy(&name).into_owned();
+            match remove_tree(root.fd(), &name) {
+                Ok(()) => events.push(LogEvent::new(PRUNE, None).with_str("to", shown)),
+                Err(e) => events.push(warn(format!(
+                    "cannot remove old backups {}: {}",
+                    self.path.join(&shown).display(),
+                    match e {
+                        Errno::XDEV =>
+                            "another filesystem is mounted there; it is left alone".to_string(),
+                        e => std::io::Error::from(e).to_string(),
+                    }
+                ))),
             }
         }
-        warnings
+        events
     }
 }
 
@@ -207,7 +220,7 @@ impl OpHook for BackupDir {
         })
     }
 
-    fn tick_started(&self, cx: &HookCx) -> Vec<String> {
+    fn tick_started(&self, cx: &HookCx) -> Vec<LogEvent> {
         if cx.dry_run {
             return Vec::new();
         }
@@ -277,7 +290,21 @@ fn read_names(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<Vec<u8>>> {
 /// link: links are removed as entries, and a link where a folder was
 /// makes the open fail.
 fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
-    let fd = rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
+    // Never through a link, never across a mount: what another filesystem
+    // holds below a stamp folder is not ours (`EXDEV` stops the removal).
+    const HERE: ResolveFlags = ResolveFlags::NO_XDEV
+        .union(ResolveFlags::NO_SYMLINKS)
+        .union(ResolveFlags::BENEATH);
+    let fd = match rfs::openat2(dir, name, DIR_FLAGS, Mode::empty(), HERE) {
+        Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
+            let fd = rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
+            if rfs::fstat(&fd)?.st_dev != rfs::fstat(dir)?.st_dev {
+                return Err(Errno::XDEV);
+            }
+            fd
+        }
+        other => other?,
+    };
     for child in read_names(fd.as_fd())? {
         let st = rfs::statat(&fd, child.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
@@ -451,11 +478,13 @@ mod tests {
         let linked = stamp(now - Duration::from_secs(9 * 86_400));
         symlink(&outside, s.dir.join(&linked)).unwrap();
         let hook: Arc<dyn OpHook> = Arc::new(s.backup);
-        let warnings = hook.tick_started(&HookCx {
+        let events = hook.tick_started(&HookCx {
             tick_start: now,
             dry_run: false,
         });
-        assert!(warnings.is_empty(), "{warnings:?}");
+        // One `prune` line for the old stamp, no warning.
+        let verbs: Vec<&str> = events.iter().map(|e| e.verb.as_str()).collect();
+        assert_eq!(verbs, ["prune"], "{events:?}");
         let mut left: Vec<String> = fs::read_dir(&s.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

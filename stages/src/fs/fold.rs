@@ -75,6 +75,11 @@ pub struct Folded {
     pub source: Listing,
     pub replica: Listing,
     pub collisions: Vec<Collision>,
+    /// Replica files stored under another spelling than the source file
+    /// they now pair with (by the source's spelling). Size and mtime say
+    /// nothing there: the file may be what another name held (a collision
+    /// winner since deleted), so its content must be compared.
+    pub respelled: Vec<RelPath>,
 }
 
 /// On a replica that ignores case: leaves out of the source each entry
@@ -135,6 +140,7 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
     // listed, the replica's entries must still be found under its name
     // (nothing is deleted there). Folders come before their contents.
     let mut moved_dirs: HashMap<RelPath, RelPath> = HashMap::new();
+    let mut respelled = Vec::new();
     for (j, r) in replica.entries.iter().enumerate() {
         if r.path.is_root() || r.path.starts_with(&state_dir) {
             continue;
@@ -156,6 +162,8 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
         if target != r.path {
             if r.kind.is_dir() {
                 moved_dirs.insert(r.path.clone(), target.clone());
+            } else if fold_path(&target) == fold_path(&r.path) && target.name() != r.path.name() {
+                respelled.push(target.clone());
             }
             renamed.push((j, target));
         }
@@ -182,6 +190,7 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
         source,
         replica,
         collisions,
+        respelled,
     })
 }
 
@@ -196,18 +205,19 @@ fn keep_entries(entries: &[Entry], keep: impl Fn(usize) -> bool) -> Vec<Entry> {
 
 /// `fold_names` applied to a tick's listings where the replica folds
 /// names: each collision is logged as an `error` (op `collision`) and
-/// counted in the tick's errors.
+/// counted in the tick's errors. Also returns the respelled files, whose
+/// content must be compared whatever their metadata say.
 pub fn pair_scanned(
     mut msg: TreesScanned,
     opts: &SyncOptions,
     log: &Recipient<LogEvent>,
     errors: &mut u64,
-) -> TreesScanned {
+) -> (TreesScanned, Vec<RelPath>) {
     if !opts.replica_fs.caps.folds_names() {
-        return msg;
+        return (msg, Vec::new());
     }
     let Some(folded) = fold_names(&msg.source, &msg.replica) else {
-        return msg;
+        return (msg, Vec::new());
     };
     for c in &folded.collisions {
         log.do_send(collision_event(c).dry_run(opts.dry_run));
@@ -215,7 +225,7 @@ pub fn pair_scanned(
     *errors += folded.collisions.len() as u64;
     msg.source = Arc::new(folded.source);
     msg.replica = Arc::new(folded.replica);
-    msg
+    (msg, folded.respelled)
 }
 
 fn collision_event(c: &Collision) -> LogEvent {

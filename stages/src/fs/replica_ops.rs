@@ -258,7 +258,7 @@ impl ReplicaOps {
     }
 
     /// The hooks' start-of-tick housekeeping; reasons for `warn`s.
-    pub fn start_hooks(&self) -> Vec<String> {
+    pub fn start_hooks(&self) -> Vec<LogEvent> {
         self.hooks.tick_started(&self.hook_cx)
     }
 

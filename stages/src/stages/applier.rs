@@ -92,8 +92,7 @@ pub fn apply_in(
     }
     let target = open_target(opts, roots, plan.roots, tick_start, log, &mut tally);
     if let Target::Replica(replica) = &target {
-        for reason in replica.start_hooks() {
-            let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
+        for event in replica.start_hooks() {
             tally.count(&event);
             log(event);
         }

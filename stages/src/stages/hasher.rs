@@ -425,9 +425,17 @@ impl Stage for Hasher {
     // (racy copies, temporaries' tokens) is read here, off the async
     // thread.
     fn run(&mut self, msg: TreesScanned, cx: &mut TickCx) -> Flow<TreesHashed> {
-        let msg = fold::pair_scanned(msg, &self.opts, &self.log, &mut cx.errors);
+        let (msg, respelled) = fold::pair_scanned(msg, &self.opts, &self.log, &mut cx.errors);
         let caps = &self.opts.replica_fs.caps;
-        let pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
+        let mut pairs = candidates_on(&msg.source, &msg.replica, self.opts.checksum, caps);
+        // Files the replica stores under another spelling are compared by
+        // content too: their metadata may be another file's.
+        let respelled = file_pairs(&msg.source, &msg.replica, respelled.iter());
+        for p in &respelled {
+            if !pairs.iter().any(|q| q.source == p.source) {
+                pairs.push(*p);
+            }
+        }
         let (opts, cache, stop, log) = (&self.opts, &self.cache, cx.stop(), &self.log);
         let load = !pairs.is_empty() && !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         let tick = cx.seq;
@@ -505,6 +513,9 @@ impl Stage for Hasher {
             contents.merge(&found);
             events.extend(more);
         }
+        for p in &respelled {
+            contents.mark_rechecked(p.source);
+        }
         for ev in events {
             log.do_send(ev);
         }
@@ -522,13 +533,22 @@ impl Stage for Hasher {
 /// The recorded racy paths that are a file on both sides: compared by
 /// content whatever their metadata say (`racy.rs`).
 pub fn racy_pairs(source: &Listing, replica: &Listing, racy: &BTreeSet<RelPath>) -> Vec<Pair> {
+    file_pairs(source, replica, racy.iter())
+}
+
+/// The `paths` that are a regular file on both sides, as pairs.
+fn file_pairs<'p>(
+    source: &Listing,
+    replica: &Listing,
+    paths: impl Iterator<Item = &'p RelPath>,
+) -> Vec<Pair> {
     let find = |l: &Listing, p: &RelPath| {
         l.entries
             .binary_search_by(|e| e.path.cmp(p))
             .ok()
             .filter(|&i| l.entries[i].kind == EntryKind::File)
     };
-    racy.iter()
+    paths
         .filter_map(|p| {
             Some(Pair {
                 source: find(source, p)?,
@@ -841,10 +861,20 @@ mod tests {
     #[actix_rt::test]
     async fn a_recorded_racy_copy_is_compared_by_content_though_metadata_agree() {
         let (tmp, s, r) = two_roots(&[("f", b"torn", b"TORN"), ("g", b"same", b"same")]);
-        let (source, mut replica, _) = listed(&s, &r, &["f", "g"]);
-        for e in &mut replica.entries {
-            e.meta.mtime = source.get(&e.path).unwrap().meta.mtime;
+        // The replica files get the source's mtimes on disk, as a copy
+        // does (the comparison checks the files are still as listed).
+        for name in ["f", "g"] {
+            let mtime = std::fs::metadata(tmp.path().join("s").join(name))
+                .unwrap()
+                .modified()
+                .unwrap();
+            filetime::set_file_mtime(
+                tmp.path().join("r").join(name),
+                filetime::FileTime::from_system_time(mtime),
+            )
+            .unwrap();
         }
+        let (source, replica, _) = listed(&s, &r, &["f", "g"]);
         // Without a record, metadata decide: nothing to compare.
         assert!(candidates(&source, &replica, false).is_empty());
         std::fs::create_dir(tmp.path().join("r/.treesync")).unwrap();
