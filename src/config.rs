@@ -66,6 +66,8 @@ pub enum ConfigError {
     },
     #[error("backup folder {path} is not on the filesystem of replica {replica}: old versions are moved there, never copied; choose a folder on the replica's filesystem")]
     BackupOtherFs { path: PathBuf, replica: PathBuf },
+    #[error("backup folder {path} cannot keep old versions: its filesystem makes no hard links ({source})")]
+    BackupNoLinks { path: PathBuf, source: io::Error },
     #[error("cannot find the current folder: {0}")]
     Cwd(io::Error),
     #[error("{0}")]
@@ -321,7 +323,30 @@ fn backup_dir(
     if missing && !dry_run {
         std::fs::create_dir(&canon).map_err(err)?;
     }
+    if !dry_run {
+        keeps_hard_links(&canon).map_err(|source| ConfigError::BackupNoLinks {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
     BackupDir::open(&canon, keep, dry_run).map_err(err)
+}
+
+/// An update keeps the old version by giving it a second name in the
+/// backup folder (a hard link): a filesystem without hard links (FAT,
+/// exFAT) could keep no version of an update, so it is found out at start
+/// with a throwaway file, not at every update.
+fn keeps_hard_links(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".treesync-link-probe-{}", std::process::id()));
+    let second = dir.join(format!(".treesync-link-probe-{}-2", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    let linked = std::fs::hard_link(&probe, &second);
+    let _ = std::fs::remove_file(&second);
+    let _ = std::fs::remove_file(&probe);
+    linked
 }
 
 /// Whether `path` lies inside the folder `root`, by name or by identity:

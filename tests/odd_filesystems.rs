@@ -327,3 +327,18 @@ fn exfat_a_name_that_pairs_with_another_spelling_is_compared_by_content() {
     again.expect_code(0);
     assert!(again.changes().is_empty(), "{}", again.dump());
 }
+
+#[test]
+fn a_backup_folder_on_exfat_is_refused_at_start_for_want_of_hard_links() {
+    let Some((sb, m)) = sandbox_on(Image::Exfat) else {
+        return;
+    };
+    file(&sb.src, "f", "x\n");
+    let versions = m.dir.join("versions");
+    let run = sb.sync(&["--backup-dir", versions.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{}", run.dump());
+    assert!(run.stderr.contains("hard links"), "{}", run.stderr);
+    // Nothing was synced, and the probe left nothing behind.
+    assert!(!exists(&sb.d("f")));
+    assert!(std::fs::read_dir(&versions).map_or(true, |mut d| d.next().is_none()));
+}
