@@ -167,6 +167,12 @@ fn parts<'a>(
                 .iter()
                 .filter_map(|a| this.entries.binary_search_by(|e| e.path.cmp(a)).ok()),
         );
+        // The rules files of the folders above: whether one the source
+        // lacks is deleted depends on what is kept anywhere below its
+        // folder, which a folder listed again can change (one whose rules
+        // could not be read last tick and can now).
+        let at = |p: RelPath| this.entries.binary_search_by(|e| e.path.cmp(&p)).ok();
+        picked.extend(context.iter().filter_map(|a| at(a.join(IGNORE_FILE))));
         for f in &folders {
             let range = subtree(&this.entries, f);
             let mut i = range.start;
