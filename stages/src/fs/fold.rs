@@ -162,7 +162,8 @@ pub fn fold_names(source: &Listing, replica: &Listing) -> Option<Folded> {
         if target != r.path {
             if r.kind.is_dir() {
                 moved_dirs.insert(r.path.clone(), target.clone());
-            } else if fold_path(&target) == fold_path(&r.path) && target.name() != r.path.name() {
+            } else if target.name() != r.path.name() {
+                // Its own name differs (not only a folder above it).
                 respelled.push(target.clone());
             }
             renamed.push((j, target));

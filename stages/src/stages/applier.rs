@@ -185,8 +185,13 @@ fn open_target(
     tally: &mut Tally,
 ) -> Target {
     if opts.dry_run {
+        // The hooks read (never write) the replica the scan checked; a
+        // caller without checked roots opens it by path.
         let replica = (!opts.hooks.is_empty())
-            .then(|| Root::open(&opts.replica).ok())
+            .then(|| match checked.and_then(|c| c.replica.as_ref()) {
+                Some(root) => root.try_clone().ok(),
+                None => Root::open(&opts.replica).ok(),
+            })
             .flatten();
         return Target::DryRun(replica);
     }
