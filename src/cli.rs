@@ -89,6 +89,13 @@ pub struct Cli {
     #[arg(long, value_name = "N|P%", default_value = "50%")]
     pub max_delete: MaxDelete,
 
+    /// Do not look for files moved or renamed in the source: copy them
+    /// again and delete the old copies. By default a replica file that
+    /// the source lacks, paired with exactly one new source file of the
+    /// same size and mtime, is renamed in the replica (logged as `move`).
+    #[arg(long)]
+    pub no_renames: bool,
+
     /// Make each copied file and its folder durable (fsync) before it is
     /// reported. Slower; off by default, as in rsync and cp.
     #[arg(long)]

@@ -135,6 +135,7 @@ impl Config {
             dry_run: cli.dry_run,
             delete_excluded: cli.delete_excluded,
             max_delete: cli.max_delete,
+            renames: !cli.no_renames,
             jobs,
             excludes: cli.exclude,
             hidden,

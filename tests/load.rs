@@ -93,7 +93,7 @@ fn assert_only_tick(log: &[Value]) {
     );
     assert_eq!(log.len(), 1, "one tick expected: {log:?}");
     for verb in [
-        "mkdir", "copy", "update", "meta", "symlink", "delete", "rmdir",
+        "mkdir", "copy", "update", "meta", "symlink", "move", "delete", "rmdir",
     ] {
         assert_eq!(log[0][verb], 0, "tick counts {verb}: {}", log[0]);
     }

@@ -33,12 +33,12 @@ pub const FILE_TIME: (i64, u32) = (1_600_000_000, 123_456_789);
 pub const DIR_TIME: (i64, u32) = (1_500_000_000, 987_654_321);
 
 /// Operation verbs of the log contract (entries that carry a `path`).
-pub const OP_VERBS: [&str; 9] = [
-    "mkdir", "copy", "update", "meta", "symlink", "delete", "rmdir", "skip", "warn",
+pub const OP_VERBS: [&str; 10] = [
+    "mkdir", "copy", "update", "meta", "symlink", "move", "delete", "rmdir", "skip", "warn",
 ];
 /// Verbs that change the replica.
-pub const CHANGE_VERBS: [&str; 7] = [
-    "mkdir", "copy", "update", "meta", "symlink", "delete", "rmdir",
+pub const CHANGE_VERBS: [&str; 8] = [
+    "mkdir", "copy", "update", "meta", "symlink", "move", "delete", "rmdir",
 ];
 
 // ---------------------------------------------------------------------------
@@ -203,6 +203,13 @@ impl Sandbox {
     pub fn spawn<S: AsRef<OsStr>>(&self, args: &[S]) -> Running {
         let (cmd, log) = self.command(args);
         Running::start(cmd, log)
+    }
+
+    /// Renames `from` to `to` in the source (`mv`), making `to`'s folders.
+    pub fn mv(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) {
+        let to = self.s(to);
+        ensure_parent(&to);
+        fs::rename(self.s(from), to).expect("rename in the source");
     }
 
     /// Source and replica hold the same entries with the same metadata.
@@ -754,8 +761,8 @@ fn check_contract(e: &Entry, line: &str) {
         "`ts` is not RFC 3339 UTC with milliseconds: {line}"
     );
     let want_level = match e.msg.as_str() {
-        "mkdir" | "copy" | "update" | "meta" | "symlink" | "delete" | "rmdir" | "backup"
-        | "prune" | "tick" => "INFO",
+        "mkdir" | "copy" | "update" | "meta" | "symlink" | "move" | "delete" | "rmdir"
+        | "backup" | "prune" | "tick" => "INFO",
         "skip" | "warn" => "WARN",
         "error" => "ERROR",
         other => panic!("unknown verb `{other}` in the log file: {line}"),
@@ -796,6 +803,13 @@ fn check_contract(e: &Entry, line: &str) {
                     assert!(e.u64("bytes").is_some(), "{verb} without `bytes`: {line}")
                 }
                 "symlink" => assert!(e.str("target").is_some(), "symlink without target: {line}"),
+                "move" => {
+                    let from = e.str("from");
+                    assert!(
+                        from.is_some_and(|f| !f.is_empty() && !f.starts_with('/')),
+                        "move without a relative `from`: {line}"
+                    );
+                }
                 "backup" => assert!(e.str("to").is_some(), "backup without `to`: {line}"),
                 "skip" | "warn" => {
                     assert!(e.str("reason").is_some(), "{verb} without reason: {line}")

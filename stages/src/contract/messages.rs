@@ -255,6 +255,8 @@ pub struct Counts {
     pub update: u64,
     pub meta: u64,
     pub symlink: u64,
+    /// `move` entries (`move` is a keyword).
+    pub moves: u64,
     pub delete: u64,
     pub rmdir: u64,
     pub skip: u64,
@@ -263,7 +265,14 @@ pub struct Counts {
 
 impl Counts {
     pub fn changes(&self) -> u64 {
-        self.mkdir + self.copy + self.update + self.meta + self.symlink + self.delete + self.rmdir
+        self.mkdir
+            + self.copy
+            + self.update
+            + self.meta
+            + self.symlink
+            + self.moves
+            + self.delete
+            + self.rmdir
     }
 
     /// The count of `verb`, if it is one the contract counts per tick.
@@ -274,6 +283,7 @@ impl Counts {
             Verb::Update => &mut self.update,
             Verb::Meta => &mut self.meta,
             Verb::Symlink => &mut self.symlink,
+            Verb::Move => &mut self.moves,
             Verb::Delete => &mut self.delete,
             Verb::Rmdir => &mut self.rmdir,
             Verb::Skip => &mut self.skip,
@@ -305,6 +315,7 @@ impl Counts {
                 Verb::Update => c.update,
                 Verb::Meta => c.meta,
                 Verb::Symlink => c.symlink,
+                Verb::Move => c.moves,
                 Verb::Delete => c.delete,
                 Verb::Rmdir => c.rmdir,
                 Verb::Skip => c.skip,
@@ -429,6 +440,7 @@ pub enum Verb {
     Update,
     Meta,
     Symlink,
+    Move,
     Delete,
     Rmdir,
     Skip,
@@ -447,12 +459,13 @@ pub enum Verb {
 
 impl Verb {
     /// The verbs counted per tick, in the `tick` entry's order.
-    pub const COUNTED: [Verb; 9] = [
+    pub const COUNTED: [Verb; 10] = [
         Verb::Mkdir,
         Verb::Copy,
         Verb::Update,
         Verb::Meta,
         Verb::Symlink,
+        Verb::Move,
         Verb::Delete,
         Verb::Rmdir,
         Verb::Skip,
@@ -466,6 +479,7 @@ impl Verb {
             Verb::Update => "update",
             Verb::Meta => "meta",
             Verb::Symlink => "symlink",
+            Verb::Move => "move",
             Verb::Delete => "delete",
             Verb::Rmdir => "rmdir",
             Verb::Skip => "skip",
@@ -627,7 +641,7 @@ mod tests {
         let keys: Vec<String> = ev.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             keys.join(" "),
-            "seq=4 mkdir=0 copy=1 update=0 meta=0 symlink=0 delete=0 rmdir=0 skip=0 warn=0 \
+            "seq=4 mkdir=0 copy=1 update=0 meta=0 symlink=0 move=0 delete=0 rmdir=0 skip=0 warn=0 \
              backup=3 bytes=10 errors=1 elapsed_ms=7 mode=incremental rescanned=2"
         );
         let backup = Verb::Other {

@@ -23,6 +23,9 @@ pub struct SyncOptions {
     /// Also delete replica entries that the rules exclude.
     pub delete_excluded: bool,
     pub max_delete: MaxDelete,
+    /// Detect files moved or renamed in the source and rename them in the
+    /// replica rather than copy them again (off: `--no-renames`).
+    pub renames: bool,
     /// Workers for walking, hashing and copying (at least 1).
     pub jobs: usize,
     /// Gitignore lines applied as if in a `.syncignore` at the source root,
@@ -96,6 +99,7 @@ impl SyncOptions {
             dry_run: false,
             delete_excluded: false,
             max_delete: MaxDelete::default(),
+            renames: true,
             jobs: 2,
             excludes: Vec::new(),
             hidden: Vec::new(),

@@ -24,7 +24,9 @@ pub enum Op {
     /// Remove a file, link or special entry from the replica.
     Delete { path: RelPath },
     /// Remove a folder whose contents the plan has already removed.
-    Rmdir { path: RelPath },
+    /// `after_moves`: it held an entry the plan moves elsewhere, so it goes
+    /// once the moves are done (`Phase::Prune`).
+    Rmdir { path: RelPath, after_moves: bool },
     /// Create a folder; its permissions and times come with `FinishDir`.
     Mkdir { path: RelPath, meta: Meta },
     /// Write a file that the replica does not have. `meta` is the source's,
@@ -32,6 +34,15 @@ pub enum Op {
     Copy { path: RelPath, meta: Meta },
     /// Replace the content of a replica file.
     Update { path: RelPath, meta: Meta },
+    /// Rename the replica's file at `from` to `path`, where the replica has
+    /// no entry (nothing is overwritten), then give it `meta` (the
+    /// source's) where it differs: the source's file at `path` has the
+    /// size and mtime of the replica's at `from`, which the source lacks.
+    Move {
+        path: RelPath,
+        from: RelPath,
+        meta: Meta,
+    },
     /// Create or retarget a symbolic link.
     Symlink {
         path: RelPath,
@@ -59,11 +70,15 @@ pub enum Op {
 /// Order in which the Applier runs the operations: each phase completes
 /// before the next starts; within a phase the order of the plan is kept
 /// where it matters (deletions children first, folders parents first).
+/// Moves run once the folders they go into exist and before the folders
+/// they leave are removed (`Prune`), and before any file is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     Report,
     Clean,
     Mkdir,
+    Move,
+    Prune,
     Files,
     FinishDirs,
 }
@@ -76,10 +91,11 @@ impl Op {
             | Op::Refuse { path, .. }
             | Op::RemoveStale { path }
             | Op::Delete { path }
-            | Op::Rmdir { path }
+            | Op::Rmdir { path, .. }
             | Op::Mkdir { path, .. }
             | Op::Copy { path, .. }
             | Op::Update { path, .. }
+            | Op::Move { path, .. }
             | Op::Symlink { path, .. }
             | Op::SetMeta { path, .. }
             | Op::FinishDir { path, .. } => path,
@@ -89,8 +105,16 @@ impl Op {
     pub fn phase(&self) -> Phase {
         match self {
             Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => Phase::Report,
-            Op::RemoveStale { .. } | Op::Delete { .. } | Op::Rmdir { .. } => Phase::Clean,
+            Op::RemoveStale { .. }
+            | Op::Delete { .. }
+            | Op::Rmdir {
+                after_moves: false, ..
+            } => Phase::Clean,
             Op::Mkdir { .. } => Phase::Mkdir,
+            Op::Move { .. } => Phase::Move,
+            Op::Rmdir {
+                after_moves: true, ..
+            } => Phase::Prune,
             Op::Copy { .. } | Op::Update { .. } | Op::Symlink { .. } | Op::SetMeta { .. } => {
                 Phase::Files
             }

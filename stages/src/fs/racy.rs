@@ -162,13 +162,26 @@ pub fn append(replica: &Root, path: &RelPath, durable: bool) -> io::Result<()> {
 }
 
 /// Adds `racy` to the recorded set and removes `settled` (files written
-/// this tick by a copy that was not racy); writes only on a change.
-pub fn record(replica: &Root, racy: &[RelPath], settled: &[RelPath]) -> io::Result<()> {
-    if racy.is_empty() && settled.is_empty() {
+/// this tick by a copy that was not racy); a recorded file that was moved
+/// (`moved`: old and new path) stays recorded under its new path. Writes
+/// only on a change.
+pub fn record(
+    replica: &Root,
+    racy: &[RelPath],
+    settled: &[RelPath],
+    moved: &[(RelPath, RelPath)],
+) -> io::Result<()> {
+    if racy.is_empty() && settled.is_empty() && moved.is_empty() {
         return Ok(());
     }
     let (mut set, _) = load(replica);
     let mut changed = false;
+    for (from, to) in moved {
+        if set.remove(from) {
+            set.insert(to.clone());
+            changed = true;
+        }
+    }
     for p in settled {
         changed |= set.remove(p);
     }
@@ -231,11 +244,15 @@ mod tests {
         std::fs::create_dir(tmp.path().join(".treesync")).unwrap();
         let root = Root::open(tmp.path()).unwrap();
         let p = |s: &str| RelPath::from_str_lossy(s);
-        record(&root, &[p("a"), p("d/b\nc")], &[]).unwrap();
+        record(&root, &[p("a"), p("d/b\nc")], &[], &[]).unwrap();
         let (set, err) = load(&root);
         assert!(err.is_none());
         assert_eq!(set.into_iter().collect::<Vec<_>>(), [p("a"), p("d/b\nc")]);
-        record(&root, &[], &[p("a"), p("d/b\nc")]).unwrap();
+        // A recorded file moved is recorded under its new name.
+        record(&root, &[], &[], &[(p("a"), p("e/a")), (p("x"), p("y"))]).unwrap();
+        let (set, _) = load(&root);
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), [p("d/b\nc"), p("e/a")]);
+        record(&root, &[], &[p("e/a"), p("d/b\nc")], &[]).unwrap();
         assert!(load(&root).0.is_empty());
         assert!(!tmp.path().join(".treesync/racy").exists());
     }

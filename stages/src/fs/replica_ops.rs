@@ -502,6 +502,55 @@ impl ReplicaOps {
         }
     }
 
+    /// Renames the replica's file at `from` to `path`, from the old
+    /// folder's handle to the new one's, never replacing an entry at `path`
+    /// (`RENAME_NOREPLACE`: one there is an error and stays as it is), then
+    /// sets `meta` where the file's own differs. Nothing is replaced, so no
+    /// hook runs; the inode, and so the content, stays.
+    pub fn move_entry(&self, from: &RelPath, path: &RelPath, meta: &Meta) -> Result<(), OpError> {
+        let (old_dir, old_name) = self.replica_parent(from)?;
+        let (new_dir, new_name) = self.replica_parent(path)?;
+        // A link or a folder put there since the scan is not moved.
+        let st = root_stat(old_dir.as_fd(), old_name, from)?;
+        expect_type(&st, FileType::RegularFile, from)?;
+        let taken = || OpError::Taken { path: path.clone() };
+        let (old, new) = (old_dir.as_fd(), new_dir.as_fd());
+        let rename = |flags| {
+            self.in_writable(old, || {
+                self.in_writable(new, || {
+                    rfs::renameat_with(old, old_name, new, new_name, flags)
+                })
+            })
+        };
+        match rename(rfs::RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return Err(taken()),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match rfs::statat(new, new_name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(_) => return Err(taken()),
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(io_err("look up the name", path)(e)),
+                }
+                rename(rfs::RenameFlags::empty()).map_err(io_err("move", path))?;
+            }
+            Err(e) => return Err(io_err("move", path)(e)),
+        }
+        self.sync_dir(new, path)?;
+        if !self.meta_matches(&st, meta) {
+            self.set_meta(path, false, meta)?;
+        }
+        self.sync_dir(old, from)
+    }
+
+    /// The file's mtime, permissions and (when kept) owner are `meta`'s.
+    fn meta_matches(&self, st: &Stat, meta: &Meta) -> bool {
+        let mtime = Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32);
+        let perm = st.st_mode & 0o7777;
+        mtime == meta.mtime
+            && perm == self.mode(meta.perm).as_raw_mode()
+            && (!self.preserve_owner || (st.st_uid, st.st_gid) == (meta.uid, meta.gid))
+    }
+
     /// Creates the folder `path` readable only by us; its final mode and
     /// times come with `finish_dir`, once its contents are written.
     pub fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
@@ -533,9 +582,15 @@ impl ReplicaOps {
     }
 
     /// Records the racy copies of a tick for a recheck, and forgets the
-    /// files copied without doubt (`racy::record`).
-    pub fn record_racy(&self, racy: &[RelPath], settled: &[RelPath]) -> io::Result<()> {
-        racy::record(&self.replica, racy, settled)
+    /// files copied without doubt, and follows the moved ones
+    /// (`racy::record`).
+    pub fn record_racy(
+        &self,
+        racy: &[RelPath],
+        settled: &[RelPath],
+        moved: &[(RelPath, RelPath)],
+    ) -> io::Result<()> {
+        racy::record(&self.replica, racy, settled, moved)
     }
 
     /// Removes the file or link at `path`; one already gone counts as done.
@@ -1046,6 +1101,38 @@ mod tests {
         assert!(err.to_string().contains("rename into place"), "{err}");
         assert!(dst.join("inside").exists());
         assert_eq!(names(&tmp.path().join("dst")), ["f"]);
+    }
+
+    #[test]
+    fn replica_ops_move_renames_across_folders_and_never_replaces() {
+        let (tmp, ops) = setup();
+        let dst = tmp.path().join("dst");
+        fs::create_dir(dst.join("a")).unwrap();
+        fs::create_dir(dst.join("b")).unwrap();
+        fs::write(dst.join("a/f"), b"content").unwrap();
+        let ino = fs::metadata(dst.join("a/f")).unwrap().ino();
+        let meta = Meta {
+            perm: 0o600,
+            mtime: Timestamp::new(1_234_567_890, 42),
+            ..Meta::default()
+        };
+        ops.move_entry(&rel("a/f"), &rel("b/g"), &meta).unwrap();
+        let md = fs::metadata(dst.join("b/g")).unwrap();
+        assert_eq!((md.ino(), md.mode() & 0o7777), (ino, 0o600));
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_234_567_890, 42));
+        assert!(names(&dst.join("a")).is_empty());
+        // An entry at the target stays, and so does the one to move.
+        fs::write(dst.join("a/f"), b"other").unwrap();
+        let err = ops.move_entry(&rel("a/f"), &rel("b/g"), &meta).unwrap_err();
+        assert!(matches!(err, OpError::Taken { .. }), "{err}");
+        assert_eq!(fs::read(dst.join("b/g")).unwrap(), b"content");
+        assert_eq!(fs::read(dst.join("a/f")).unwrap(), b"other");
+        // A link put where the file was is not moved.
+        fs::remove_file(dst.join("a/f")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dst.join("a/f")).unwrap();
+        let err = ops.move_entry(&rel("a/f"), &rel("b/h"), &meta).unwrap_err();
+        assert!(matches!(err, OpError::Kind { .. }), "{err}");
+        assert!(fs::symlink_metadata(dst.join("b/h")).is_err());
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub fn tick_summary(ev: &LogEvent) -> String {
         ("update", "updated"),
         ("meta", "metadata set"),
         ("symlink", "links set"),
+        ("move", "moved"),
         ("mkdir", "folders made"),
         ("delete", "deleted"),
         ("rmdir", "folders removed"),

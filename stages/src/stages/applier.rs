@@ -3,7 +3,8 @@
 //!
 //! A `Stage`: the work runs on a blocking thread, off the async threads. The plan runs phase by phase
 //! (`Op::phase`), each phase completing before the next: reports, then
-//! deletions (children first), folders (parents first), files and links
+//! deletions (children first), folders (parents first), moves (one at a
+//! time, in plan order), the folders the moves emptied, files and links
 //! (in parallel over `jobs` threads, since they are independent), and last
 //! the folders' own metadata (deepest first), so that writing a folder's
 //! contents cannot disturb its restored mtime. The file-system work itself
@@ -124,7 +125,7 @@ pub fn apply_in(
             tally.count(&event);
             log(event);
         }
-        if let Err(e) = replica.record_racy(&tally.racy, &tally.settled) {
+        if let Err(e) = replica.record_racy(&tally.racy, &tally.settled, &tally.moved) {
             let reason =
                 format!("files copied while written cannot be recorded for a recheck: {e}");
             let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
@@ -146,10 +147,12 @@ pub fn apply_in(
     }
 }
 
-const PHASES: [Phase; 5] = [
+const PHASES: [Phase; 7] = [
     Phase::Report,
     Phase::Clean,
     Phase::Mkdir,
+    Phase::Move,
+    Phase::Prune,
     Phase::Files,
     Phase::FinishDirs,
 ];
@@ -231,6 +234,8 @@ struct Tally {
     /// and files copied with no such doubt.
     racy: Vec<RelPath>,
     settled: Vec<RelPath>,
+    /// Files moved (old path, new path): a recheck follows a file.
+    moved: Vec<(RelPath, RelPath)>,
     /// Verbs of per-operation features (a hook's `backup`).
     others: Tallies,
 }
@@ -257,6 +262,7 @@ impl Tally {
         self.retry.extend(other.retry);
         self.racy.extend(other.racy);
         self.settled.extend(other.settled);
+        self.moved.extend(other.moved);
         self.stopped |= other.stopped;
         for (name, n) in other.others.iter() {
             self.others.add(name, n);
@@ -351,6 +357,9 @@ impl Run<'_> {
         let failed = matches!(event.verb, Verb::Error | Verb::Skip);
         if failed && op.phase() != Phase::Report {
             tally.retry.extend(op.path().parent());
+            if let Op::Move { from, .. } = op {
+                tally.retry.extend(from.parent());
+            }
         }
         tally.count(&event);
         (self.log)(event.dry_run(self.opts.dry_run));
@@ -443,8 +452,12 @@ fn execute(
         Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
         Op::RemoveStale { path } => replica.remove_stale(path)?,
         Op::Delete { path } => replica.delete(path, before)?,
-        Op::Rmdir { path } => replica.rmdir(path)?,
+        Op::Rmdir { path, .. } => replica.rmdir(path)?,
         Op::Mkdir { path, .. } => replica.mkdir(path)?,
+        Op::Move { path, from, meta } => {
+            replica.move_entry(from, path, meta)?;
+            tally.moved.push((from.clone(), path.clone()));
+        }
         Op::Copy { path, meta } | Op::Update { path, meta } => {
             let written = match op {
                 Op::Update { .. } => replica.update(path, meta, before)?,
@@ -495,6 +508,9 @@ fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
         Op::Delete { .. } => LogEvent::op(Verb::Delete, path),
         Op::Rmdir { .. } => LogEvent::op(Verb::Rmdir, path),
         Op::Mkdir { .. } => LogEvent::op(Verb::Mkdir, path),
+        Op::Move { from, .. } => {
+            LogEvent::op(Verb::Move, path).with("from", LogValue::Bytes(from.as_bytes().into()))
+        }
         Op::Copy { .. } => LogEvent::op(Verb::Copy, path).with_u64("bytes", bytes.unwrap_or(0)),
         Op::Update { .. } => LogEvent::op(Verb::Update, path).with_u64("bytes", bytes.unwrap_or(0)),
         Op::Symlink { target, .. } => {
@@ -527,6 +543,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::RemoveStale { .. } | Op::Delete { .. } => "delete",
         Op::Rmdir { .. } => "rmdir",
         Op::Mkdir { .. } => "mkdir",
+        Op::Move { .. } => "move",
         Op::Copy { .. } => "copy",
         Op::Update { .. } => "update",
         Op::Symlink { .. } => "symlink",
@@ -794,7 +811,10 @@ mod tests {
             Op::Delete {
                 path: rel("d/already-gone"),
             },
-            Op::Rmdir { path: rel("d") },
+            Op::Rmdir {
+                path: rel("d"),
+                after_moves: false,
+            },
         ]);
         let (out, events) = run(&p, &t.opts);
         assert_eq!(events.len(), 4);
@@ -1364,7 +1384,10 @@ mod tests {
         let lm = meta(&t.dst.join("d"));
         let p = plan(vec![
             Op::Delete { path: rel("gone") },
-            Op::Rmdir { path: rel("d") },
+            Op::Rmdir {
+                path: rel("d"),
+                after_moves: false,
+            },
             Op::Update {
                 path: rel("f"),
                 meta: m,

@@ -10,6 +10,27 @@
 //! removed and created again; deletions never reach below a source folder
 //! that was not fully listed, never touch excluded entries unless asked,
 //! and are withheld as a whole when they exceed `--max-delete`.
+//!
+//! Moves (`find_moves`): a replica file the source lacks and a source file
+//! the replica lacks, both regular files of the same size and mtime (within
+//! the replica's granularity), are one file moved or renamed when neither
+//! has another such partner: the replica's file is renamed, not copied
+//! again and deleted. Only unique pairs count: where two files could be the
+//! one moved (a swap of two names, copies made with `cp -p`), it stays a
+//! copy and a delete. Excluded entries, temporaries, rules files and
+//! anything below a folder not fully listed (either side) never move. A
+//! move is not a deletion for `--max-delete`.
+//!
+//! Order of the plan (the Applier runs it phase by phase, `Phase`): reports;
+//! removals (children first), so that a path changing type is free for its
+//! new entry; new folders (parents first); moves, once the folders they go
+//! into exist; the removal of the folders that moves emptied, once the
+//! moves have left them; files and links; folders' own metadata last. A
+//! move's target is a path the replica does not have and its origin one the
+//! source does not have, so no move overwrites an entry the plan still
+//! needs or moves one another move goes to; the rename refuses to replace
+//! anything all the same. A folder moved as a whole is, for now, its new
+//! folders made, each file moved, its old folders removed.
 
 use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::contract::model::{
@@ -21,7 +42,7 @@ use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
 use crate::fs::replica_fs::FsCaps;
 use actix::Recipient;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The options that shape a plan.
@@ -43,6 +64,8 @@ pub struct DiffOptions {
     /// The runs whose temporaries are ours to remove silently (this one
     /// and those recorded in the state folder); any other name is a file.
     pub temps: TempTokens,
+    /// Moved files are renamed in the replica (off: `--no-renames`).
+    pub renames: bool,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -56,6 +79,7 @@ impl From<&SyncOptions> for DiffOptions {
             managed: None,
             fs: o.replica_fs.caps,
             temps: TempTokens::this_run(),
+            renames: o.renames,
         }
     }
 }
@@ -74,7 +98,8 @@ pub fn diff(
         }),
         _ => None,
     };
-    let mut full = Planner::new(source, replica, contents, opts, true).plan();
+    let moves = find_moves(source, replica, &opts);
+    let mut full = Planner::new(source, replica, contents, opts, &moves, true).plan();
     let managed = opts
         .managed
         .unwrap_or_else(|| guard_base(replica, source, opts.delete_excluded, &opts.temps));
@@ -82,7 +107,7 @@ pub fn diff(
         full.plan.roots = roots;
         return full.plan;
     }
-    let mut withheld = Planner::new(source, replica, contents, opts, false).plan();
+    let mut withheld = Planner::new(source, replica, contents, opts, &moves, false).plan();
     withheld.plan.guard = Some(GuardTrip {
         would_delete: full.deletions,
         managed,
@@ -90,6 +115,113 @@ pub fn diff(
     });
     withheld.plan.roots = roots;
     withheld.plan
+}
+
+/// Files moved in the source, paired with their replica entries.
+#[derive(Default)]
+struct Moves {
+    /// Source index to replica index.
+    to: HashMap<usize, usize>,
+    /// Replica indexes of the entries that move.
+    from: HashSet<usize>,
+    /// Replica folders that entries move out of (every ancestor but the
+    /// root): removed, if at all, only after the moves.
+    leaving: HashSet<RelPath>,
+}
+
+/// Pairs the files that moved: see the module's doc.
+fn find_moves(source: &Listing, replica: &Listing, opts: &DiffOptions) -> Moves {
+    let mut moves = Moves::default();
+    if !opts.renames {
+        return moves;
+    }
+    let (src, rep) = (&source.entries, &replica.entries);
+    // Names that are never a moved file: the state folder's, rules files,
+    // temporaries of ours.
+    let reserved = |p: &RelPath| {
+        p.is_root()
+            || in_state_dir(p)
+            || (p.depth() == 1 && p.name() == STATE_DIR)
+            || p.name() == IGNORE_FILE
+            || opts.temps.owns(p.name())
+    };
+    let movable = |e: &Entry| {
+        e.kind == EntryKind::File
+            && !e.excluded
+            && !reserved(&e.path)
+            && !source.is_incomplete_at(&e.path)
+            && !replica.is_incomplete_at(&e.path)
+    };
+    // (size, mtime in ns, index) of each side's unpaired files, sorted.
+    let key = |e: &Entry, i: usize| (e.meta.size, ns(e.meta.mtime), i);
+    let (mut news, mut olds) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < src.len() || j < rep.len() {
+        match (src.get(i), rep.get(j)) {
+            (Some(s), Some(r)) if s.path == r.path => {
+                i += 1;
+                j += 1;
+            }
+            (_, Some(r)) if src.get(i).is_none_or(|s| r.path < s.path) => {
+                if movable(r) && !under_skipped_source(source, &r.path) {
+                    olds.push(key(r, j));
+                }
+                j += 1;
+            }
+            (Some(s), _) => {
+                if movable(s) {
+                    news.push(key(s, i));
+                }
+                i += 1;
+            }
+            (None, _) => unreachable!(),
+        }
+    }
+    if news.is_empty() || olds.is_empty() {
+        return moves;
+    }
+    news.sort_unstable();
+    olds.sort_unstable();
+    // The one entry of `side` that `e` may be, if there is exactly one.
+    let window = i128::from(opts.fs.mtime_window_ns);
+    let only = |side: &[(u64, i128, usize)], e: &Entry, listing: &Listing| {
+        let (size, t) = (e.meta.size, ns(e.meta.mtime));
+        let start = side.partition_point(|k| (k.0, k.1) < (size, t - window));
+        let mut fits = side[start..]
+            .iter()
+            .take_while(|k| (k.0, k.1) <= (size, t + window))
+            .filter(|k| {
+                opts.fs
+                    .same_mtime(listing.entries[k.2].meta.mtime, e.meta.mtime)
+            });
+        match (fits.next(), fits.next()) {
+            (Some(k), None) => Some(k.2),
+            _ => None,
+        }
+    };
+    for &(_, _, j) in &olds {
+        let r = &rep[j];
+        let Some(i) = only(&news, r, source) else {
+            continue;
+        };
+        if only(&olds, &src[i], replica) != Some(j) {
+            continue;
+        }
+        moves.to.insert(i, j);
+        moves.from.insert(j);
+        let mut p = r.path.parent();
+        while let Some(dir) = p.filter(|d| !d.is_root()) {
+            p = dir.parent();
+            if !moves.leaving.insert(dir) {
+                break;
+            }
+        }
+    }
+    moves
+}
+
+fn ns(t: crate::contract::model::Timestamp) -> i128 {
+    i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos)
 }
 
 struct Outcome {
@@ -121,10 +253,14 @@ struct Planner<'a> {
     replica: &'a Listing,
     contents: &'a SameContent,
     opts: DiffOptions,
+    moves: &'a Moves,
     allow_deletions: bool,
     report: Vec<Op>,
     clean: Vec<Op>,
     mkdir: Vec<Op>,
+    moved: Vec<Op>,
+    /// Removals of folders that moves leave: after the moves.
+    prune: Vec<Op>,
     files: Vec<Op>,
     /// Source folders, in listing order.
     dirs: Vec<DirState>,
@@ -141,6 +277,7 @@ impl<'a> Planner<'a> {
         replica: &'a Listing,
         contents: &'a SameContent,
         opts: DiffOptions,
+        moves: &'a Moves,
         allow_deletions: bool,
     ) -> Self {
         Planner {
@@ -148,10 +285,13 @@ impl<'a> Planner<'a> {
             replica,
             contents,
             opts,
+            moves,
             allow_deletions,
             report: Vec::new(),
             clean: Vec::new(),
             mkdir: Vec::new(),
+            moved: Vec::new(),
+            prune: Vec::new(),
             files: Vec::new(),
             dirs: Vec::new(),
             touched: HashSet::new(),
@@ -172,15 +312,15 @@ impl<'a> Planner<'a> {
                     j += 1;
                 }
                 (Some(s), Some(r)) if s.path < r.path => {
-                    self.source_only(s);
+                    self.source_only(s, i);
                     i += 1;
                 }
                 (Some(s), None) => {
-                    self.source_only(s);
+                    self.source_only(s, i);
                     i += 1;
                 }
                 (_, Some(r)) => {
-                    self.replica_only(r);
+                    self.replica_only(r, j);
                     j += 1;
                 }
                 (None, None) => unreachable!(),
@@ -194,12 +334,15 @@ impl<'a> Planner<'a> {
     fn block_kept_entries(&mut self) {
         let (src, rep) = (&self.source.entries, &self.replica.entries);
         let mut i = 0;
-        for r in rep {
+        for (j, r) in rep.iter().enumerate() {
             // Both listings are sorted: walk them side by side.
             while i < src.len() && src[i].path < r.path {
                 i += 1;
             }
-            if r.path.is_root() || src.get(i).is_some_and(|s| s.path == r.path) {
+            if r.path.is_root()
+                || src.get(i).is_some_and(|s| s.path == r.path)
+                || self.moves.from.contains(&j)
+            {
                 continue;
             }
             if self.fate(r) == Fate::Keep {
@@ -232,17 +375,8 @@ impl<'a> Planner<'a> {
         Fate::Remove
     }
 
-    /// True when the nearest ancestor the source has is an entry that is
-    /// skipped (a special file): what the replica has there is left alone.
     fn under_skipped_source(&self, path: &RelPath) -> bool {
-        let mut p = path.parent();
-        while let Some(dir) = p {
-            if let Some(s) = self.source.get(&dir) {
-                return matches!(s.kind, EntryKind::Special { .. });
-            }
-            p = dir.parent();
-        }
-        false
+        under_skipped_source(self.source, path)
     }
 
     fn parent_blocked(&self, path: &RelPath) -> bool {
@@ -255,8 +389,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn source_only(&mut self, s: &Entry) {
+    /// `index`: the entry's place in the source listing.
+    fn source_only(&mut self, s: &Entry, index: usize) {
         if in_state_dir(&s.path) || self.skipped(s) || self.unstorable_link(s) {
+            return;
+        }
+        if let Some(&j) = self.moves.to.get(&index) {
+            let from = &self.replica.entries[j].path;
+            self.touch_parent(from);
+            self.touch_parent(&s.path);
+            self.moved.push(Op::Move {
+                path: s.path.clone(),
+                from: from.clone(),
+                meta: s.meta,
+            });
             return;
         }
         self.create(s);
@@ -309,8 +455,9 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn replica_only(&mut self, r: &Entry) {
-        if in_state_dir(&r.path) {
+    /// `index`: the entry's place in the replica listing.
+    fn replica_only(&mut self, r: &Entry, index: usize) {
+        if in_state_dir(&r.path) || self.moves.from.contains(&index) {
             return;
         }
         match self.fate(r) {
@@ -346,11 +493,19 @@ impl<'a> Planner<'a> {
     fn remove(&mut self, r: &Entry) {
         self.touch_parent(&r.path);
         let path = r.path.clone();
-        self.clean.push(if r.kind.is_dir() {
-            Op::Rmdir { path }
+        if !r.kind.is_dir() {
+            self.clean.push(Op::Delete { path });
+        } else if self.moves.leaving.contains(&path) {
+            self.prune.push(Op::Rmdir {
+                path,
+                after_moves: true,
+            });
         } else {
-            Op::Delete { path }
-        });
+            self.clean.push(Op::Rmdir {
+                path,
+                after_moves: false,
+            });
+        }
     }
 
     /// `index`: the source entry's place in the source listing.
@@ -490,9 +645,12 @@ impl<'a> Planner<'a> {
     fn assemble(mut self) -> Outcome {
         // Children before parents: the listing is pre-order, so reversed.
         self.clean.reverse();
+        self.prune.reverse();
         let mut ops = self.report;
         ops.append(&mut self.clean);
         ops.append(&mut self.mkdir);
+        ops.append(&mut self.moved);
+        ops.append(&mut self.prune);
         ops.append(&mut self.files);
         let touched = self.touched;
         let finish = self.dirs.into_iter().rev().filter_map(|d| {
@@ -516,6 +674,19 @@ impl<'a> Planner<'a> {
             deletions: self.deletions,
         }
     }
+}
+
+/// True when the nearest ancestor the source has is an entry that is
+/// skipped (a special file): what the replica has there is left alone.
+fn under_skipped_source(source: &Listing, path: &RelPath) -> bool {
+    let mut p = path.parent();
+    while let Some(dir) = p {
+        if let Some(s) = source.get(&dir) {
+            return matches!(s.kind, EntryKind::Special { .. });
+        }
+        p = dir.parent();
+    }
+    false
 }
 
 /// Below the tool's own folder: never planned for, on either side.
@@ -671,6 +842,7 @@ mod tests {
             managed: None,
             fs: FsCaps::default(),
             temps: TempTokens::parse(b"0000000000000099\n"),
+            renames: true,
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -693,7 +865,15 @@ mod tests {
                 Op::Refuse { path, op, reason } => format!("refuse {op} {path} ({reason})"),
                 Op::RemoveStale { path } => format!("stale {path}"),
                 Op::Delete { path } => format!("delete {path}"),
-                Op::Rmdir { path } => format!("rmdir {path}"),
+                Op::Rmdir {
+                    path,
+                    after_moves: false,
+                } => format!("rmdir {path}"),
+                Op::Rmdir {
+                    path,
+                    after_moves: true,
+                } => format!("rmdir {path} (after moves)"),
+                Op::Move { path, from, .. } => format!("move {from} -> {path}"),
                 Op::Mkdir { path, .. } => format!("mkdir {path}"),
                 Op::Copy { path, meta } => format!("copy {path} {}", meta.size),
                 Op::Update { path, meta } => format!("update {path} {}", meta.size),
@@ -898,7 +1078,7 @@ mod tests {
         let r = listing(vec![
             file("f2d", 1, 1),
             dir("d2f"),
-            file("d2f/x", 1, 1),
+            file("d2f/x", 2, 1),
             file("f2l", 1, 1),
             link("l2d", "/outside"),
         ]);
@@ -1169,6 +1349,166 @@ mod tests {
         finish retimed changed=true
         finish chmod changed=true
         finish . changed=true
+        ");
+    }
+
+    #[test]
+    fn a_file_renamed_in_its_folder_is_moved() {
+        let s = listing(vec![
+            dir("a"),
+            file("a/new.txt", 5, 10),
+            file("a/same", 3, 10),
+        ]);
+        let r = listing(vec![
+            dir("a"),
+            file("a/old.txt", 5, 10),
+            file("a/same", 3, 10),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        move a/old.txt -> a/new.txt
+        finish a changed=false
+        ");
+    }
+
+    #[test]
+    fn a_file_moved_into_a_new_folder_goes_after_the_folder_and_before_its_old_folder_goes() {
+        let s = listing(vec![dir("new"), file("new/f", 7, 20), file("d", 1, 1)]);
+        let r = listing(vec![
+            dir("old"),
+            dir("old/sub"),
+            file("old/sub/f", 7, 20),
+            file("old/gone", 2, 2),
+            dir("d"),
+            file("d/moved", 9, 30),
+        ]);
+        let s = {
+            let mut s = s;
+            s.entries.push(file("new/moved", 9, 30));
+            s.sort();
+            s
+        };
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete old/gone
+        mkdir new
+        move old/sub/f -> new/f
+        move d/moved -> new/moved
+        rmdir old/sub (after moves)
+        rmdir old (after moves)
+        rmdir d (after moves)
+        copy d 1
+        finish new changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn a_name_swap_or_an_ambiguous_match_is_not_a_move() {
+        // Swapped names: each path is in both listings, compared as ever.
+        let s = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
+        let o = DiffOptions {
+            checksum: true,
+            ..opts()
+        };
+        insta::assert_snapshot!(render(&diff(&s, &s.clone(), &SameContent::default(), o)), @r"
+        update a 5
+        update b 5
+        finish . changed=false
+        ");
+        // Two new files that either old one could be: copies and deletions.
+        let s = listing(vec![file("p", 5, 10), file("q", 5, 10), file("u", 6, 10)]);
+        let r = listing(vec![file("x", 5, 10), file("y", 5, 10), file("z", 6, 11)]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete z
+        delete y
+        delete x
+        copy p 5
+        copy q 5
+        copy u 6
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn a_move_onto_a_path_that_is_a_folder_in_the_replica_is_not_a_move() {
+        let s = listing(vec![file("d", 5, 10)]);
+        let r = listing(vec![dir("d"), file("d/x", 1, 1), file("old", 5, 10)]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete old
+        delete d/x
+        rmdir d
+        copy d 5
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn excluded_temporary_or_unlisted_entries_never_move() {
+        let mut s = listing(vec![
+            dir("locked"),
+            file("from-excluded", 1, 1),
+            file("from-temp", 2, 2),
+            file("locked/new", 3, 3),
+        ]);
+        s.incomplete.push(RelPath::from_str_lossy("locked"));
+        let r = listing(vec![
+            excluded(file("x.log", 1, 1)),
+            file(".treesync-tmp-0000000000000099-1", 2, 2),
+            dir("locked"),
+            file("old", 3, 3),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete old
+        stale .treesync-tmp-0000000000000099-1
+        copy from-excluded 1
+        copy from-temp 2
+        copy locked/new 3
+        finish locked changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn moves_are_not_deletions_for_the_guard_and_a_coarse_replica_still_matches() {
+        let mut s = listing(vec![file("new", 5, 10)]);
+        s.entries[1].meta.mtime.nanos = 999;
+        let r = listing(vec![file("old", 5, 10)]);
+        let o = DiffOptions {
+            max_delete: MaxDelete::Count(0),
+            ..opts()
+        };
+        // Nanoseconds apart: not the same file on a replica that keeps
+        // them, so a copy and a deletion, which the guard withholds.
+        let p = diff(&s, &r, &SameContent::default(), o);
+        assert_eq!(p.guard.map(|g| g.would_delete), Some(1));
+        assert_eq!(
+            render(&p),
+            "GUARD would_delete=1 managed=1 limit=0\ncopy new 5\nfinish . changed=false\n"
+        );
+        let coarse = DiffOptions {
+            fs: FsCaps {
+                granularity_ns: 1_000_000_000,
+                ..FsCaps::default()
+            }
+            .with_window(None),
+            ..o
+        };
+        let p = diff(&s, &r, &SameContent::default(), coarse);
+        assert_eq!(p.guard, None);
+        assert_eq!(render(&p), "move old -> new\nfinish . changed=false\n");
+    }
+
+    #[test]
+    fn no_renames_copies_and_deletes() {
+        let s = listing(vec![dir("a"), file("a/new.txt", 5, 10)]);
+        let r = listing(vec![dir("a"), file("a/old.txt", 5, 10)]);
+        let o = DiffOptions {
+            renames: false,
+            ..opts()
+        };
+        insta::assert_snapshot!(render(&diff(&s, &r, &SameContent::default(), o)), @r"
+        delete a/old.txt
+        copy a/new.txt 5
+        finish a changed=false
         ");
     }
 }

@@ -1,0 +1,112 @@
+//! Files moved or renamed in the source are renamed in the replica: the
+//! same inode under its new name, a `move` in the log, nothing copied.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+/// A synced sandbox: a large file, files in folders, each with an mtime of
+/// its own (as files usually have).
+fn synced() -> Sandbox {
+    let sb = Sandbox::new();
+    let big = vec![7u8; 4 << 20];
+    file_with(&sb.src, "big.bin", &big, 0o644, (1_600_000_001, 1));
+    file_with(&sb.src, "docs/a.txt", "alpha\n", 0o600, (1_600_000_002, 2));
+    file_with(&sb.src, "old/f.txt", "foxtrot\n", 0o644, (1_600_000_003, 3));
+    file_with(&sb.src, "keep.txt", "kilo\n", 0o644, (1_600_000_004, 4));
+    sb.sync(&[]).expect_code(0).no_errors();
+    sb.assert_mirror();
+    sb
+}
+
+#[test]
+fn a_renamed_file_and_a_file_moved_into_a_new_folder_keep_their_inodes() {
+    let sb = synced();
+    let (big, a) = (ino(&sb.d("big.bin")), ino(&sb.d("docs/a.txt")));
+    sb.mv("big.bin", "renamed.bin");
+    sb.mv("docs/a.txt", "archive/2024/a.txt");
+
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[
+        ("mkdir", "archive"),
+        ("mkdir", "archive/2024"),
+        ("move", "archive/2024/a.txt"),
+        ("move", "renamed.bin"),
+    ]);
+    assert_eq!(run.get("move", "renamed.bin").str("from"), Some("big.bin"));
+    assert_eq!(
+        run.get("move", "archive/2024/a.txt").str("from"),
+        Some("docs/a.txt")
+    );
+    assert!(run.entries("copy").is_empty(), "{}", run.dump());
+    let t = run.tick();
+    assert_eq!((t.u64("move"), t.u64("bytes")), (Some(2), Some(0)));
+    assert_eq!(ino(&sb.d("renamed.bin")), big);
+    assert_eq!(ino(&sb.d("archive/2024/a.txt")), a);
+    sb.assert_mirror();
+}
+
+#[test]
+fn a_moved_file_takes_the_source_metadata_it_changed_on_the_way() {
+    let sb = synced();
+    let a = ino(&sb.d("docs/a.txt"));
+    sb.mv("docs/a.txt", "docs/b.txt");
+    set_mode(&sb.s("docs/b.txt"), 0o644);
+
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("move", "docs/b.txt")]);
+    assert_eq!(ino(&sb.d("docs/b.txt")), a);
+    sb.assert_mirror();
+}
+
+#[test]
+fn no_renames_copies_and_deletes() {
+    let sb = synced();
+    let big = ino(&sb.d("big.bin"));
+    sb.mv("big.bin", "renamed.bin");
+
+    let run = sb.sync(&["--no-renames"]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("copy", "renamed.bin"), ("delete", "big.bin")]);
+    assert_ne!(ino(&sb.d("renamed.bin")), big);
+    sb.assert_mirror();
+}
+
+#[test]
+fn moves_are_not_deletions_for_the_guard() {
+    let sb = synced();
+    let f = ino(&sb.d("old/f.txt"));
+    sb.mv("old/f.txt", "new/f.txt");
+    fs::remove_dir(sb.s("old")).unwrap();
+
+    // The folder the move emptied goes after the move.
+    let run = sb.sync(&["--max-delete", "0"]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("mkdir", "new"), ("move", "new/f.txt"), ("rmdir", "old")]);
+    assert!(run.index("move", "new/f.txt") < run.index("rmdir", "old"));
+    assert_eq!(ino(&sb.d("new/f.txt")), f);
+    sb.assert_mirror();
+}
+
+#[test]
+fn files_that_could_each_be_the_one_moved_are_copied() {
+    let sb = Sandbox::new();
+    file_with(&sb.src, "x", "same size 1", 0o644, (1_600_000_000, 5));
+    file_with(&sb.src, "y", "same size 2", 0o644, (1_600_000_000, 5));
+    sb.sync(&[]).expect_code(0).no_errors();
+    sb.mv("x", "p");
+    sb.mv("y", "q");
+
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[
+        ("copy", "p"),
+        ("copy", "q"),
+        ("delete", "x"),
+        ("delete", "y"),
+    ]);
+    sb.assert_mirror();
+}
