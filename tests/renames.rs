@@ -110,3 +110,36 @@ fn files_that_could_each_be_the_one_moved_are_copied() {
     ]);
     sb.assert_mirror();
 }
+
+#[test]
+fn a_watched_sync_moves_too() {
+    let sb = synced();
+    let (big, a) = (ino(&sb.d("big.bin")), ino(&sb.d("docs/a.txt")));
+    let mut r = sb.spawn_interval("1", &[]);
+    // The sync after the first is a full one too: watching starts then.
+    r.wait_ticks(2);
+    sb.mv("big.bin", "media/big.bin");
+    sb.mv("docs/a.txt", "docs/b.txt");
+    r.wait_fresh_tick();
+    r.wait_fresh_tick();
+    let run = r.stop("INT");
+    run.expect_code(0).no_errors();
+    let moved = run.entries("move");
+    assert_eq!(moved.len(), 2, "{}", run.dump());
+    assert!(run.has("move", "media/big.bin") && run.has("move", "docs/b.txt"));
+    assert!(run.entries("copy").is_empty(), "{}", run.dump());
+    let modes: Vec<_> = run
+        .entries("tick")
+        .iter()
+        .filter(|t| t.u64("move") > Some(0))
+        .map(|t| t.str("mode").unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !modes.is_empty() && modes.iter().all(|m| m == "incremental"),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(ino(&sb.d("media/big.bin")), big);
+    assert_eq!(ino(&sb.d("docs/b.txt")), a);
+    sb.assert_mirror();
+}
