@@ -76,38 +76,105 @@ fn no_renames_copies_and_deletes() {
 }
 
 #[test]
-fn moves_are_not_deletions_for_the_guard() {
-    let sb = synced();
-    let f = ino(&sb.d("old/f.txt"));
-    sb.mv("old/f.txt", "new/f.txt");
-    fs::remove_dir(sb.s("old")).unwrap();
+fn a_renamed_top_folder_holding_every_file_is_one_move_within_the_guard() {
+    let sb = Sandbox::new();
+    for i in 0..30 {
+        let t = (1_600_000_000 + i, 1000 + i as u32);
+        file_with(
+            &sb.src,
+            &format!("top/d{}/f{i}", i % 3),
+            format!("{i}"),
+            0o644,
+            t,
+        );
+    }
+    sb.sync(&[]).expect_code(0).no_errors();
+    let f = ino(&sb.d("top/d1/f4"));
+    sb.mv("top", "top-2024");
 
-    // The folder the move emptied goes after the move.
     let run = sb.sync(&["--max-delete", "0"]);
     run.expect_code(0).no_errors();
-    run.assert_changes(&[("mkdir", "new"), ("move", "new/f.txt"), ("rmdir", "old")]);
-    assert!(run.index("move", "new/f.txt") < run.index("rmdir", "old"));
-    assert_eq!(ino(&sb.d("new/f.txt")), f);
+    run.assert_changes(&[("move", "top-2024")]);
+    assert_eq!(run.get("move", "top-2024").str("from"), Some("top"));
+    let t = run.tick();
+    assert_eq!((t.u64("move"), t.u64("delete")), (Some(1), Some(0)));
+    assert_eq!(ino(&sb.d("top-2024/d1/f4")), f);
     sb.assert_mirror();
 }
 
 #[test]
-fn files_that_could_each_be_the_one_moved_are_copied() {
+fn a_moved_folder_with_changes_inside_is_moved_then_brought_up_to_date() {
     let sb = Sandbox::new();
-    file_with(&sb.src, "x", "same size 1", 0o644, (1_600_000_000, 5));
-    file_with(&sb.src, "y", "same size 2", 0o644, (1_600_000_000, 5));
+    for i in 0..10 {
+        let t = (1_600_000_000 + i, 7 + i as u32);
+        file_with(
+            &sb.src,
+            &format!("proj/src/f{i}.rs"),
+            format!("fn f{i}() {{}}\n"),
+            0o644,
+            t,
+        );
+    }
+    file_with(
+        &sb.src,
+        "proj/old.txt",
+        "gone soon",
+        0o644,
+        (1_600_000_100, 1),
+    );
     sb.sync(&[]).expect_code(0).no_errors();
-    sb.mv("x", "p");
-    sb.mv("y", "q");
+    let f = ino(&sb.d("proj/src/f1.rs"));
+    sb.mv("proj", "archive/proj-v1");
+    fs::remove_file(sb.s("archive/proj-v1/old.txt")).unwrap();
+    file_with(
+        &sb.src,
+        "archive/proj-v1/src/f2.rs",
+        "changed",
+        0o644,
+        (1_600_000_200, 1),
+    );
+    file_with(
+        &sb.src,
+        "archive/proj-v1/new.txt",
+        "new",
+        0o644,
+        (1_600_000_300, 1),
+    );
 
     let run = sb.sync(&[]);
     run.expect_code(0).no_errors();
     run.assert_changes(&[
-        ("copy", "p"),
-        ("copy", "q"),
-        ("delete", "x"),
-        ("delete", "y"),
+        ("mkdir", "archive"),
+        ("move", "archive/proj-v1"),
+        ("delete", "archive/proj-v1/old.txt"),
+        ("update", "archive/proj-v1/src/f2.rs"),
+        ("copy", "archive/proj-v1/new.txt"),
     ]);
+    assert!(run.index("move", "archive/proj-v1") < run.index("delete", "archive/proj-v1/old.txt"));
+    assert_eq!(ino(&sb.d("archive/proj-v1/src/f1.rs")), f);
+    sb.assert_mirror();
+}
+
+#[test]
+fn files_alike_in_size_and_mtime_are_told_apart_by_content() {
+    let sb = Sandbox::new();
+    // Whole-second times, as archives give: confirmed by content.
+    file_with(&sb.src, "x", "same size 1", 0o644, (1_600_000_000, 0));
+    file_with(&sb.src, "y", "same size 2", 0o644, (1_600_000_000, 0));
+    file_with(&sb.src, "z", "same size 3", 0o644, (1_600_000_000, 0));
+    sb.sync(&[]).expect_code(0).no_errors();
+    let (x, y) = (ino(&sb.d("x")), ino(&sb.d("y")));
+    sb.mv("x", "q");
+    sb.mv("y", "p");
+    // Same size and time, other content: not the file `z` was.
+    fs::remove_file(sb.s("z")).unwrap();
+    file_with(&sb.src, "w", "other bytes", 0o644, (1_600_000_000, 0));
+
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("move", "p"), ("move", "q"), ("copy", "w"), ("delete", "z")]);
+    assert_eq!(run.get("move", "p").str("from"), Some("y"));
+    assert_eq!((ino(&sb.d("p")), ino(&sb.d("q"))), (y, x));
     sb.assert_mirror();
 }
 

@@ -13,6 +13,7 @@
 //! (see `stage.rs`).
 
 use crate::contract::model::{Listing, SameContent, TempTokens};
+use crate::contract::moves::MovePairs;
 use crate::contract::plan::Plan;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::Roots;
@@ -181,6 +182,10 @@ pub struct TreesHashed {
     /// The files a content check found equal; every other file that
     /// needed a check counts as different.
     pub contents: SameContent,
+    /// Files the source has under a new name, paired with the replica's
+    /// file under the old one (`contract::moves`), doubtful pairs
+    /// confirmed by content.
+    pub moves: MovePairs,
     /// As in `TreesScanned`.
     pub managed: Option<u64>,
     pub roots: Arc<Roots>,

@@ -5,6 +5,7 @@
 pub mod hooks;
 pub mod messages;
 pub mod model;
+pub mod moves;
 pub mod options;
 pub mod plan;
 pub mod relpath;

@@ -23,10 +23,9 @@ pub enum Op {
     RemoveStale { path: RelPath },
     /// Remove a file, link or special entry from the replica.
     Delete { path: RelPath },
-    /// Remove a folder whose contents the plan has already removed.
-    /// `after_moves`: it held an entry the plan moves elsewhere, so it goes
-    /// once the moves are done (`Phase::Prune`).
-    Rmdir { path: RelPath, after_moves: bool },
+    /// Remove a folder whose contents the plan has already removed (or
+    /// moved, when it comes after the moves).
+    Rmdir { path: RelPath },
     /// Create a folder; its permissions and times come with `FinishDir`.
     Mkdir { path: RelPath, meta: Meta },
     /// Write a file that the replica does not have. `meta` is the source's,
@@ -43,6 +42,10 @@ pub enum Op {
         from: RelPath,
         meta: Meta,
     },
+    /// Rename the replica's folder at `from`, with all it holds, to `path`,
+    /// where the replica has no entry. Its own metadata comes with
+    /// `FinishDir`; what differs inside it is planned at its new place.
+    MoveDir { path: RelPath, from: RelPath },
     /// Create or retarget a symbolic link.
     Symlink {
         path: RelPath,
@@ -67,18 +70,16 @@ pub enum Op {
     },
 }
 
-/// Order in which the Applier runs the operations: each phase completes
-/// before the next starts; within a phase the order of the plan is kept
-/// where it matters (deletions children first, folders parents first).
-/// Moves run once the folders they go into exist and before the folders
-/// they leave are removed (`Prune`), and before any file is written.
+/// What kind of work an operation is. The Applier runs a plan in its
+/// order, one operation at a time, except that consecutive `Files`
+/// operations (independent of each other) run in parallel: the Differ
+/// orders the plan so that each operation finds what it needs done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     Report,
     Clean,
     Mkdir,
     Move,
-    Prune,
     Files,
     FinishDirs,
 }
@@ -91,11 +92,12 @@ impl Op {
             | Op::Refuse { path, .. }
             | Op::RemoveStale { path }
             | Op::Delete { path }
-            | Op::Rmdir { path, .. }
+            | Op::Rmdir { path }
             | Op::Mkdir { path, .. }
             | Op::Copy { path, .. }
             | Op::Update { path, .. }
             | Op::Move { path, .. }
+            | Op::MoveDir { path, .. }
             | Op::Symlink { path, .. }
             | Op::SetMeta { path, .. }
             | Op::FinishDir { path, .. } => path,
@@ -105,16 +107,9 @@ impl Op {
     pub fn phase(&self) -> Phase {
         match self {
             Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => Phase::Report,
-            Op::RemoveStale { .. }
-            | Op::Delete { .. }
-            | Op::Rmdir {
-                after_moves: false, ..
-            } => Phase::Clean,
+            Op::RemoveStale { .. } | Op::Delete { .. } | Op::Rmdir { .. } => Phase::Clean,
             Op::Mkdir { .. } => Phase::Mkdir,
-            Op::Move { .. } => Phase::Move,
-            Op::Rmdir {
-                after_moves: true, ..
-            } => Phase::Prune,
+            Op::Move { .. } | Op::MoveDir { .. } => Phase::Move,
             Op::Copy { .. } | Op::Update { .. } | Op::Symlink { .. } | Op::SetMeta { .. } => {
                 Phase::Files
             }
@@ -131,7 +126,7 @@ pub struct GuardTrip {
     pub limit: MaxDelete,
 }
 
-/// The ordered operations of one tick.
+/// The ordered operations of one tick, run in this order (see `Phase`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,

@@ -163,7 +163,8 @@ pub fn append(replica: &Root, path: &RelPath, durable: bool) -> io::Result<()> {
 
 /// Adds `racy` to the recorded set and removes `settled` (files written
 /// this tick by a copy that was not racy); a recorded file that was moved
-/// (`moved`: old and new path) stays recorded under its new path. Writes
+/// (`moved`: old and new path, of files or folders) stays recorded under
+/// its new path. Writes
 /// only on a change.
 pub fn record(
     replica: &Root,
@@ -176,9 +177,16 @@ pub fn record(
     }
     let (mut set, _) = load(replica);
     let mut changed = false;
+    // In the order of the moves; a folder's move takes its files along.
     for (from, to) in moved {
-        if set.remove(from) {
-            set.insert(to.clone());
+        let below: Vec<RelPath> = set
+            .iter()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for p in below {
+            set.remove(&p);
+            set.extend(crate::contract::moves::rebase(&p, from, to));
             changed = true;
         }
     }
@@ -249,10 +257,11 @@ mod tests {
         assert!(err.is_none());
         assert_eq!(set.into_iter().collect::<Vec<_>>(), [p("a"), p("d/b\nc")]);
         // A recorded file moved is recorded under its new name.
-        record(&root, &[], &[], &[(p("a"), p("e/a")), (p("x"), p("y"))]).unwrap();
+        let moves = [(p("a"), p("e/a")), (p("x"), p("y")), (p("d"), p("f"))];
+        record(&root, &[], &[], &moves).unwrap();
         let (set, _) = load(&root);
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), [p("d/b\nc"), p("e/a")]);
-        record(&root, &[], &[p("e/a"), p("d/b\nc")], &[]).unwrap();
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), [p("e/a"), p("f/b\nc")]);
+        record(&root, &[], &[p("e/a"), p("f/b\nc")], &[]).unwrap();
         assert!(load(&root).0.is_empty());
         assert!(!tmp.path().join(".treesync/racy").exists());
     }

@@ -502,17 +502,27 @@ impl ReplicaOps {
         }
     }
 
-    /// Renames the replica's file at `from` to `path`, from the old
+    /// Renames the replica's entry at `from` to `path`, from the old
     /// folder's handle to the new one's, never replacing an entry at `path`
-    /// (`RENAME_NOREPLACE`: one there is an error and stays as it is), then
-    /// sets `meta` where the file's own differs. Nothing is replaced, so no
-    /// hook runs; the inode, and so the content, stays.
-    pub fn move_entry(&self, from: &RelPath, path: &RelPath, meta: &Meta) -> Result<(), OpError> {
+    /// (`RENAME_NOREPLACE`: one there is an error and stays as it is). With
+    /// `meta` it is a file, given `meta` where its own differs; without, a
+    /// folder, moved with all it holds (its metadata comes later). Nothing
+    /// is replaced, so no hook runs; the inode, and so the content, stays.
+    pub fn move_entry(
+        &self,
+        from: &RelPath,
+        path: &RelPath,
+        meta: Option<&Meta>,
+    ) -> Result<(), OpError> {
         let (old_dir, old_name) = self.replica_parent(from)?;
         let (new_dir, new_name) = self.replica_parent(path)?;
-        // A link or a folder put there since the scan is not moved.
+        // A link, or another type, put there since the scan is not moved.
         let st = root_stat(old_dir.as_fd(), old_name, from)?;
-        expect_type(&st, FileType::RegularFile, from)?;
+        let kind = match meta {
+            Some(_) => FileType::RegularFile,
+            None => FileType::Directory,
+        };
+        expect_type(&st, kind, from)?;
         let taken = || OpError::Taken { path: path.clone() };
         let (old, new) = (old_dir.as_fd(), new_dir.as_fd());
         let rename = |flags| {
@@ -536,7 +546,7 @@ impl ReplicaOps {
             Err(e) => return Err(io_err("move", path)(e)),
         }
         self.sync_dir(new, path)?;
-        if !self.meta_matches(&st, meta) {
+        if let Some(meta) = meta.filter(|m| !self.meta_matches(&st, m)) {
             self.set_meta(path, false, meta)?;
         }
         self.sync_dir(old, from)
@@ -1116,21 +1126,26 @@ mod tests {
             mtime: Timestamp::new(1_234_567_890, 42),
             ..Meta::default()
         };
-        ops.move_entry(&rel("a/f"), &rel("b/g"), &meta).unwrap();
+        ops.move_entry(&rel("a/f"), &rel("b/g"), Some(&meta))
+            .unwrap();
         let md = fs::metadata(dst.join("b/g")).unwrap();
         assert_eq!((md.ino(), md.mode() & 0o7777), (ino, 0o600));
         assert_eq!((md.mtime(), md.mtime_nsec()), (1_234_567_890, 42));
         assert!(names(&dst.join("a")).is_empty());
         // An entry at the target stays, and so does the one to move.
         fs::write(dst.join("a/f"), b"other").unwrap();
-        let err = ops.move_entry(&rel("a/f"), &rel("b/g"), &meta).unwrap_err();
+        let err = ops
+            .move_entry(&rel("a/f"), &rel("b/g"), Some(&meta))
+            .unwrap_err();
         assert!(matches!(err, OpError::Taken { .. }), "{err}");
         assert_eq!(fs::read(dst.join("b/g")).unwrap(), b"content");
         assert_eq!(fs::read(dst.join("a/f")).unwrap(), b"other");
         // A link put where the file was is not moved.
         fs::remove_file(dst.join("a/f")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dst.join("a/f")).unwrap();
-        let err = ops.move_entry(&rel("a/f"), &rel("b/h"), &meta).unwrap_err();
+        let err = ops
+            .move_entry(&rel("a/f"), &rel("b/h"), Some(&meta))
+            .unwrap_err();
         assert!(matches!(err, OpError::Kind { .. }), "{err}");
         assert!(fs::symlink_metadata(dst.join("b/h")).is_err());
     }

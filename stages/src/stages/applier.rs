@@ -1,13 +1,14 @@
 //! Applier: takes `PlanMade`, carries out the plan on the replica, logs
 //! every operation and ends the tick with its outcome.
 //!
-//! A `Stage`: the work runs on a blocking thread, off the async threads. The plan runs phase by phase
-//! (`Op::phase`), each phase completing before the next: reports, then
-//! deletions (children first), folders (parents first), moves (one at a
-//! time, in plan order), the folders the moves emptied, files and links
-//! (in parallel over `jobs` threads, since they are independent), and last
-//! the folders' own metadata (deepest first), so that writing a folder's
-//! contents cannot disturb its restored mtime. The file-system work itself
+//! A `Stage`: the work runs on a blocking thread, off the async threads. The plan runs in its
+//! order, which the Differ makes so that each operation finds what it
+//! needs done: reports, then deletions (children first), folders (parents
+//! first), moves (one at a time), the folders the moves emptied, files and
+//! links (each run of consecutive ones in parallel over `jobs` threads,
+//! since they are independent), and last the folders' own metadata
+//! (deepest first), so that writing a folder's contents cannot disturb its
+//! restored mtime. The file-system work itself
 //! is in `replica_ops`.
 //!
 //! A failing operation is logged as `error` and counted, and the plan goes
@@ -107,12 +108,13 @@ pub fn apply_in(
         target,
         tick_start,
     };
-    for phase in PHASES {
-        let ops: Vec<&Op> = plan.ops.iter().filter(|op| op.phase() == phase).collect();
-        if phase == Phase::Files {
-            run.parallel(&ops, &mut tally);
+    // In plan order; each run of consecutive file operations in parallel.
+    let ops: Vec<&Op> = plan.ops.iter().collect();
+    for run_ops in ops.chunk_by(|a, b| (a.phase() == Phase::Files) == (b.phase() == Phase::Files)) {
+        if run_ops[0].phase() == Phase::Files {
+            run.parallel(run_ops, &mut tally);
         } else {
-            run.serial(&ops, &mut tally);
+            run.serial(run_ops, &mut tally);
         }
         if tally.stopped {
             break;
@@ -146,16 +148,6 @@ pub fn apply_in(
         tallies: tally.others,
     }
 }
-
-const PHASES: [Phase; 7] = [
-    Phase::Report,
-    Phase::Clean,
-    Phase::Mkdir,
-    Phase::Move,
-    Phase::Prune,
-    Phase::Files,
-    Phase::FinishDirs,
-];
 
 fn guard_event(trip: &GuardTrip) -> LogEvent {
     LogEvent::error(
@@ -357,7 +349,7 @@ impl Run<'_> {
         let failed = matches!(event.verb, Verb::Error | Verb::Skip);
         if failed && op.phase() != Phase::Report {
             tally.retry.extend(op.path().parent());
-            if let Op::Move { from, .. } = op {
+            if let Op::Move { from, .. } | Op::MoveDir { from, .. } = op {
                 tally.retry.extend(from.parent());
             }
         }
@@ -452,10 +444,14 @@ fn execute(
         Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
         Op::RemoveStale { path } => replica.remove_stale(path)?,
         Op::Delete { path } => replica.delete(path, before)?,
-        Op::Rmdir { path, .. } => replica.rmdir(path)?,
+        Op::Rmdir { path } => replica.rmdir(path)?,
         Op::Mkdir { path, .. } => replica.mkdir(path)?,
         Op::Move { path, from, meta } => {
-            replica.move_entry(from, path, meta)?;
+            replica.move_entry(from, path, Some(meta))?;
+            tally.moved.push((from.clone(), path.clone()));
+        }
+        Op::MoveDir { path, from } => {
+            replica.move_entry(from, path, None)?;
             tally.moved.push((from.clone(), path.clone()));
         }
         Op::Copy { path, meta } | Op::Update { path, meta } => {
@@ -508,7 +504,7 @@ fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
         Op::Delete { .. } => LogEvent::op(Verb::Delete, path),
         Op::Rmdir { .. } => LogEvent::op(Verb::Rmdir, path),
         Op::Mkdir { .. } => LogEvent::op(Verb::Mkdir, path),
-        Op::Move { from, .. } => {
+        Op::Move { from, .. } | Op::MoveDir { from, .. } => {
             LogEvent::op(Verb::Move, path).with("from", LogValue::Bytes(from.as_bytes().into()))
         }
         Op::Copy { .. } => LogEvent::op(Verb::Copy, path).with_u64("bytes", bytes.unwrap_or(0)),
@@ -543,7 +539,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::RemoveStale { .. } | Op::Delete { .. } => "delete",
         Op::Rmdir { .. } => "rmdir",
         Op::Mkdir { .. } => "mkdir",
-        Op::Move { .. } => "move",
+        Op::Move { .. } | Op::MoveDir { .. } => "move",
         Op::Copy { .. } => "copy",
         Op::Update { .. } => "update",
         Op::Symlink { .. } => "symlink",
@@ -811,10 +807,7 @@ mod tests {
             Op::Delete {
                 path: rel("d/already-gone"),
             },
-            Op::Rmdir {
-                path: rel("d"),
-                after_moves: false,
-            },
+            Op::Rmdir { path: rel("d") },
         ]);
         let (out, events) = run(&p, &t.opts);
         assert_eq!(events.len(), 4);
@@ -1384,10 +1377,7 @@ mod tests {
         let lm = meta(&t.dst.join("d"));
         let p = plan(vec![
             Op::Delete { path: rel("gone") },
-            Op::Rmdir {
-                path: rel("d"),
-                after_moves: false,
-            },
+            Op::Rmdir { path: rel("d") },
             Op::Update {
                 path: rel("f"),
                 meta: m,

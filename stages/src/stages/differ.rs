@@ -11,37 +11,42 @@
 //! that was not fully listed, never touch excluded entries unless asked,
 //! and are withheld as a whole when they exceed `--max-delete`.
 //!
-//! Moves (`find_moves`): a replica file the source lacks and a source file
-//! the replica lacks, both regular files of the same size and mtime (within
-//! the replica's granularity), are one file moved or renamed when neither
-//! has another such partner: the replica's file is renamed, not copied
-//! again and deleted. Only unique pairs count: where two files could be the
-//! one moved (a swap of two names, copies made with `cp -p`), it stays a
-//! copy and a delete. Excluded entries, temporaries, rules files and
-//! anything below a folder not fully listed (either side) never move. A
-//! move is not a deletion for `--max-delete`.
+//! Moves: the Hasher pairs the files the source has under a new name with
+//! the replica's files under the old one (`contract::moves`: metadata
+//! where it is sure, SHA-1 where it is not), and the Differ plans them:
+//! folders whose files moved together are one rename of the folder
+//! (`moves::folder_moves`), the rest one rename per file. The plan is made
+//! against the replica as it will be once its folders have moved (the
+//! "view"), so what changed inside a moved folder is compared in its new
+//! place like anything else. A move is not a deletion for `--max-delete`.
+//! A move goes only from a path the source lacks to one the replica lacks:
+//! it never overwrites an entry, or takes one the plan still needs. Names
+//! that changed places (a <-> b, or a -> b -> c) keep their paths on both
+//! sides, so they are compared in place (updated or copied), never moved:
+//! no cycle needs a temporary, and the content after the tick is the
+//! source's either way.
 //!
-//! Order of the plan (the Applier runs it phase by phase, `Phase`): reports;
-//! removals (children first), so that a path changing type is free for its
-//! new entry; new folders (parents first); moves, once the folders they go
-//! into exist; the removal of the folders that moves emptied, once the
-//! moves have left them; files and links; folders' own metadata last. A
-//! move's target is a path the replica does not have and its origin one the
-//! source does not have, so no move overwrites an entry the plan still
-//! needs or moves one another move goes to; the rename refuses to replace
-//! anything all the same. A folder moved as a whole is, for now, its new
-//! folders made, each file moved, its old folders removed.
+//! Order of the plan (the Applier runs it in this order, consecutive file
+//! operations in parallel): reports; removals (children first), so that a
+//! path changing type is free for its new entry; new folders (parents
+//! first); folder moves, once the folders they go into exist; removals and
+//! new folders inside the moved folders, at their new places; file moves,
+//! once the folders they go into exist, moved ones included; the removal
+//! of the folders the moves emptied; files and links; folders' own
+//! metadata last.
 
 use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::contract::model::{
     Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
+use crate::contract::moves::{self, FolderMove, MovePairs};
 use crate::contract::options::{MaxDelete, SyncOptions};
 use crate::contract::plan::{guard_base, GuardTrip, Op, Plan, RootIds};
 use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
 use crate::fs::replica_fs::FsCaps;
 use actix::Recipient;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -84,11 +89,13 @@ impl From<&SyncOptions> for DiffOptions {
     }
 }
 
-/// Computes the plan that makes `replica` equal to `source`.
+/// Computes the plan that makes `replica` equal to `source`, with `moves`
+/// the files paired as moved (`contract::moves`; confirmed by the Hasher).
 pub fn diff(
     source: &Listing,
     replica: &Listing,
     contents: &SameContent,
+    moves: &MovePairs,
     opts: DiffOptions,
 ) -> Plan {
     let roots = match (source.root(), replica.root()) {
@@ -98,8 +105,8 @@ pub fn diff(
         }),
         _ => None,
     };
-    let moves = find_moves(source, replica, &opts);
-    let mut full = Planner::new(source, replica, contents, opts, &moves, true).plan();
+    let moves = Moves::new(source, replica, contents, moves, &opts);
+    let mut full = Planner::new(source, opts, &moves, true).plan();
     let managed = opts
         .managed
         .unwrap_or_else(|| guard_base(replica, source, opts.delete_excluded, &opts.temps));
@@ -107,7 +114,7 @@ pub fn diff(
         full.plan.roots = roots;
         return full.plan;
     }
-    let mut withheld = Planner::new(source, replica, contents, opts, &moves, false).plan();
+    let mut withheld = Planner::new(source, opts, &moves, false).plan();
     withheld.plan.guard = Some(GuardTrip {
         would_delete: full.deletions,
         managed,
@@ -117,111 +124,136 @@ pub fn diff(
     withheld.plan
 }
 
-/// Files moved in the source, paired with their replica entries.
-#[derive(Default)]
-struct Moves {
-    /// Source index to replica index.
-    to: HashMap<usize, usize>,
-    /// Replica indexes of the entries that move.
+/// The moves of a tick as the Planner sees them: the replica as it will
+/// be once its folders have moved (`view`), and the file moves within it.
+struct Moves<'a> {
+    folders: Vec<FolderMove>,
+    /// The replica listing with moved folders' entries at their new paths.
+    view: Cow<'a, Listing>,
+    /// Content verdicts, with files that a folder move brings to their
+    /// source path counted as the same (metadata or content paired them).
+    contents: Cow<'a, SameContent>,
+    /// Source place to the view's path of the file that moves there.
+    to: HashMap<usize, RelPath>,
+    /// View places of the files that move.
     from: HashSet<usize>,
-    /// Replica folders that entries move out of (every ancestor but the
+    /// View folders that entries move out of (every ancestor but the
     /// root): removed, if at all, only after the moves.
     leaving: HashSet<RelPath>,
 }
 
-/// Pairs the files that moved: see the module's doc.
-fn find_moves(source: &Listing, replica: &Listing, opts: &DiffOptions) -> Moves {
-    let mut moves = Moves::default();
-    if !opts.renames {
-        return moves;
-    }
-    let (src, rep) = (&source.entries, &replica.entries);
-    // Names that are never a moved file: the state folder's, rules files,
-    // temporaries of ours.
-    let reserved = |p: &RelPath| {
-        p.is_root()
-            || in_state_dir(p)
-            || (p.depth() == 1 && p.name() == STATE_DIR)
-            || p.name() == IGNORE_FILE
-            || opts.temps.owns(p.name())
-    };
-    let movable = |e: &Entry| {
-        e.kind == EntryKind::File
-            && !e.excluded
-            && !reserved(&e.path)
-            && !source.is_incomplete_at(&e.path)
-            && !replica.is_incomplete_at(&e.path)
-    };
-    // (size, mtime in ns, index) of each side's unpaired files, sorted.
-    let key = |e: &Entry, i: usize| (e.meta.size, ns(e.meta.mtime), i);
-    let (mut news, mut olds) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < src.len() || j < rep.len() {
-        match (src.get(i), rep.get(j)) {
-            (Some(s), Some(r)) if s.path == r.path => {
-                i += 1;
-                j += 1;
-            }
-            (_, Some(r)) if src.get(i).is_none_or(|s| r.path < s.path) => {
-                if movable(r) && !under_skipped_source(source, &r.path) {
-                    olds.push(key(r, j));
-                }
-                j += 1;
-            }
-            (Some(s), _) => {
-                if movable(s) {
-                    news.push(key(s, i));
-                }
-                i += 1;
-            }
-            (None, _) => unreachable!(),
-        }
-    }
-    if news.is_empty() || olds.is_empty() {
-        return moves;
-    }
-    news.sort_unstable();
-    olds.sort_unstable();
-    // The one entry of `side` that `e` may be, if there is exactly one.
-    let window = i128::from(opts.fs.mtime_window_ns);
-    let only = |side: &[(u64, i128, usize)], e: &Entry, listing: &Listing| {
-        let (size, t) = (e.meta.size, ns(e.meta.mtime));
-        let start = side.partition_point(|k| (k.0, k.1) < (size, t - window));
-        let mut fits = side[start..]
-            .iter()
-            .take_while(|k| (k.0, k.1) <= (size, t + window))
-            .filter(|k| {
-                opts.fs
-                    .same_mtime(listing.entries[k.2].meta.mtime, e.meta.mtime)
-            });
-        match (fits.next(), fits.next()) {
-            (Some(k), None) => Some(k.2),
-            _ => None,
-        }
-    };
-    for &(_, _, j) in &olds {
-        let r = &rep[j];
-        let Some(i) = only(&news, r, source) else {
-            continue;
+impl<'a> Moves<'a> {
+    fn new(
+        source: &Listing,
+        replica: &'a Listing,
+        contents: &'a SameContent,
+        pairs: &MovePairs,
+        opts: &DiffOptions,
+    ) -> Self {
+        let mut moves = Moves {
+            folders: Vec::new(),
+            view: Cow::Borrowed(replica),
+            contents: Cow::Borrowed(contents),
+            to: HashMap::new(),
+            from: HashSet::new(),
+            leaving: HashSet::new(),
         };
-        if only(&olds, &src[i], replica) != Some(j) {
-            continue;
+        if !opts.renames || pairs.0.is_empty() {
+            return moves;
         }
-        moves.to.insert(i, j);
-        moves.from.insert(j);
-        let mut p = r.path.parent();
-        while let Some(dir) = p.filter(|d| !d.is_root()) {
-            p = dir.parent();
-            if !moves.leaving.insert(dir) {
-                break;
+        let folders = moves::folder_moves(source, replica, pairs);
+        // Replica place to view place.
+        let (view, place) = match folders.is_empty() {
+            true => (Cow::Borrowed(replica), (0..replica.entries.len()).collect()),
+            false => {
+                let (view, place) = rebase_listing(replica, &folders);
+                (Cow::Owned(view), place)
             }
+        };
+        let mut same = None;
+        for p in &pairs.0 {
+            let s = &source.entries[p.source];
+            let j = place[p.replica];
+            let at = &view.entries[j].path;
+            if *at == s.path {
+                // Moved with its folder: the pair says its content is
+                // the source's.
+                same.get_or_insert_with(|| contents.clone()).mark(p.source);
+                continue;
+            }
+            // Only from a path the source lacks to one the view lacks: no
+            // move replaces an entry or takes one the plan still needs.
+            if source.get(at).is_some() || view.get(&s.path).is_some() {
+                continue;
+            }
+            moves.to.insert(p.source, at.clone());
+            moves.from.insert(j);
+            leave(&mut moves.leaving, at);
         }
+        for f in &folders {
+            leave(&mut moves.leaving, &f.from);
+        }
+        if let Some(same) = same {
+            moves.contents = Cow::Owned(same);
+        }
+        moves.folders = folders;
+        moves.view = view;
+        moves
     }
-    moves
+
+    /// At or below a folder that moves in: planned after the folder moves.
+    fn inside(&self, path: &RelPath) -> bool {
+        self.folders.iter().any(|f| path.starts_with(&f.to))
+    }
 }
 
-fn ns(t: crate::contract::model::Timestamp) -> i128 {
-    i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos)
+/// Records the folders above `from` (but the root) as left by a move.
+fn leave(leaving: &mut HashSet<RelPath>, from: &RelPath) {
+    let mut p = from.parent();
+    while let Some(dir) = p.filter(|d| !d.is_root()) {
+        p = dir.parent();
+        if !leaving.insert(dir) {
+            break;
+        }
+    }
+}
+
+/// The replica's listing with each moved folder's entries at their new
+/// paths, and each entry's place in it.
+fn rebase_listing(replica: &Listing, folders: &[FolderMove]) -> (Listing, Vec<usize>) {
+    let rebase = |p: &RelPath| {
+        folders
+            .iter()
+            .find_map(|f| moves::rebase(p, &f.from, &f.to))
+    };
+    let mut entries: Vec<(Entry, usize)> = replica
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(j, e)| {
+            let mut e = e.clone();
+            if let Some(p) = rebase(&e.path) {
+                e.path = p;
+            }
+            (e, j)
+        })
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.path.cmp(&b.0.path));
+    let mut place = vec![0; entries.len()];
+    for (k, (_, j)) in entries.iter().enumerate() {
+        place[*j] = k;
+    }
+    let incomplete = replica
+        .incomplete
+        .iter()
+        .map(|p| rebase(p).unwrap_or_else(|| p.clone()))
+        .collect();
+    let mut view = Listing {
+        entries: entries.into_iter().map(|(e, _)| e).collect(),
+        incomplete,
+    };
+    view.incomplete.sort_unstable();
+    (view, place)
 }
 
 struct Outcome {
@@ -250,14 +282,18 @@ struct DirState {
 
 struct Planner<'a> {
     source: &'a Listing,
+    /// The replica as it is once its folders have moved (`Moves::view`).
     replica: &'a Listing,
     contents: &'a SameContent,
     opts: DiffOptions,
-    moves: &'a Moves,
+    moves: &'a Moves<'a>,
     allow_deletions: bool,
     report: Vec<Op>,
     clean: Vec<Op>,
     mkdir: Vec<Op>,
+    /// Removals and new folders inside folders that move: after those.
+    inside_clean: Vec<Op>,
+    inside_mkdir: Vec<Op>,
     moved: Vec<Op>,
     /// Removals of folders that moves leave: after the moves.
     prune: Vec<Op>,
@@ -274,22 +310,22 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     fn new(
         source: &'a Listing,
-        replica: &'a Listing,
-        contents: &'a SameContent,
         opts: DiffOptions,
-        moves: &'a Moves,
+        moves: &'a Moves<'a>,
         allow_deletions: bool,
     ) -> Self {
         Planner {
             source,
-            replica,
-            contents,
+            replica: moves.view.as_ref(),
+            contents: moves.contents.as_ref(),
             opts,
             moves,
             allow_deletions,
             report: Vec::new(),
             clean: Vec::new(),
             mkdir: Vec::new(),
+            inside_clean: Vec::new(),
+            inside_mkdir: Vec::new(),
             moved: Vec::new(),
             prune: Vec::new(),
             files: Vec::new(),
@@ -394,8 +430,7 @@ impl<'a> Planner<'a> {
         if in_state_dir(&s.path) || self.skipped(s) || self.unstorable_link(s) {
             return;
         }
-        if let Some(&j) = self.moves.to.get(&index) {
-            let from = &self.replica.entries[j].path;
+        if let Some(from) = self.moves.to.get(&index) {
             self.touch_parent(from);
             self.touch_parent(&s.path);
             self.moved.push(Op::Move {
@@ -432,10 +467,15 @@ impl<'a> Planner<'a> {
         match &s.kind {
             EntryKind::Dir => {
                 if !path.is_root() {
-                    self.mkdir.push(Op::Mkdir {
+                    let op = Op::Mkdir {
                         path: path.clone(),
                         meta: s.meta,
-                    });
+                    };
+                    if self.moves.inside(&path) {
+                        self.inside_mkdir.push(op);
+                    } else {
+                        self.mkdir.push(op);
+                    }
                 }
                 self.dirs.push(DirState {
                     path,
@@ -493,18 +533,17 @@ impl<'a> Planner<'a> {
     fn remove(&mut self, r: &Entry) {
         self.touch_parent(&r.path);
         let path = r.path.clone();
-        if !r.kind.is_dir() {
-            self.clean.push(Op::Delete { path });
-        } else if self.moves.leaving.contains(&path) {
-            self.prune.push(Op::Rmdir {
-                path,
-                after_moves: true,
-            });
+        let op = if r.kind.is_dir() {
+            Op::Rmdir { path }
         } else {
-            self.clean.push(Op::Rmdir {
-                path,
-                after_moves: false,
-            });
+            Op::Delete { path }
+        };
+        if r.kind.is_dir() && self.moves.leaving.contains(&r.path) {
+            self.prune.push(op);
+        } else if self.moves.inside(&r.path) {
+            self.inside_clean.push(op);
+        } else {
+            self.clean.push(op);
         }
     }
 
@@ -645,10 +684,21 @@ impl<'a> Planner<'a> {
     fn assemble(mut self) -> Outcome {
         // Children before parents: the listing is pre-order, so reversed.
         self.clean.reverse();
+        self.inside_clean.reverse();
         self.prune.reverse();
         let mut ops = self.report;
         ops.append(&mut self.clean);
         ops.append(&mut self.mkdir);
+        for f in &self.moves.folders {
+            self.touched.extend(f.from.parent());
+            self.touched.extend(f.to.parent());
+            ops.push(Op::MoveDir {
+                path: f.to.clone(),
+                from: f.from.clone(),
+            });
+        }
+        ops.append(&mut self.inside_clean);
+        ops.append(&mut self.inside_mkdir);
         ops.append(&mut self.moved);
         ops.append(&mut self.prune);
         ops.append(&mut self.files);
@@ -754,7 +804,7 @@ impl Stage for Differ {
             // the limit the user set.
             opts.max_delete = MaxDelete::Count(0);
         }
-        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, opts);
+        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, &msg.moves, opts);
         if let Some(trip) = &mut plan.guard {
             trip.limit = self.opts.max_delete;
             self.guard_tripped = true;
@@ -848,6 +898,34 @@ mod tests {
     fn plan(src: &Listing, rep: &Listing) -> Plan {
         diff(src, rep, &SameContent::default(), opts())
     }
+    /// The plan with the moves the Hasher would pass on, had it found
+    /// every doubtful pair's contents equal.
+    fn diff(src: &Listing, rep: &Listing, contents: &SameContent, o: DiffOptions) -> Plan {
+        diff_seeing(src, rep, contents, o, true)
+    }
+    /// As `diff`, with the doubtful pairs' contents found `equal` or not.
+    fn diff_seeing(
+        src: &Listing,
+        rep: &Listing,
+        contents: &SameContent,
+        o: DiffOptions,
+        equal: bool,
+    ) -> Plan {
+        let search = moves::search(
+            src,
+            rep,
+            moves::SearchOptions {
+                fs: &o.fs,
+                temps: &o.temps,
+                checksum: o.checksum,
+            },
+        );
+        let pairs = match o.renames {
+            true => search.resolve(|_| equal),
+            false => MovePairs::default(),
+        };
+        super::diff(src, rep, contents, &pairs, o)
+    }
     fn render(plan: &Plan) -> String {
         let mut out = String::new();
         if let Some(g) = plan.guard {
@@ -865,15 +943,9 @@ mod tests {
                 Op::Refuse { path, op, reason } => format!("refuse {op} {path} ({reason})"),
                 Op::RemoveStale { path } => format!("stale {path}"),
                 Op::Delete { path } => format!("delete {path}"),
-                Op::Rmdir {
-                    path,
-                    after_moves: false,
-                } => format!("rmdir {path}"),
-                Op::Rmdir {
-                    path,
-                    after_moves: true,
-                } => format!("rmdir {path} (after moves)"),
+                Op::Rmdir { path } => format!("rmdir {path}"),
                 Op::Move { path, from, .. } => format!("move {from} -> {path}"),
+                Op::MoveDir { path, from } => format!("move folder {from} -> {path}"),
                 Op::Mkdir { path, .. } => format!("mkdir {path}"),
                 Op::Copy { path, meta } => format!("copy {path} {}", meta.size),
                 Op::Update { path, meta } => format!("update {path} {}", meta.size),
@@ -1368,11 +1440,24 @@ mod tests {
         move a/old.txt -> a/new.txt
         finish a changed=false
         ");
+        // Found different by content: a copy and a deletion.
+        let o = opts();
+        let none = SameContent::default();
+        insta::assert_snapshot!(render(&diff_seeing(&s, &r, &none, o, false)), @r"
+        delete a/old.txt
+        copy a/new.txt 5
+        finish a changed=false
+        ");
     }
 
     #[test]
     fn a_file_moved_into_a_new_folder_goes_after_the_folder_and_before_its_old_folder_goes() {
-        let s = listing(vec![dir("new"), file("new/f", 7, 20), file("d", 1, 1)]);
+        let s = listing(vec![
+            dir("new"),
+            file("new/f", 7, 20),
+            file("new/moved", 9, 30),
+            file("d", 1, 1),
+        ]);
         let r = listing(vec![
             dir("old"),
             dir("old/sub"),
@@ -1381,20 +1466,12 @@ mod tests {
             dir("d"),
             file("d/moved", 9, 30),
         ]);
-        let s = {
-            let mut s = s;
-            s.entries.push(file("new/moved", 9, 30));
-            s.sort();
-            s
-        };
         insta::assert_snapshot!(render(&plan(&s, &r)), @r"
         delete old/gone
-        mkdir new
-        move old/sub/f -> new/f
+        move folder old/sub -> new
         move d/moved -> new/moved
-        rmdir old/sub (after moves)
-        rmdir old (after moves)
-        rmdir d (after moves)
+        rmdir old
+        rmdir d
         copy d 1
         finish new changed=false
         finish . changed=false
@@ -1402,22 +1479,118 @@ mod tests {
     }
 
     #[test]
-    fn a_name_swap_or_an_ambiguous_match_is_not_a_move() {
-        // Swapped names: each path is in both listings, compared as ever.
+    fn a_folder_moved_whole_is_one_move() {
+        let tree = |top: &str| {
+            listing(vec![
+                dir(top),
+                dir(&format!("{top}/x")),
+                file(&format!("{top}/x/1"), 1, 1),
+                file(&format!("{top}/2"), 2, 1),
+                file(&format!("{top}/3"), 3, 1),
+                file("stays", 4, 1),
+            ])
+        };
+        insta::assert_snapshot!(render(&plan(&tree("photos-2020"), &tree("photos"))), @r"
+        move folder photos -> photos-2020
+        finish . changed=false
+        ");
+        // A folder renamed with its parent: the outermost moves.
+        let s = listing(vec![
+            dir("archive"),
+            dir("archive/2020"),
+            file("archive/2020/1", 1, 1),
+            file("archive/2020/2", 2, 1),
+        ]);
+        let r = listing(vec![
+            dir("work"),
+            dir("work/2020"),
+            file("work/2020/1", 1, 1),
+            file("work/2020/2", 2, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        move folder work -> archive
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn a_folder_moved_with_changes_inside_moves_then_changes_in_its_new_place() {
+        let s = listing(vec![
+            dir("b"),
+            file("b/1", 1, 1),
+            file("b/2", 2, 1),
+            file("b/changed", 3, 5),
+            file("b/new", 6, 1),
+            dir("b/d2f"),
+            file("b/d2f/x", 7, 1),
+            file("b/out-of-it", 8, 1),
+        ]);
+        let r = listing(vec![
+            dir("a"),
+            file("a/1", 1, 1),
+            file("a/2", 2, 1),
+            file("a/changed", 3, 4),
+            file("a/gone", 4, 1),
+            file("a/d2f", 5, 1),
+            dir("a/sub"),
+            file("a/sub/out-of-it", 8, 1),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        move folder a -> b
+        delete b/gone
+        delete b/d2f
+        mkdir b/d2f
+        move b/sub/out-of-it -> b/out-of-it
+        rmdir b/sub
+        update b/changed 3
+        copy b/d2f/x 7
+        copy b/new 6
+        finish b/d2f changed=false
+        finish b changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn swapped_names_are_compared_in_place_and_chains_end_byte_equal() {
+        // Swapped names: each path is in both listings, so metadata or
+        // content decide there, as for any file.
         let s = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
+        let contents = SameContent::default();
         let o = DiffOptions {
             checksum: true,
             ..opts()
         };
-        insta::assert_snapshot!(render(&diff(&s, &s.clone(), &SameContent::default(), o)), @r"
+        insta::assert_snapshot!(render(&diff(&s, &s.clone(), &contents, o)), @r"
         update a 5
         update b 5
         finish . changed=false
         ");
-        // Two new files that either old one could be: copies and deletions.
+        // a -> b, b -> c: b is compared in place (different: updated),
+        // c is new (copied) and a gone.
+        let s = listing(vec![file("b", 1, 1), file("c", 2, 2)]);
+        let r = listing(vec![file("a", 1, 1), file("b", 2, 2)]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete a
+        update b 1
+        copy c 2
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn ambiguous_pairs_move_only_where_content_agrees() {
         let s = listing(vec![file("p", 5, 10), file("q", 5, 10), file("u", 6, 10)]);
         let r = listing(vec![file("x", 5, 10), file("y", 5, 10), file("z", 6, 11)]);
-        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        let none = SameContent::default();
+        insta::assert_snapshot!(render(&diff_seeing(&s, &r, &none, opts(), true)), @r"
+        delete z
+        move x -> p
+        move y -> q
+        copy u 6
+        finish . changed=false
+        ");
+        insta::assert_snapshot!(render(&diff_seeing(&s, &r, &none, opts(), false)), @r"
         delete z
         delete y
         delete x
@@ -1443,58 +1616,66 @@ mod tests {
 
     #[test]
     fn excluded_temporary_or_unlisted_entries_never_move() {
+        // `logs/f` is excluded in the replica (a `.syncignore` there), so
+        // it is kept; `keep/f` is new and copied.
         let mut s = listing(vec![
             dir("locked"),
-            file("from-excluded", 1, 1),
+            dir("keep"),
+            file("keep/f", 1, 1),
             file("from-temp", 2, 2),
             file("locked/new", 3, 3),
         ]);
         s.incomplete.push(RelPath::from_str_lossy("locked"));
         let r = listing(vec![
-            excluded(file("x.log", 1, 1)),
+            dir("logs"),
+            excluded(file("logs/f", 1, 1)),
             file(".treesync-tmp-0000000000000099-1", 2, 2),
             dir("locked"),
             file("old", 3, 3),
         ]);
         insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        warn logs (folder kept: it still holds excluded or unreadable entries)
         delete old
         stale .treesync-tmp-0000000000000099-1
-        copy from-excluded 1
+        mkdir keep
         copy from-temp 2
+        copy keep/f 1
         copy locked/new 3
         finish locked changed=false
+        finish keep changed=false
         finish . changed=false
         ");
     }
 
     #[test]
-    fn moves_are_not_deletions_for_the_guard_and_a_coarse_replica_still_matches() {
-        let mut s = listing(vec![file("new", 5, 10)]);
-        s.entries[1].meta.mtime.nanos = 999;
-        let r = listing(vec![file("old", 5, 10)]);
+    fn moves_are_not_deletions_for_the_guard() {
+        let s = listing(vec![
+            dir("all-renamed"),
+            file("all-renamed/1", 1, 1),
+            file("all-renamed/2", 2, 2),
+        ]);
+        let r = listing(vec![dir("all"), file("all/1", 1, 1), file("all/2", 2, 2)]);
         let o = DiffOptions {
             max_delete: MaxDelete::Count(0),
             ..opts()
         };
-        // Nanoseconds apart: not the same file on a replica that keeps
-        // them, so a copy and a deletion, which the guard withholds.
+        let p = diff(&s, &r, &SameContent::default(), o);
+        assert_eq!(p.guard, None);
+        insta::assert_snapshot!(render(&p), @r"
+        move folder all -> all-renamed
+        finish . changed=false
+        ");
+        // Nanoseconds apart on a replica that keeps them: not the same
+        // file, so a copy and a deletion, which the guard withholds.
+        let mut s = listing(vec![file("new", 5, 10)]);
+        s.entries[1].meta.mtime.nanos = 999;
+        let r = listing(vec![file("old", 5, 10)]);
         let p = diff(&s, &r, &SameContent::default(), o);
         assert_eq!(p.guard.map(|g| g.would_delete), Some(1));
         assert_eq!(
             render(&p),
             "GUARD would_delete=1 managed=1 limit=0\ncopy new 5\nfinish . changed=false\n"
         );
-        let coarse = DiffOptions {
-            fs: FsCaps {
-                granularity_ns: 1_000_000_000,
-                ..FsCaps::default()
-            }
-            .with_window(None),
-            ..o
-        };
-        let p = diff(&s, &r, &SameContent::default(), coarse);
-        assert_eq!(p.guard, None);
-        assert_eq!(render(&p), "move old -> new\nfinish . changed=false\n");
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! reads the replica's record of the runs' temporaries for the Differ.
 
 use crate::contract::messages::{LogEvent, TickCx, TreesHashed, TreesScanned, Verb};
-use crate::contract::model::{Content, Digest, Entry, EntryKind, Listing, Meta, SameContent};
+use crate::contract::model::{
+    Content, Digest, Entry, EntryKind, Listing, Meta, SameContent, TempTokens,
+};
+use crate::contract::moves::{self, MovePairs, MoveSearch, SearchOptions};
 use crate::contract::options::SyncOptions;
 use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
@@ -28,7 +31,7 @@ use actix::Recipient;
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -437,7 +440,6 @@ impl Stage for Hasher {
             }
         }
         let (opts, cache, stop, log) = (&self.opts, &self.cache, cx.stop(), &self.log);
-        let load = !pairs.is_empty() && !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         let tick = cx.seq;
         // The roots the Scanner checked and walked, never opened again
         // by path: a root swapped since then is not read.
@@ -462,6 +464,20 @@ impl Stage for Hasher {
             .into_iter()
             .filter(|p| !rechecked.contains(&p.source))
             .collect();
+        let search = match opts.renames {
+            true => moves::search(
+                &msg.source,
+                &msg.replica,
+                SearchOptions {
+                    fs: caps,
+                    temps: &TempTokens::this_run().union(&temps),
+                    checksum: opts.checksum,
+                },
+            ),
+            false => MoveSearch::default(),
+        };
+        let reads = !pairs.is_empty() || !search.doubtful.is_empty();
+        let load = reads && !std::mem::replace(&mut self.loaded, true) && !opts.dry_run;
         if let (true, Ok((_, replica))) = (load, &roots) {
             let (loaded, unusable) = HashCache::load(replica, tick);
             *cache.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
@@ -484,7 +500,19 @@ impl Stage for Hasher {
             // No replica (a dry run into a missing one), or no pairs.
             _ => (SameContent::default(), Vec::new()),
         };
-        if !pairs.is_empty() {
+        let moves = match &roots {
+            Ok((s, r)) if !search.doubtful.is_empty() => {
+                let sides = Sides {
+                    source: &msg.source,
+                    replica: &msg.replica,
+                    source_root: s,
+                    replica_root: r,
+                };
+                confirm_moves(search, &sides, cache, tick, jobs, stop)
+            }
+            _ => search.resolve(|_| false),
+        };
+        if reads {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             // Only a tick that saw every pair knows which digests are
             // of files gone; one given the changed parts (`managed`
@@ -523,11 +551,81 @@ impl Stage for Hasher {
             source: msg.source,
             replica: msg.replica,
             contents,
+            moves,
             managed: msg.managed,
             roots: msg.roots,
             temps,
         })
     }
+}
+
+/// Settles the doubtful move pairs by content: each file in one is
+/// hashed once (or its digest taken from the cache), on `jobs` threads, and
+/// a pair counts where both digests are known and equal.
+fn confirm_moves(
+    search: MoveSearch,
+    sides: &Sides,
+    cache: &Mutex<HashCache>,
+    tick: u64,
+    jobs: usize,
+    stop: &StopFlag,
+) -> MovePairs {
+    // (is the source side, place in that side's listing)
+    let wanted: BTreeSet<(bool, usize)> = search
+        .to_confirm()
+        .flat_map(|p| [(true, p.source), (false, p.replica)])
+        .collect();
+    let wanted: Vec<_> = wanted.into_iter().collect();
+    let trusted = (
+        ctime_moves_on_write(sides.source_root),
+        ctime_moves_on_write(sides.replica_root),
+    );
+    let next = AtomicUsize::new(0);
+    let digests: HashMap<(bool, usize), Digest> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, wanted.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut found = Vec::new();
+                    while let Some(&(is_source, i)) =
+                        wanted.get(next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        if stop.is_requested() {
+                            break;
+                        }
+                        let (root, listing, trust) = match is_source {
+                            true => (sides.source_root, sides.source, trusted.0),
+                            false => (sides.replica_root, sides.replica, trusted.1),
+                        };
+                        let e = &listing.entries[i];
+                        let cached = trust
+                            .then(|| {
+                                cache
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get(&CacheKey::from(&e.meta), tick)
+                            })
+                            .flatten();
+                        // An unreadable file pairs with nothing: a copy then.
+                        if let Some(d) = cached.or_else(|| digest_cached(root, e, cache, tick).ok())
+                        {
+                            found.push(((is_source, i), d));
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    search.resolve(|p| {
+        matches!(
+            (digests.get(&(true, p.source)), digests.get(&(false, p.replica))),
+            (Some(a), Some(b)) if a == b
+        )
+    })
 }
 
 /// The recorded racy paths that are a file on both sides: compared by

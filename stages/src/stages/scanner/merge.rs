@@ -654,7 +654,8 @@ mod partial_properties {
         fn narrowed_plans_equal_whole_plans(batches in prop::collection::vec(prop::collection::vec(change(), 1..5), 1..5)) {
             use crate::stages::differ::{diff, DiffOptions};
             use crate::contract::plan::guard_base;
-            use crate::contract::model::SameContent;
+            use crate::contract::model::{Listing, SameContent};
+            use crate::contract::moves;
             use crate::contract::plan::Op;
             let (tmp, o, pinned, mut prev) = empty_trees();
             let (s, r) = (tmp.path().join("s"), tmp.path().join("r"));
@@ -667,13 +668,19 @@ mod partial_properties {
                 let listed = w.listed_source.iter().chain(&w.listed_replica);
                 // Content checks decide nothing here: every candidate differs.
                 let same = SameContent::default();
-                let whole = diff(&w.source, &w.replica, &same, DiffOptions::from(&o));
+                let moved = |s: &Listing, r: &Listing| {
+                    let caps = o.replica_fs.caps;
+                    let temps = TempTokens::this_run();
+                    let found = moves::search(s, r, moves::SearchOptions { fs: &caps, temps: &temps, checksum: false });
+                    found.resolve(|_| false)
+                };
+                let whole = diff(&w.source, &w.replica, &same, &moved(&w.source, &w.replica), DiffOptions::from(&o));
                 if let Some((ps, pr)) = parts(&w.source, &w.replica, listed) {
                     let opts = DiffOptions {
                         managed: Some(guard_base(&w.replica, &w.source, o.delete_excluded, &TempTokens::this_run())),
                         ..DiffOptions::from(&o)
                     };
-                    let part = diff(&ps, &pr, &same, opts);
+                    let part = diff(&ps, &pr, &same, &moved(&ps, &pr), opts);
                     let work = |ops: &[Op]| ops.iter().filter(|op| !is_report(op)).cloned().collect::<Vec<_>>();
                     prop_assert_eq!(work(&part.ops), work(&whole.ops));
                     prop_assert_eq!(part.guard, whole.guard);

@@ -1,0 +1,461 @@
+//! Moves: which file the source has under a new name is which file the
+//! replica has under the old one. Shared by the Hasher, which confirms
+//! doubtful pairs by content, and the Differ, which plans the renames.
+//!
+//! A pair is a replica file the source lacks and a source file the replica
+//! lacks, both regular files of the same size and mtime (within the
+//! replica's window). Metadata alone decides when the pair is the only one
+//! either file has, the source's mtime has a sub-second part and the
+//! replica keeps it: a clock-made timestamp to the nanosecond and a size
+//! that agree are what the quick check trusts for a file at the same path.
+//! Anything weaker is confirmed by SHA-1 before it counts: whole-second
+//! mtimes (archives, reproducible builds, FAT sources give many files the
+//! same), a coarse replica, several candidates (copies made with `cp -p`),
+//! and every pair under `--checksum`.
+//!
+//! Folders (`folder_moves`): where the pairs say that the files of a
+//! replica folder the source lacks are, under the same inner paths, in a
+//! source folder the replica lacks, the folder moves as a whole (one
+//! rename), and what differs inside it is then compared as for any folder.
+
+use crate::contract::model::{Entry, EntryKind, Listing, TempTokens, Timestamp};
+use crate::contract::model::{IGNORE_FILE, STATE_DIR};
+use crate::contract::relpath::RelPath;
+use crate::fs::replica_fs::FsCaps;
+use std::collections::{HashMap, HashSet};
+
+/// Most source files one replica file is compared with by content: beyond
+/// that (thousands of empty or generated files alike) it is a copy.
+const MAX_CANDIDATES: usize = 8;
+
+/// A source file and the replica file it may be: places in the listings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MovePair {
+    pub source: usize,
+    pub replica: usize,
+}
+
+/// What `search` found: pairs sure by metadata, and replica files with the
+/// source files they may be, to be confirmed by content.
+#[derive(Debug, Default)]
+pub struct MoveSearch {
+    pub sure: Vec<MovePair>,
+    pub doubtful: Vec<(usize, Vec<usize>)>,
+}
+
+impl MoveSearch {
+    /// Every pair to compare by content.
+    pub fn to_confirm(&self) -> impl Iterator<Item = MovePair> + '_ {
+        self.doubtful.iter().flat_map(|(replica, sources)| {
+            sources.iter().map(|&source| MovePair {
+                source,
+                replica: *replica,
+            })
+        })
+    }
+
+    /// The pairs that count: the sure ones, and of each doubtful replica
+    /// file the first candidate found equal that no other file took.
+    pub fn resolve(self, equal: impl Fn(MovePair) -> bool) -> MovePairs {
+        let mut taken: HashSet<usize> = self.sure.iter().map(|p| p.source).collect();
+        let mut pairs = self.sure;
+        for (replica, sources) in self.doubtful {
+            let found = sources
+                .into_iter()
+                .find(|&source| !taken.contains(&source) && equal(MovePair { source, replica }));
+            if let Some(source) = found {
+                taken.insert(source);
+                pairs.push(MovePair { source, replica });
+            }
+        }
+        pairs.sort_unstable();
+        MovePairs(pairs)
+    }
+}
+
+/// The moves of one tick: each source and replica file in one pair at
+/// most, sorted by source place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MovePairs(pub Vec<MovePair>);
+
+/// What limits the search.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchOptions<'a> {
+    pub fs: &'a FsCaps,
+    pub temps: &'a TempTokens,
+    /// `--checksum`: no pair is sure by metadata.
+    pub checksum: bool,
+}
+
+/// Pairs the files that moved: see the module's doc.
+pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveSearch {
+    let mut found = MoveSearch::default();
+    let (src, rep) = (&source.entries, &replica.entries);
+    let reserved = |p: &RelPath| {
+        p.is_root()
+            || (p.components().next() == Some(STATE_DIR))
+            || p.name() == IGNORE_FILE
+            || opts.temps.owns(p.name())
+    };
+    let movable = |e: &Entry| {
+        e.kind == EntryKind::File
+            && !e.excluded
+            && !reserved(&e.path)
+            && !source.is_incomplete_at(&e.path)
+            && !replica.is_incomplete_at(&e.path)
+    };
+    // (size, mtime in ns, place) of each side's files without a partner
+    // at their own path, sorted.
+    let key = |e: &Entry, i: usize| (e.meta.size, ns(e.meta.mtime), i);
+    let (mut news, mut olds) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < src.len() || j < rep.len() {
+        match (src.get(i), rep.get(j)) {
+            (Some(s), Some(r)) if s.path == r.path => {
+                i += 1;
+                j += 1;
+            }
+            (_, Some(r)) if src.get(i).is_none_or(|s| r.path < s.path) => {
+                if movable(r) && !under_special(source, &r.path) {
+                    olds.push(key(r, j));
+                }
+                j += 1;
+            }
+            (Some(s), _) => {
+                if movable(s) {
+                    news.push(key(s, i));
+                }
+                i += 1;
+            }
+            (None, _) => unreachable!(),
+        }
+    }
+    if news.is_empty() || olds.is_empty() {
+        return found;
+    }
+    news.sort_unstable();
+    olds.sort_unstable();
+    let window = i128::from(opts.fs.mtime_window_ns);
+    // The places on `side` that `e` may be, up to one more than the most
+    // compared.
+    let fits = |side: &[(u64, i128, usize)], e: &Entry, listing: &Listing| {
+        let (size, t) = (e.meta.size, ns(e.meta.mtime));
+        let start = side.partition_point(|k| (k.0, k.1) < (size, t - window));
+        side[start..]
+            .iter()
+            .take_while(|k| (k.0, k.1) <= (size, t + window))
+            .filter(|k| {
+                opts.fs
+                    .same_mtime(listing.entries[k.2].meta.mtime, e.meta.mtime)
+            })
+            .map(|k| k.2)
+            .take(MAX_CANDIDATES + 1)
+            .collect::<Vec<_>>()
+    };
+    // A coarse replica or a whole-second source time: many files share it.
+    let weak_times = opts.checksum || opts.fs.mtime_window_ns >= 1_000;
+    for &(_, _, j) in &olds {
+        let candidates = fits(&news, &rep[j], source);
+        match candidates.as_slice() {
+            [] => {}
+            &[i] if !weak_times
+                && src[i].meta.mtime.nanos != 0
+                && fits(&olds, &src[i], replica) == [j] =>
+            {
+                found.sure.push(MovePair {
+                    source: i,
+                    replica: j,
+                });
+            }
+            more if more.len() <= MAX_CANDIDATES => {
+                let mut sources = more.to_vec();
+                sources.sort_unstable();
+                found.doubtful.push((j, sources));
+            }
+            _ => {}
+        }
+    }
+    found.doubtful.sort_unstable();
+    found
+}
+
+/// True when the nearest ancestor the source has is a special file: what
+/// the replica has there is left alone, never moved.
+pub fn under_special(source: &Listing, path: &RelPath) -> bool {
+    let mut p = path.parent();
+    while let Some(dir) = p {
+        if let Some(s) = source.get(&dir) {
+            return matches!(s.kind, EntryKind::Special { .. });
+        }
+        p = dir.parent();
+    }
+    false
+}
+
+fn ns(t: Timestamp) -> i128 {
+    i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos)
+}
+
+/// A replica folder the source lacks that moves, as a whole, to a source
+/// folder the replica lacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderMove {
+    pub from: RelPath,
+    pub to: RelPath,
+}
+
+/// The folders that moved as a whole, outermost only, none inside
+/// another: see the module's doc.
+///
+/// Each file pair votes for the outermost folder pair whose inner paths
+/// agree (`old/x/f` and `new/x/f` vote for `old` -> `new`, if `old` is a
+/// folder only the replica has and `new` one only the source has). The
+/// most voted pairs are taken first, none inside another, each with two
+/// votes at least (or all its folder holds). Moving a folder costs no more
+/// than moving its files one by one: what did not move with it is then
+/// compared in its new place (deleted, updated or moved on from there) as
+/// it would have been in the old one.
+pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> Vec<FolderMove> {
+    let only_dir = |here: &Listing, there: &Listing, p: &RelPath| {
+        !p.is_root()
+            && here
+                .get(p)
+                .is_some_and(|e| e.kind == EntryKind::Dir && !e.excluded)
+            && there.get(p).is_none()
+            && !here.is_incomplete_at(p)
+            && !there.is_incomplete_at(p)
+    };
+    let mut votes: HashMap<(RelPath, RelPath), usize> = HashMap::new();
+    for p in &pairs.0 {
+        let (s, r) = (
+            &source.entries[p.source].path,
+            &replica.entries[p.replica].path,
+        );
+        let mut best = None;
+        let (mut a, mut b) = (r.clone(), s.clone());
+        while a.name() == b.name() {
+            let (Some(pa), Some(pb)) = (a.parent(), b.parent()) else {
+                break;
+            };
+            if pa.is_root() || pb.is_root() {
+                break;
+            }
+            if only_dir(replica, source, &pa) && only_dir(source, replica, &pb) {
+                best = Some((pa.clone(), pb.clone()));
+            }
+            (a, b) = (pa, pb);
+        }
+        if let Some(key) = best {
+            *votes.entry(key).or_default() += 1;
+        }
+    }
+    if votes.is_empty() {
+        return Vec::new();
+    }
+    // The most voted first; among equals the outermost.
+    let mut ranked: Vec<_> = votes.into_iter().collect();
+    ranked.sort_by(|((fa, ta), va), ((fb, tb), vb)| {
+        (std::cmp::Reverse(*va), fa.depth(), fa, ta).cmp(&(
+            std::cmp::Reverse(*vb),
+            fb.depth(),
+            fb,
+            tb,
+        ))
+    });
+    let mut chosen: Vec<FolderMove> = Vec::new();
+    for ((from, to), n) in ranked {
+        let nested = chosen.iter().any(|m| {
+            from.starts_with(&m.from)
+                || m.from.starts_with(&from)
+                || to.starts_with(&m.to)
+                || m.to.starts_with(&to)
+        });
+        // One file alone moves a folder only if it is all the folder holds.
+        if nested || (n < 2 && n < files_below(replica, &from)) {
+            continue;
+        }
+        chosen.push(FolderMove { from, to });
+    }
+    chosen.sort_by(|a, b| a.to.cmp(&b.to));
+    chosen
+}
+
+/// Files (anything but folders) below `dir` in a listing.
+fn files_below(listing: &Listing, dir: &RelPath) -> usize {
+    let start = listing.entries.partition_point(|e| e.path <= *dir);
+    listing.entries[start..]
+        .iter()
+        .take_while(|e| e.path.starts_with(dir))
+        .filter(|e| !e.kind.is_dir())
+        .count()
+}
+
+/// `path` with its leading `from` replaced by `to`, if it lies there.
+pub fn rebase(path: &RelPath, from: &RelPath, to: &RelPath) -> Option<RelPath> {
+    if !path.starts_with(from) {
+        return None;
+    }
+    let rest = &path.as_bytes()[from.as_bytes().len()..];
+    let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+    let mut out = to.clone();
+    if !rest.is_empty() {
+        for name in rest.split(|&b| b == b'/') {
+            out = out.join(name);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::model::Meta;
+
+    fn entry(path: &str, kind: EntryKind, size: u64, secs: i64, nanos: u32) -> Entry {
+        Entry {
+            path: RelPath::from_str_lossy(path),
+            kind,
+            meta: Meta {
+                size,
+                mtime: Timestamp::new(secs, nanos),
+                ..Meta::default()
+            },
+            excluded: false,
+        }
+    }
+    fn file(path: &str, size: u64, secs: i64) -> Entry {
+        entry(path, EntryKind::File, size, secs, 7)
+    }
+    fn dir(path: &str) -> Entry {
+        entry(path, EntryKind::Dir, 0, 1, 0)
+    }
+    fn listing(mut entries: Vec<Entry>) -> Listing {
+        entries.insert(0, dir(""));
+        let mut l = Listing {
+            entries,
+            incomplete: Vec::new(),
+        };
+        l.sort();
+        l
+    }
+    fn opts(fs: &FsCaps, temps: &TempTokens) -> SearchOptions<'static> {
+        // Leaked: the tests' options live as long as the test.
+        let fs: &'static FsCaps = Box::leak(Box::new(*fs));
+        let temps: &'static TempTokens = Box::leak(Box::new(temps.clone()));
+        SearchOptions {
+            fs,
+            temps,
+            checksum: false,
+        }
+    }
+    fn paths(s: &Listing, r: &Listing, p: &MovePairs) -> Vec<String> {
+        p.0.iter()
+            .map(|p| {
+                format!(
+                    "{} -> {}",
+                    r.entries[p.replica].path, s.entries[p.source].path
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_unique_pair_with_clock_made_times_is_sure_and_others_are_doubtful() {
+        let fs = FsCaps::default();
+        let o = opts(&fs, &TempTokens::default());
+        let s = listing(vec![
+            file("new", 5, 10),
+            entry("whole", EntryKind::File, 6, 10, 0),
+            file("p", 7, 10),
+            file("q", 7, 10),
+        ]);
+        let r = listing(vec![
+            file("old", 5, 10),
+            entry("whole-old", EntryKind::File, 6, 10, 0),
+            file("x", 7, 10),
+        ]);
+        let found = search(&s, &r, o);
+        assert_eq!(found.sure.len(), 1);
+        assert_eq!(found.doubtful.len(), 2);
+        // Content decides the doubtful: `x` is `q`, not `p`.
+        let q = s
+            .entries
+            .iter()
+            .position(|e| e.path.name() == b"q")
+            .unwrap();
+        let pairs = found.resolve(|p| p.source == q || s.entries[p.source].path.name() == b"whole");
+        assert_eq!(
+            paths(&s, &r, &pairs),
+            ["old -> new", "x -> q", "whole-old -> whole"]
+        );
+    }
+
+    #[test]
+    fn checksum_or_a_coarse_replica_confirms_every_pair() {
+        let s = listing(vec![file("new", 5, 10)]);
+        let r = listing(vec![file("old", 5, 10)]);
+        let coarse = FsCaps {
+            granularity_ns: 1_000_000_000,
+            ..FsCaps::default()
+        }
+        .with_window(None);
+        let found = search(&s, &r, opts(&coarse, &TempTokens::default()));
+        assert!(found.sure.is_empty());
+        assert_eq!(found.doubtful.len(), 1);
+        let fs = FsCaps::default();
+        let o = SearchOptions {
+            checksum: true,
+            ..opts(&fs, &TempTokens::default())
+        };
+        let found = search(&s, &r, o);
+        assert!(found.sure.is_empty());
+        // Found different: no move.
+        assert!(found.resolve(|_| false).0.is_empty());
+    }
+
+    #[test]
+    fn a_folder_moves_whole_when_most_of_its_files_went_to_the_same_place() {
+        let fs = FsCaps::default();
+        let o = opts(&fs, &TempTokens::default());
+        let s = listing(vec![
+            dir("archive"),
+            dir("archive/photos"),
+            dir("archive/photos/x"),
+            file("archive/photos/x/1", 1, 1),
+            file("archive/photos/x/2", 2, 1),
+            file("archive/photos/3", 3, 1),
+            file("archive/photos/changed", 9, 9),
+            file("elsewhere", 4, 1),
+        ]);
+        let r = listing(vec![
+            dir("photos"),
+            dir("photos/x"),
+            file("photos/x/1", 1, 1),
+            file("photos/x/2", 2, 1),
+            file("photos/3", 3, 1),
+            file("photos/4", 4, 1),
+            file("photos/changed", 9, 8),
+        ]);
+        let pairs = search(&s, &r, o).resolve(|_| false);
+        assert_eq!(pairs.0.len(), 4);
+        let moves = folder_moves(&s, &r, &pairs);
+        assert_eq!(
+            moves,
+            [FolderMove {
+                from: RelPath::from_str_lossy("photos"),
+                to: RelPath::from_str_lossy("archive/photos"),
+            }]
+        );
+        // One file of five: no folder move.
+        let few = MovePairs(pairs.0[..1].to_vec());
+        assert!(folder_moves(&s, &r, &few).is_empty());
+    }
+
+    #[test]
+    fn rebase_replaces_the_leading_folder_only() {
+        let p = |s: &str| RelPath::from_str_lossy(s);
+        assert_eq!(rebase(&p("a/b/c"), &p("a"), &p("x/y")), Some(p("x/y/b/c")));
+        assert_eq!(rebase(&p("a"), &p("a"), &p("x")), Some(p("x")));
+        assert_eq!(rebase(&p("ab/c"), &p("a"), &p("x")), None);
+    }
+}
