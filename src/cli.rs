@@ -91,8 +91,10 @@ pub struct Cli {
 
     /// Do not look for files moved or renamed in the source: copy them
     /// again and delete the old copies. By default a replica file that
-    /// the source lacks, paired with exactly one new source file of the
-    /// same size and mtime, is renamed in the replica (logged as `move`).
+    /// the source lacks, paired with a new source file of the same size
+    /// and mtime (confirmed by SHA-1 where that is not sure), is renamed in
+    /// the replica, and a folder whose files moved together is one rename
+    /// of the folder (logged as `move`).
     #[arg(long)]
     pub no_renames: bool,
 

@@ -182,18 +182,23 @@ fn files_alike_in_size_and_mtime_are_told_apart_by_content() {
 fn a_watched_sync_moves_too() {
     let sb = synced();
     let (big, a) = (ino(&sb.d("big.bin")), ino(&sb.d("docs/a.txt")));
+    let f = ino(&sb.d("old/f.txt"));
     let mut r = sb.spawn_interval("1", &[]);
     // The sync after the first is a full one too: watching starts then.
     r.wait_ticks(2);
     sb.mv("big.bin", "media/big.bin");
     sb.mv("docs/a.txt", "docs/b.txt");
+    sb.mv("old", "docs/old-renamed");
     r.wait_fresh_tick();
     r.wait_fresh_tick();
     let run = r.stop("INT");
     run.expect_code(0).no_errors();
     let moved = run.entries("move");
-    assert_eq!(moved.len(), 2, "{}", run.dump());
+    assert_eq!(moved.len(), 3, "{}", run.dump());
     assert!(run.has("move", "media/big.bin") && run.has("move", "docs/b.txt"));
+    assert!(run.has("move", "docs/old-renamed"), "{}", run.dump());
+    assert!(run.entries("rmdir").is_empty(), "{}", run.dump());
+    assert_eq!(ino(&sb.d("docs/old-renamed/f.txt")), f);
     assert!(run.entries("copy").is_empty(), "{}", run.dump());
     let modes: Vec<_> = run
         .entries("tick")
