@@ -510,7 +510,12 @@ impl<'a> Planner<'a> {
             }
             // The rules of a folder kept for its excluded entries stay with
             // it: without them those entries would go at the next sync.
-            Fate::Remove if r.path.name() == IGNORE_FILE && self.parent_blocked(&r.path) => {}
+            // Only a regular file holds rules (the walk reads no other): a
+            // folder of that name goes like any other.
+            Fate::Remove
+                if r.path.name() == IGNORE_FILE
+                    && r.kind == EntryKind::File
+                    && self.parent_blocked(&r.path) => {}
             Fate::Remove => {
                 if r.kind.is_dir() && self.blocked.contains(&r.path) {
                     if !r.excluded {
@@ -1224,6 +1229,18 @@ mod tests {
         warn gone (folder kept: it still holds excluded or unreadable entries)
         delete gone/plain
         ");
+    }
+
+    #[test]
+    fn a_folder_named_like_the_rules_file_is_no_rules_file_and_goes() {
+        // The root is kept for a/x; the replica-only folder `.syncignore`
+        // beside it holds no rules and nothing kept.
+        let s = listing(vec![dir("a")]);
+        let r = listing(vec![dir(".syncignore"), dir("a"), excluded(dir("a/x"))]);
+        assert_eq!(
+            render(&plan(&s, &r)),
+            "rmdir .syncignore\nfinish . changed=false\n"
+        );
     }
 
     #[test]

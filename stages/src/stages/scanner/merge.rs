@@ -7,7 +7,7 @@
 //! parts. Only listings are read here, never the filesystem, so a partial
 //! tick's cost is what changed: the walk and its roots stay in the Scanner.
 
-use crate::contract::model::{Entry, Listing, IGNORE_FILE, STATE_DIR};
+use crate::contract::model::{Entry, EntryKind, Listing, IGNORE_FILE, STATE_DIR};
 use crate::contract::relpath::RelPath;
 use std::collections::HashSet;
 
@@ -171,7 +171,12 @@ fn parts<'a>(
         // lacks is deleted depends on what is kept anywhere below its
         // folder, which a folder listed again can change (one whose rules
         // could not be read last tick and can now).
-        let at = |p: RelPath| this.entries.binary_search_by(|e| e.path.cmp(&p)).ok();
+        // Only a regular file holds rules: a folder of that name is decided
+        // like any other, by what is below it, which is not picked here.
+        let at = |p: RelPath| {
+            let i = this.entries.binary_search_by(|e| e.path.cmp(&p)).ok()?;
+            (this.entries[i].kind == EntryKind::File).then_some(i)
+        };
         picked.extend(context.iter().filter_map(|a| at(a.join(IGNORE_FILE))));
         for f in &folders {
             let range = subtree(&this.entries, f);
@@ -500,6 +505,64 @@ mod partial_tests {
             },
             &["", "newdir"],
         );
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use crate::contract::model::SameContent;
+    use crate::contract::plan::Op;
+    use crate::stages::differ::{diff, DiffOptions};
+
+    fn listing(entries: &[(&str, EntryKind, bool)]) -> Listing {
+        let mut l = Listing {
+            entries: entries
+                .iter()
+                .map(|(path, kind, excluded)| Entry {
+                    path: RelPath::from_str_lossy(path),
+                    kind: kind.clone(),
+                    meta: Default::default(),
+                    excluded: *excluded,
+                })
+                .collect(),
+            incomplete: Vec::new(),
+        };
+        l.sort();
+        l
+    }
+
+    /// A replica-only folder named like the rules file, kept for what is
+    /// below it, above the folder listed again: the parts must not hold it
+    /// without what keeps it.
+    #[test]
+    fn a_kept_folder_named_like_the_rules_file_is_not_picked_as_rules() {
+        let (d, f) = (EntryKind::Dir, EntryKind::File);
+        let src = listing(&[
+            ("", d.clone(), false),
+            ("k", d.clone(), false),
+            ("k/b", d.clone(), false),
+        ]);
+        let rep = listing(&[
+            ("", d.clone(), false),
+            ("k", d.clone(), false),
+            ("k/.syncignore", d.clone(), false),
+            ("k/.syncignore/x", f, true),
+            ("k/b", d, false),
+        ]);
+        let listed = [RelPath::from_str_lossy("k/b")];
+        let (ps, pr) = parts(&src, &rep, listed.iter()).unwrap();
+        let same = SameContent::default();
+        let o = DiffOptions::from(&SyncOptions::new("s".into(), "r".into()));
+        let work = |l: (&Listing, &Listing)| -> Vec<Op> {
+            diff(l.0, l.1, &same, o)
+                .ops
+                .into_iter()
+                .filter(|op| matches!(op, Op::Rmdir { .. } | Op::Delete { .. }))
+                .collect()
+        };
+        assert_eq!(work((&ps, &pr)), work((&src, &rep)));
+        assert_eq!(work((&src, &rep)), Vec::new());
     }
 }
 
