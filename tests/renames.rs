@@ -215,3 +215,37 @@ fn a_watched_sync_moves_too() {
     assert_eq!(ino(&sb.d("docs/b.txt")), a);
     sb.assert_mirror();
 }
+
+/// Files with whole-second times, as an unpacked archive has: a full sync
+/// confirms their moves by content, a watched one knows them from the
+/// rename events and reads nothing.
+#[test]
+fn a_watched_rename_is_known_from_its_events_and_reads_nothing() {
+    let sb = Sandbox::new();
+    for i in 0..6 {
+        let name = format!("unpacked/f{i}");
+        file_with(&sb.src, &name, "same size", 0o644, (1_600_000_000, 0));
+    }
+    sb.sync(&[]).expect_code(0).no_errors();
+    let f = ino(&sb.d("unpacked/f3"));
+    let digests = sb.d(".treesync/hashes");
+    let mut r = sb.spawn_interval("1", &[]);
+    r.wait_ticks(2);
+    sb.mv("unpacked", "release-1.0");
+    r.wait_fresh_tick();
+    r.wait_fresh_tick();
+    let run = r.stop("INT");
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("move", "release-1.0")]);
+    assert_eq!(ino(&sb.d("release-1.0/f3")), f);
+    assert!(!digests.exists(), "files were read to confirm the move");
+    sb.assert_mirror();
+
+    // The same in a full sync: confirmed by content (the digests kept).
+    sb.mv("release-1.0", "release-1.1");
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("move", "release-1.1")]);
+    assert!(digests.exists());
+    sb.assert_mirror();
+}

@@ -141,6 +141,9 @@ pub enum Done {}
 #[derive(Debug)]
 pub struct ScanTrees {
     pub scope: ScanScope,
+    /// Source entries renamed since the last tick, as the Watcher saw
+    /// them (old path, new path), in the order they happened.
+    pub renamed: Vec<(RelPath, RelPath)>,
     /// Plan over the whole listings even after a partial scan: the last
     /// tick withheld deletions (the guard), and each tick reports them
     /// again until they are resolved.
@@ -172,6 +175,8 @@ pub struct TreesScanned {
     /// The roots as opened and checked for this tick: later stages use
     /// these handles, never the root paths.
     pub roots: Arc<Roots>,
+    /// As in `ScanTrees`: what the move search may take as sure.
+    pub renamed: Vec<(RelPath, RelPath)>,
 }
 
 /// Content comparisons done where metadata could not decide.
@@ -222,6 +227,9 @@ pub struct FoldersChanged {
     /// Part of the trees is not watched (a watch limit, an error): every
     /// tick from now on must rescan fully.
     pub unwatched: bool,
+    /// Source entries renamed (old path, new path), paired by inotify's
+    /// move cookie: both halves seen, both inside the source.
+    pub renamed: Vec<(RelPath, RelPath)>,
 }
 
 /// Ask the Scheduler to start no new tick; it answers `TicksOver` once the

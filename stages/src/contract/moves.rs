@@ -13,6 +13,11 @@
 //! same), a coarse replica, several candidates (copies made with `cp -p`),
 //! and every pair under `--checksum`.
 //!
+//! Renames the Watcher saw (inotify's move cookies pair the two halves)
+//! are sure whatever the times: a file whose old path only the replica
+//! has and new path only the source has, with its size and mtime
+//! unchanged, or a folder (with its files at the same inner paths).
+//!
 //! Folders (`folder_moves`): where the pairs say that the files of a
 //! replica folder the source lacks are, under the same inner paths, in a
 //! source folder the replica lacks, the folder moves as a whole (one
@@ -41,6 +46,9 @@ pub struct MovePair {
 pub struct MoveSearch {
     pub sure: Vec<MovePair>,
     pub doubtful: Vec<(usize, Vec<usize>)>,
+    /// Folders renamed in the source as the Watcher saw it, where the
+    /// replica still has the old one and the source only the new one.
+    pub folders: Vec<MovePair>,
 }
 
 impl MoveSearch {
@@ -69,14 +77,26 @@ impl MoveSearch {
             }
         }
         pairs.sort_unstable();
-        MovePairs(pairs)
+        MovePairs {
+            files: pairs,
+            folders: self.folders,
+        }
     }
 }
 
 /// The moves of one tick: each source and replica file in one pair at
-/// most, sorted by source place.
+/// most, sorted by source place; and the folders known to be renamed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MovePairs(pub Vec<MovePair>);
+pub struct MovePairs {
+    pub files: Vec<MovePair>,
+    pub folders: Vec<MovePair>,
+}
+
+impl MovePairs {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.folders.is_empty()
+    }
+}
 
 /// What limits the search.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +105,8 @@ pub struct SearchOptions<'a> {
     pub temps: &'a TempTokens,
     /// `--checksum`: no pair is sure by metadata.
     pub checksum: bool,
+    /// Source renames the Watcher saw (old path, new path), in order.
+    pub renamed: &'a [(RelPath, RelPath)],
 }
 
 /// Pairs the files that moved: see the module's doc.
@@ -104,6 +126,66 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
             && !source.is_incomplete_at(&e.path)
             && !replica.is_incomplete_at(&e.path)
     };
+    let same_meta = |s: &Entry, r: &Entry| {
+        s.meta.size == r.meta.size && opts.fs.same_mtime(s.meta.mtime, r.meta.mtime)
+    };
+    // Renames the Watcher saw: an entry whose old path only the replica
+    // has and whose new path only the source has is that entry, moved (a
+    // file with its size and mtime unchanged on the way): sure, whatever
+    // its times, and so are the files of a renamed folder.
+    let (mut taken_src, mut taken_rep) = (HashSet::new(), HashSet::new());
+    let mut take = |found: &mut MoveSearch, source: usize, replica: usize| {
+        if taken_src.insert(source) && taken_rep.insert(replica) {
+            found.sure.push(MovePair { source, replica });
+        }
+    };
+    for (from, to) in compose(opts.renamed) {
+        let (Some(j), Some(i)) = (place(replica, &from), place(source, &to)) else {
+            continue;
+        };
+        if source.get(&from).is_some() || replica.get(&to).is_some() {
+            continue;
+        }
+        let (s, r) = (&src[i], &rep[j]);
+        match (&s.kind, &r.kind) {
+            (EntryKind::File, EntryKind::File) if movable(s) && movable(r) && same_meta(s, r) => {
+                take(&mut found, i, j);
+            }
+            (EntryKind::Dir, EntryKind::Dir)
+                if [s, r].iter().all(|e| {
+                    !e.excluded
+                        && !reserved(&e.path)
+                        && !source.is_incomplete_at(&e.path)
+                        && !replica.is_incomplete_at(&e.path)
+                }) =>
+            {
+                found.folders.push(MovePair {
+                    source: i,
+                    replica: j,
+                });
+                let inside = rep[j + 1..]
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, e)| e.path.starts_with(&from));
+                for (k, e) in inside {
+                    let Some(ii) = rebase(&e.path, &from, &to).and_then(|p| place(source, &p))
+                    else {
+                        continue;
+                    };
+                    let f = &src[ii];
+                    if e.kind == EntryKind::File
+                        && f.kind == EntryKind::File
+                        && movable(e)
+                        && movable(f)
+                        && same_meta(f, e)
+                    {
+                        take(&mut found, ii, j + 1 + k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     // (size, mtime in ns, place) of each side's files without a partner
     // at their own path, sorted.
     let key = |e: &Entry, i: usize| (e.meta.size, ns(e.meta.mtime), i);
@@ -116,13 +198,13 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
                 j += 1;
             }
             (_, Some(r)) if src.get(i).is_none_or(|s| r.path < s.path) => {
-                if movable(r) && !under_special(source, &r.path) {
+                if movable(r) && !under_special(source, &r.path) && !taken_rep.contains(&j) {
                     olds.push(key(r, j));
                 }
                 j += 1;
             }
             (Some(s), _) => {
-                if movable(s) {
+                if movable(s) && !taken_src.contains(&i) {
                     news.push(key(s, i));
                 }
                 i += 1;
@@ -179,6 +261,30 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
     found
 }
 
+/// The renames as they add up: `a -> b` then `b -> c` is `a -> c`, and a
+/// folder's rename takes along what was moved into it before.
+pub fn compose(renamed: &[(RelPath, RelPath)]) -> Vec<(RelPath, RelPath)> {
+    let mut out: Vec<(RelPath, RelPath)> = Vec::new();
+    for (from, to) in renamed {
+        let mut merged = false;
+        for (_, now) in out.iter_mut() {
+            if let Some(p) = rebase(now, from, to) {
+                merged |= now == from;
+                *now = p;
+            }
+        }
+        if !merged {
+            out.push((from.clone(), to.clone()));
+        }
+    }
+    out
+}
+
+/// The place of `path` in a sorted listing.
+fn place(listing: &Listing, path: &RelPath) -> Option<usize> {
+    listing.entries.binary_search_by(|e| e.path.cmp(path)).ok()
+}
+
 /// True when the nearest ancestor the source has is a special file: what
 /// the replica has there is left alone, never moved.
 pub fn under_special(source: &Listing, path: &RelPath) -> bool {
@@ -225,8 +331,33 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
             && !here.is_incomplete_at(p)
             && !there.is_incomplete_at(p)
     };
+    let mut chosen: Vec<FolderMove> = Vec::new();
+    let nested = |chosen: &[FolderMove], from: &RelPath, to: &RelPath| {
+        chosen.iter().any(|m| {
+            from.starts_with(&m.from)
+                || m.from.starts_with(from)
+                || to.starts_with(&m.to)
+                || m.to.starts_with(to)
+        })
+    };
+    // Seen renamed: taken first, outermost first.
+    let mut seen: Vec<FolderMove> = pairs
+        .folders
+        .iter()
+        .map(|p| FolderMove {
+            from: replica.entries[p.replica].path.clone(),
+            to: source.entries[p.source].path.clone(),
+        })
+        .filter(|m| only_dir(replica, source, &m.from) && only_dir(source, replica, &m.to))
+        .collect();
+    seen.sort_by_key(|m| m.from.depth());
+    for m in seen {
+        if !nested(&chosen, &m.from, &m.to) {
+            chosen.push(m);
+        }
+    }
     let mut votes: HashMap<(RelPath, RelPath), usize> = HashMap::new();
-    for p in &pairs.0 {
+    for p in &pairs.files {
         let (s, r) = (
             &source.entries[p.source].path,
             &replica.entries[p.replica].path,
@@ -249,9 +380,7 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
             *votes.entry(key).or_default() += 1;
         }
     }
-    if votes.is_empty() {
-        return Vec::new();
-    }
+
     // The most voted first; among equals the outermost.
     let mut ranked: Vec<_> = votes.into_iter().collect();
     ranked.sort_by(|((fa, ta), va), ((fb, tb), vb)| {
@@ -262,16 +391,9 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
             tb,
         ))
     });
-    let mut chosen: Vec<FolderMove> = Vec::new();
     for ((from, to), n) in ranked {
-        let nested = chosen.iter().any(|m| {
-            from.starts_with(&m.from)
-                || m.from.starts_with(&from)
-                || to.starts_with(&m.to)
-                || m.to.starts_with(&to)
-        });
         // One file alone moves a folder only if it is all the folder holds.
-        if nested || (n < 2 && n < files_below(replica, &from)) {
+        if nested(&chosen, &from, &to) || (n < 2 && n < files_below(replica, &from)) {
             continue;
         }
         chosen.push(FolderMove { from, to });
@@ -346,10 +468,12 @@ mod tests {
             fs,
             temps,
             checksum: false,
+            renamed: &[],
         }
     }
     fn paths(s: &Listing, r: &Listing, p: &MovePairs) -> Vec<String> {
-        p.0.iter()
+        p.files
+            .iter()
             .map(|p| {
                 format!(
                     "{} -> {}",
@@ -410,7 +534,7 @@ mod tests {
         let found = search(&s, &r, o);
         assert!(found.sure.is_empty());
         // Found different: no move.
-        assert!(found.resolve(|_| false).0.is_empty());
+        assert!(found.resolve(|_| false).is_empty());
     }
 
     #[test]
@@ -437,7 +561,7 @@ mod tests {
             file("photos/changed", 9, 8),
         ]);
         let pairs = search(&s, &r, o).resolve(|_| false);
-        assert_eq!(pairs.0.len(), 4);
+        assert_eq!(pairs.files.len(), 4);
         let moves = folder_moves(&s, &r, &pairs);
         assert_eq!(
             moves,
@@ -447,8 +571,75 @@ mod tests {
             }]
         );
         // One file of five: no folder move.
-        let few = MovePairs(pairs.0[..1].to_vec());
+        let few = MovePairs {
+            files: pairs.files[..1].to_vec(),
+            folders: Vec::new(),
+        };
         assert!(folder_moves(&s, &r, &few).is_empty());
+    }
+
+    #[test]
+    fn renames_the_watcher_saw_are_sure_whatever_the_times() {
+        let fs = FsCaps::default();
+        let whole = |p: &str, size| entry(p, EntryKind::File, size, 10, 0);
+        let s = listing(vec![
+            whole("b", 1),
+            dir("new"),
+            whole("new/1", 1),
+            whole("new/2", 2),
+            whole("edited", 3),
+        ]);
+        let r = listing(vec![
+            whole("a", 1),
+            dir("old"),
+            whole("old/1", 1),
+            whole("old/2", 2),
+            whole("e", 4),
+        ]);
+        let p = |s: &str| RelPath::from_str_lossy(s);
+        // a -> x -> b, old -> new, e -> edited (its size changed since).
+        let renamed = [
+            (p("a"), p("x")),
+            (p("x"), p("b")),
+            (p("old"), p("new")),
+            (p("e"), p("edited")),
+        ];
+        let o = SearchOptions {
+            renamed: &renamed,
+            ..opts(&fs, &TempTokens::default())
+        };
+        let found = search(&s, &r, o);
+        // Without the hints all three files would be doubtful.
+        assert_eq!(found.sure.len(), 3);
+        assert_eq!(found.folders.len(), 1);
+        assert!(found.doubtful.is_empty());
+        let pairs = found.resolve(|_| false);
+        assert_eq!(
+            paths(&s, &r, &pairs),
+            ["a -> b", "old/1 -> new/1", "old/2 -> new/2"]
+        );
+        assert_eq!(
+            folder_moves(&s, &r, &pairs),
+            [FolderMove {
+                from: p("old"),
+                to: p("new")
+            }]
+        );
+    }
+
+    #[test]
+    fn renames_add_up() {
+        let p = |s: &str| RelPath::from_str_lossy(s);
+        let seen = [
+            (p("a"), p("b")),
+            (p("f"), p("d/f")),
+            (p("b"), p("c")),
+            (p("d"), p("e")),
+        ];
+        assert_eq!(
+            compose(&seen),
+            [(p("a"), p("c")), (p("f"), p("e/f")), (p("d"), p("e"))]
+        );
     }
 
     #[test]

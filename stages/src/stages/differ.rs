@@ -158,7 +158,7 @@ impl<'a> Moves<'a> {
             from: HashSet::new(),
             leaving: HashSet::new(),
         };
-        if !opts.renames || pairs.0.is_empty() {
+        if !opts.renames || pairs.is_empty() {
             return moves;
         }
         let folders = moves::folder_moves(source, replica, pairs);
@@ -171,7 +171,7 @@ impl<'a> Moves<'a> {
             }
         };
         let mut same = None;
-        for p in &pairs.0 {
+        for p in &pairs.files {
             let s = &source.entries[p.source];
             let j = place[p.replica];
             let at = &view.entries[j].path;
@@ -923,6 +923,7 @@ mod tests {
                 fs: &o.fs,
                 temps: &o.temps,
                 checksum: o.checksum,
+                renamed: &[],
             },
         );
         let pairs = match o.renames {

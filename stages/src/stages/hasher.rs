@@ -8,6 +8,12 @@
 //! yields `Content::Unknown`; the Applier then attempts the copy and logs
 //! any real failure there.
 //!
+//! Moves (`contract::moves`) are searched here too, since confirming a
+//! doubtful pair means reading both files: each file of such a pair is
+//! hashed once (or its digest taken from the cache), and a pair counts
+//! only where the digests agree. Renames the Watcher saw are sure without
+//! a read.
+//!
 //! Copies recorded as racy (`racy.rs`) are compared too, whatever their
 //! metadata, and never from cached digests; their pairs are marked as
 //! rechecked so that the Differ follows the verdict. The same blocking task
@@ -472,6 +478,7 @@ impl Stage for Hasher {
                     fs: caps,
                     temps: &TempTokens::this_run().union(&temps),
                     checksum: opts.checksum,
+                    renamed: &msg.renamed,
                 },
             ),
             false => MoveSearch::default(),
@@ -948,6 +955,7 @@ mod tests {
                 source: Arc::new(source),
                 replica: Arc::new(replica),
                 managed: None,
+                renamed: Vec::new(),
                 roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             },
         ));
@@ -988,6 +996,7 @@ mod tests {
                 source: Arc::new(source),
                 replica: Arc::new(replica),
                 managed: None,
+                renamed: Vec::new(),
                 roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             },
         ));
@@ -1024,6 +1033,7 @@ mod tests {
                     source: Arc::new(listing(&s)),
                     replica: Arc::new(listing(&r)),
                     managed,
+                    renamed: Vec::new(),
                     roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
                 },
             ))

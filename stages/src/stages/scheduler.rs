@@ -51,7 +51,14 @@ struct Watching {
     last_full: Option<Instant>,
     /// The last tick withheld deletions: plan over everything again.
     guard_pending: bool,
+    /// Source renames seen since the last tick started (hints for the
+    /// move search; without them moves are still found from metadata).
+    renamed: Vec<(RelPath, RelPath)>,
 }
+
+/// Most renames kept for one tick: beyond, the hints are dropped and the
+/// move search relies on metadata alone.
+const MAX_RENAMED: usize = 10_000;
 
 impl Scheduler {
     pub fn new(
@@ -86,6 +93,7 @@ impl Scheduler {
             unwatched: false,
             last_full: None,
             guard_pending: false,
+            renamed: Vec::new(),
         });
         self
     }
@@ -127,7 +135,16 @@ impl Scheduler {
             });
         }
         let whole_plan = self.watch.as_ref().is_some_and(|w| w.guard_pending);
-        let scan = ScanTrees { scope, whole_plan };
+        let renamed = self
+            .watch
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.renamed))
+            .unwrap_or_default();
+        let scan = ScanTrees {
+            scope,
+            whole_plan,
+            renamed,
+        };
         self.scan.do_send(Batch::whole(cx, scan));
     }
 
@@ -187,6 +204,10 @@ impl Handler<FoldersChanged> for Scheduler {
         w.full_due |= msg.lost;
         w.unwatched |= msg.unwatched;
         w.dirty.extend(msg.folders);
+        w.renamed.extend(msg.renamed);
+        if w.renamed.len() > MAX_RENAMED {
+            w.renamed = Vec::new();
+        }
     }
 }
 
@@ -319,6 +340,7 @@ mod tests {
             folders: folders.iter().map(|f| RelPath::from_str_lossy(f)).collect(),
             lost,
             unwatched,
+            renamed: Vec::new(),
         };
         r.scheduler.do_send(changed(&["a", "b", "a"], false, false));
         finish(&r, 1, 0);

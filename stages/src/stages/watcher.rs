@@ -13,7 +13,7 @@
 use crate::contract::messages::{FoldersChanged, LogEvent, Verb};
 use crate::contract::relpath::RelPath;
 use actix::{Actor, AsyncContext, Context, Recipient};
-use notify::event::{EventKind, ModifyKind};
+use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -65,14 +65,39 @@ fn reduce(roots: &[PathBuf], event: notify::Result<Event>) -> Reduced {
                     }
                 }
             }
-            Reduced::Folders(folders)
+            let renamed = roots
+                .first()
+                .and_then(|source| renamed_in(source, &ev))
+                .into_iter()
+                .collect();
+            Reduced::Folders(folders, renamed)
         }
     }
 }
 
+/// The (old, new) paths of a rename inside `root` whose two halves inotify
+/// paired by their cookie; `None` for any other event.
+fn renamed_in(root: &Path, ev: &Event) -> Option<(RelPath, RelPath)> {
+    if ev.kind != EventKind::Modify(ModifyKind::Name(RenameMode::Both)) {
+        return None;
+    }
+    let rel = |p: &PathBuf| {
+        let rel = p.strip_prefix(root).ok()?;
+        RelPath::new(rel.as_os_str().as_bytes()).filter(|r| !r.is_root())
+    };
+    match ev.paths.as_slice() {
+        [from, to] => Some((rel(from)?, rel(to)?)),
+        _ => None,
+    }
+}
+
 enum Reduced {
-    Folders(Vec<RelPath>),
-    Lost { reason: String, unwatched: bool },
+    /// Folders whose listing changed, and source renames seen whole.
+    Folders(Vec<RelPath>, Vec<(RelPath, RelPath)>),
+    Lost {
+        reason: String,
+        unwatched: bool,
+    },
 }
 
 /// The Watcher actor; its watches live as long as it does.
@@ -111,11 +136,12 @@ fn start_watching(
     let handler_log = log.clone();
     let mut warned = false;
     let handler = move |event: notify::Result<Event>| match reduce(&handler_roots, event) {
-        Reduced::Folders(folders) if folders.is_empty() => {}
-        Reduced::Folders(folders) => handler_sched.do_send(FoldersChanged {
+        Reduced::Folders(folders, _) if folders.is_empty() => {}
+        Reduced::Folders(folders, renamed) => handler_sched.do_send(FoldersChanged {
             folders,
             lost: false,
             unwatched: false,
+            renamed,
         }),
         Reduced::Lost { reason, unwatched } => {
             if !std::mem::replace(&mut warned, true) {
@@ -125,6 +151,7 @@ fn start_watching(
                 folders: Vec::new(),
                 lost: true,
                 unwatched,
+                renamed: Vec::new(),
             });
         }
     };
@@ -139,6 +166,7 @@ fn start_watching(
                 folders: Vec::new(),
                 lost: true,
                 unwatched: true,
+                renamed: Vec::new(),
             });
             return None;
         }
@@ -159,6 +187,7 @@ fn start_watching(
         folders: Vec::new(),
         lost: true,
         unwatched,
+        renamed: Vec::new(),
     });
     Some(watcher)
 }
@@ -255,6 +284,32 @@ mod tests {
     }
 
     #[test]
+    fn renames_inside_the_source_are_reported_as_pairs() {
+        let roots = vec![PathBuf::from("/src"), PathBuf::from("/dst")];
+        let both = |from: &str, to: &str| {
+            Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+                .add_path(PathBuf::from(from))
+                .add_path(PathBuf::from(to))
+        };
+        let pair = |a: &str, b: &str| (RelPath::from_str_lossy(a), RelPath::from_str_lossy(b));
+        assert!(matches!(
+            reduce(&roots, Ok(both("/src/a/f", "/src/b/g"))),
+            Reduced::Folders(f, r) if f.len() == 2 && r == [pair("a/f", "b/g")]
+        ));
+        // In the replica, or in from outside: no pair.
+        for (from, to) in [("/dst/a", "/dst/b"), ("/elsewhere/a", "/src/a")] {
+            assert!(matches!(
+                reduce(&roots, Ok(both(from, to))),
+                Reduced::Folders(_, r) if r.is_empty()
+            ));
+        }
+        // One half alone is no pair.
+        let half = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
+            .add_path(PathBuf::from("/src/b"));
+        assert!(matches!(reduce(&roots, Ok(half)), Reduced::Folders(_, r) if r.is_empty()));
+    }
+
+    #[test]
     fn a_root_moved_away_means_unwatched() {
         let roots = vec![PathBuf::from("/src"), PathBuf::from("/dst")];
         let moved = Event::new(EventKind::Modify(ModifyKind::Name(
@@ -270,7 +325,7 @@ mod tests {
         ));
         let inner =
             Event::new(EventKind::Remove(RemoveKind::Any)).add_path(PathBuf::from("/src/a"));
-        assert!(matches!(reduce(&roots, Ok(inner)), Reduced::Folders(f) if f.len() == 1));
+        assert!(matches!(reduce(&roots, Ok(inner)), Reduced::Folders(f, _) if f.len() == 1));
     }
 
     #[actix_rt::test]

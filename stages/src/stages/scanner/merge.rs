@@ -555,7 +555,7 @@ mod parts_tests {
         let same = SameContent::default();
         let o = DiffOptions::from(&SyncOptions::new("s".into(), "r".into()));
         let work = |l: (&Listing, &Listing)| -> Vec<Op> {
-            diff(l.0, l.1, &same, o)
+            diff(l.0, l.1, &same, &Default::default(), o)
                 .ops
                 .into_iter()
                 .filter(|op| matches!(op, Op::Rmdir { .. } | Op::Delete { .. }))
@@ -734,7 +734,7 @@ mod partial_properties {
                 let moved = |s: &Listing, r: &Listing| {
                     let caps = o.replica_fs.caps;
                     let temps = TempTokens::this_run();
-                    let found = moves::search(s, r, moves::SearchOptions { fs: &caps, temps: &temps, checksum: false });
+                    let found = moves::search(s, r, moves::SearchOptions { fs: &caps, temps: &temps, checksum: false, renamed: &[] });
                     found.resolve(|_| false)
                 };
                 let whole = diff(&w.source, &w.replica, &same, &moved(&w.source, &w.replica), DiffOptions::from(&o));

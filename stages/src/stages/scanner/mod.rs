@@ -75,6 +75,7 @@ impl Scanner {
         cx: &mut TickCx,
         result: Result<Scan, String>,
         narrow: bool,
+        renamed: Vec<(RelPath, RelPath)>,
     ) -> Flow<TreesScanned> {
         let scan = match result {
             Ok(scan) => scan,
@@ -134,6 +135,7 @@ impl Scanner {
             replica,
             managed,
             roots,
+            renamed,
         })
     }
 
@@ -171,7 +173,7 @@ impl Stage for Scanner {
             Some((prev, folders)) => scan_folders(opts, pinned, stop, prev, &folders),
             None => scan(opts, pinned, stop),
         };
-        self.deliver(cx, result, narrow)
+        self.deliver(cx, result, narrow, msg.renamed)
     }
 }
 
@@ -357,6 +359,7 @@ mod tests {
             ScanTrees {
                 scope: ScanScope::Full,
                 whole_plan: false,
+                renamed: Vec::new(),
             },
         )
     }
