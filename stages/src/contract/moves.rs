@@ -189,6 +189,10 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
     // (size, mtime in ns, place) of each side's files without a partner
     // at their own path, sorted.
     let key = |e: &Entry, i: usize| (e.meta.size, ns(e.meta.mtime), i);
+    // Looked for above each replica file only where the source has any.
+    let specials = src
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::Special { .. }));
     let (mut news, mut olds) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < src.len() || j < rep.len() {
@@ -198,7 +202,10 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
                 j += 1;
             }
             (_, Some(r)) if src.get(i).is_none_or(|s| r.path < s.path) => {
-                if movable(r) && !under_special(source, &r.path) && !taken_rep.contains(&j) {
+                if movable(r)
+                    && !taken_rep.contains(&j)
+                    && !(specials && under_special(source, &r.path))
+                {
                     olds.push(key(r, j));
                 }
                 j += 1;
@@ -356,28 +363,42 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
             chosen.push(m);
         }
     }
+    // The outermost folder pair above two folders whose inner paths agree;
+    // the files of one folder share it, so it is found once per folder.
+    let outermost = |a: RelPath, b: RelPath| {
+        let (mut a, mut b, mut best) = (a, b, None);
+        while !a.is_root() && !b.is_root() {
+            if only_dir(replica, source, &a) && only_dir(source, replica, &b) {
+                best = Some((a.clone(), b.clone()));
+            }
+            if a.name() != b.name() {
+                break;
+            }
+            let (Some(pa), Some(pb)) = (a.parent(), b.parent()) else {
+                break;
+            };
+            (a, b) = (pa, pb);
+        }
+        best
+    };
+    let mut above: HashMap<(RelPath, RelPath), Option<(RelPath, RelPath)>> = HashMap::new();
     let mut votes: HashMap<(RelPath, RelPath), usize> = HashMap::new();
     for p in &pairs.files {
         let (s, r) = (
             &source.entries[p.source].path,
             &replica.entries[p.replica].path,
         );
-        let mut best = None;
-        let (mut a, mut b) = (r.clone(), s.clone());
-        while a.name() == b.name() {
-            let (Some(pa), Some(pb)) = (a.parent(), b.parent()) else {
-                break;
-            };
-            if pa.is_root() || pb.is_root() {
-                break;
-            }
-            if only_dir(replica, source, &pa) && only_dir(source, replica, &pb) {
-                best = Some((pa.clone(), pb.clone()));
-            }
-            (a, b) = (pa, pb);
+        let (Some(pr), Some(ps)) = (r.parent(), s.parent()) else {
+            continue;
+        };
+        if r.name() != s.name() {
+            continue;
         }
+        let best = above
+            .entry((pr, ps))
+            .or_insert_with_key(|(a, b)| outermost(a.clone(), b.clone()));
         if let Some(key) = best {
-            *votes.entry(key).or_default() += 1;
+            *votes.entry(key.clone()).or_default() += 1;
         }
     }
 
