@@ -82,7 +82,7 @@ fn a_renamed_top_folder_holding_every_file_is_one_move_within_the_guard() {
         let t = (1_600_000_000 + i, 1000 + i as u32);
         file_with(
             &sb.src,
-            &format!("top/d{}/f{i}", i % 3),
+            format!("top/d{}/f{i}", i % 3),
             format!("{i}"),
             0o644,
             t,
@@ -109,7 +109,7 @@ fn a_moved_folder_with_changes_inside_is_moved_then_brought_up_to_date() {
         let t = (1_600_000_000 + i, 7 + i as u32);
         file_with(
             &sb.src,
-            &format!("proj/src/f{i}.rs"),
+            format!("proj/src/f{i}.rs"),
             format!("fn f{i}() {{}}\n"),
             0o644,
             t,

@@ -54,6 +54,7 @@ fn scanned_plan(opts: &SyncOptions) -> Plan {
         &walk.source,
         &walk.replica,
         &SameContent::default(),
+        &Default::default(),
         DiffOptions::from(opts),
     )
 }
@@ -476,6 +477,7 @@ fn tick_with_rechecks(opts: &SyncOptions) -> (TickOutcome, Vec<LogEvent>) {
         &walk.source,
         &walk.replica,
         &contents,
+        &Default::default(),
         DiffOptions::from(opts),
     );
     run(&plan, opts)

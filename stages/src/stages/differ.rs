@@ -1666,6 +1666,25 @@ mod tests {
     }
 
     #[test]
+    fn a_move_into_an_excluded_folder_is_a_deletion_and_out_of_one_a_copy() {
+        // `keep/f` moved to `logs/f`, which the source's rules exclude (so
+        // the source listing leaves it out); and `logs/g`, excluded and
+        // kept in the replica, moved to `keep/g`.
+        let s = listing(vec![dir("keep"), file("keep/g", 2, 2), dir("logs")]);
+        let r = listing(vec![
+            dir("keep"),
+            file("keep/f", 1, 1),
+            dir("logs"),
+            excluded(file("logs/g", 2, 2)),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        delete keep/f
+        copy keep/g 2
+        finish keep changed=false
+        ");
+    }
+
+    #[test]
     fn moves_are_not_deletions_for_the_guard() {
         let s = listing(vec![
             dir("all-renamed"),
