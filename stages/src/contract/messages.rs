@@ -13,7 +13,7 @@
 //! (see `stage.rs`).
 
 use crate::contract::model::{Listing, SameContent, TempTokens};
-use crate::contract::moves::MovePairs;
+use crate::contract::moves::{MovePairs, Seen};
 use crate::contract::plan::Plan;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::Roots;
@@ -141,9 +141,9 @@ pub enum Done {}
 #[derive(Debug)]
 pub struct ScanTrees {
     pub scope: ScanScope,
-    /// Source entries renamed since the last tick, as the Watcher saw
-    /// them (old path, new path), in the order they happened.
-    pub renamed: Vec<(RelPath, RelPath)>,
+    /// What the Watcher saw of the source's renames since the last tick,
+    /// in the order it happened (`contract::moves::Seen`).
+    pub seen: Vec<Seen>,
     /// Plan over the whole listings even after a partial scan: the last
     /// tick withheld deletions (the guard), and each tick reports them
     /// again until they are resolved.
@@ -176,7 +176,7 @@ pub struct TreesScanned {
     /// these handles, never the root paths.
     pub roots: Arc<Roots>,
     /// As in `ScanTrees`: what the move search may take as sure.
-    pub renamed: Vec<(RelPath, RelPath)>,
+    pub seen: Vec<Seen>,
 }
 
 /// Content comparisons done where metadata could not decide.
@@ -227,9 +227,9 @@ pub struct FoldersChanged {
     /// Part of the trees is not watched (a watch limit, an error): every
     /// tick from now on must rescan fully.
     pub unwatched: bool,
-    /// Source entries renamed (old path, new path), paired by inotify's
-    /// move cookie: both halves seen, both inside the source.
-    pub renamed: Vec<(RelPath, RelPath)>,
+    /// Source renames whose two halves inotify paired (move cookie), and
+    /// source paths whose entry was replaced, in order (`moves::Seen`).
+    pub seen: Vec<Seen>,
 }
 
 /// Ask the Scheduler to start no new tick; it answers `TicksOver` once the

@@ -27,11 +27,11 @@ use crate::contract::model::{Entry, EntryKind, Listing, TempTokens, Timestamp};
 use crate::contract::model::{IGNORE_FILE, STATE_DIR};
 use crate::contract::relpath::RelPath;
 use crate::fs::replica_fs::FsCaps;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Most source files one replica file is compared with by content: beyond
 /// that (thousands of empty or generated files alike) it is a copy.
-const MAX_CANDIDATES: usize = 8;
+const MAX_CANDIDATES: usize = 256;
 
 /// A source file and the replica file it may be: places in the listings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,22 +80,95 @@ impl MoveSearch {
         MovePairs {
             files: pairs,
             folders: self.folders,
+            failed: HashSet::new(),
         }
     }
 }
 
 /// The moves of one tick: each source and replica file in one pair at
-/// most, sorted by source place; and the folders known to be renamed.
+/// most, sorted by source place; the folders known to be renamed; and
+/// the moves that did not happen when last planned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MovePairs {
     pub files: Vec<MovePair>,
     pub folders: Vec<MovePair>,
+    /// Moves (old path, new path) planned by the last tick and found
+    /// again: they failed (a folder the replica will not let go, an
+    /// immutable file), so they are planned as copies and deletions.
+    pub failed: HashSet<(RelPath, RelPath)>,
 }
 
 impl MovePairs {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.folders.is_empty()
     }
+}
+
+/// What the Watcher saw on the source, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A rename whose two halves inotify paired (its move cookie).
+    Renamed { from: RelPath, to: RelPath },
+    /// The entry at `path` was created, removed or renamed over: what an
+    /// earlier rename said of this path, or of anything below it, no
+    /// longer holds.
+    Replaced { path: RelPath },
+}
+
+/// What the search may use of the seen renames.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Composed {
+    /// Renames as they add up (`a -> b` then `b -> c` is `a -> c`), none
+    /// undone by a later replacement.
+    pub renamed: Vec<(RelPath, RelPath)>,
+    /// Paths below a renamed folder that were replaced since: not the
+    /// folder's own entries any more.
+    pub replaced: Vec<RelPath>,
+}
+
+/// Adds up what was seen; see `Composed`.
+pub fn compose(seen: &[Seen]) -> Composed {
+    let mut out = Composed::default();
+    let inside_renamed = |renamed: &[(RelPath, RelPath)], p: &RelPath| {
+        renamed
+            .iter()
+            .any(|(_, now)| p.starts_with(now) && p != now)
+    };
+    for event in seen {
+        match event {
+            Seen::Replaced { path } => {
+                out.renamed.retain(|(_, now)| !now.starts_with(path));
+                if inside_renamed(&out.renamed, path) {
+                    out.replaced.push(path.clone());
+                }
+            }
+            Seen::Renamed { from, to } => {
+                // Whatever was at `to` is gone: renamed over.
+                out.renamed.retain(|(_, now)| !now.starts_with(to));
+                out.replaced.retain(|p| !p.starts_with(to));
+                let mut merged = false;
+                for (_, now) in out.renamed.iter_mut() {
+                    if let Some(p) = rebase(now, from, to) {
+                        merged |= now == from;
+                        *now = p;
+                    }
+                }
+                for p in out.replaced.iter_mut() {
+                    if let Some(moved) = rebase(p, from, to) {
+                        *p = moved;
+                    }
+                }
+                // Moved into a renamed folder: not one of its own entries.
+                if inside_renamed(&out.renamed, to) {
+                    out.replaced.push(to.clone());
+                }
+                if !merged {
+                    out.renamed.push((from.clone(), to.clone()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What limits the search.
@@ -105,8 +178,11 @@ pub struct SearchOptions<'a> {
     pub temps: &'a TempTokens,
     /// `--checksum`: no pair is sure by metadata.
     pub checksum: bool,
-    /// Source renames the Watcher saw (old path, new path), in order.
-    pub renamed: &'a [(RelPath, RelPath)],
+    /// What the Watcher saw of the source since the last tick.
+    pub seen: &'a [Seen],
+    /// Replica files recorded as copied while being written: their
+    /// metadata may not tell their content, so no pair with one is sure.
+    pub racy: &'a BTreeSet<RelPath>,
 }
 
 /// Pairs the files that moved: see the module's doc.
@@ -119,46 +195,42 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
             || p.name() == IGNORE_FILE
             || opts.temps.owns(p.name())
     };
-    let movable = |e: &Entry| {
-        e.kind == EntryKind::File
-            && !e.excluded
+    let listed = |e: &Entry| {
+        !e.excluded
             && !reserved(&e.path)
             && !source.is_incomplete_at(&e.path)
             && !replica.is_incomplete_at(&e.path)
     };
+    let movable = |e: &Entry| e.kind == EntryKind::File && listed(e);
     let same_meta = |s: &Entry, r: &Entry| {
         s.meta.size == r.meta.size && opts.fs.same_mtime(s.meta.mtime, r.meta.mtime)
     };
     // Renames the Watcher saw: an entry whose old path only the replica
     // has and whose new path only the source has is that entry, moved (a
     // file with its size and mtime unchanged on the way): sure, whatever
-    // its times, and so are the files of a renamed folder.
+    // its times, and so are the files of a renamed folder that nothing
+    // replaced since.
     let (mut taken_src, mut taken_rep) = (HashSet::new(), HashSet::new());
     let mut take = |found: &mut MoveSearch, source: usize, replica: usize| {
         if taken_src.insert(source) && taken_rep.insert(replica) {
             found.sure.push(MovePair { source, replica });
         }
     };
-    for (from, to) in compose(opts.renamed) {
-        let (Some(j), Some(i)) = (place(replica, &from), place(source, &to)) else {
+    let seen = compose(opts.seen);
+    let trusted = |s: &Entry, r: &Entry| {
+        movable(s) && movable(r) && same_meta(s, r) && !opts.racy.contains(&r.path)
+    };
+    for (from, to) in &seen.renamed {
+        let (Some(j), Some(i)) = (place(replica, from), place(source, to)) else {
             continue;
         };
-        if source.get(&from).is_some() || replica.get(&to).is_some() {
+        if source.get(from).is_some() || replica.get(to).is_some() {
             continue;
         }
         let (s, r) = (&src[i], &rep[j]);
         match (&s.kind, &r.kind) {
-            (EntryKind::File, EntryKind::File) if movable(s) && movable(r) && same_meta(s, r) => {
-                take(&mut found, i, j);
-            }
-            (EntryKind::Dir, EntryKind::Dir)
-                if [s, r].iter().all(|e| {
-                    !e.excluded
-                        && !reserved(&e.path)
-                        && !source.is_incomplete_at(&e.path)
-                        && !replica.is_incomplete_at(&e.path)
-                }) =>
-            {
+            (EntryKind::File, EntryKind::File) if trusted(s, r) => take(&mut found, i, j),
+            (EntryKind::Dir, EntryKind::Dir) if listed(s) && listed(r) => {
                 found.folders.push(MovePair {
                     source: i,
                     replica: j,
@@ -166,19 +238,15 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
                 let inside = rep[j + 1..]
                     .iter()
                     .enumerate()
-                    .take_while(|(_, e)| e.path.starts_with(&from));
+                    .take_while(|(_, e)| e.path.starts_with(from));
                 for (k, e) in inside {
-                    let Some(ii) = rebase(&e.path, &from, &to).and_then(|p| place(source, &p))
-                    else {
+                    let Some(p) = rebase(&e.path, from, to) else {
                         continue;
                     };
-                    let f = &src[ii];
-                    if e.kind == EntryKind::File
-                        && f.kind == EntryKind::File
-                        && movable(e)
-                        && movable(f)
-                        && same_meta(f, e)
-                    {
+                    if seen.replaced.iter().any(|gone| p.starts_with(gone)) {
+                        continue;
+                    }
+                    if let Some(ii) = place(source, &p).filter(|&ii| trusted(&src[ii], e)) {
                         take(&mut found, ii, j + 1 + k);
                     }
                 }
@@ -224,19 +292,36 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
     }
     news.sort_unstable();
     olds.sort_unstable();
+    // Every file of each side by (size, mtime): a file the other side also
+    // has under its old name, with the same metadata (names shifted, a
+    // copy kept), makes a pair as doubtful as two candidates would.
+    let everything = |l: &Listing| {
+        let mut keys: Vec<(u64, i128)> = l
+            .entries
+            .iter()
+            .filter(|e| movable(e))
+            .map(|e| (e.meta.size, ns(e.meta.mtime)))
+            .collect();
+        keys.sort_unstable();
+        keys
+    };
+    let (all_src, all_rep) = (everything(source), everything(replica));
     let window = i128::from(opts.fs.mtime_window_ns);
+    // Mtimes the replica cannot tell apart lie within `window`: a range.
+    let alike = |keys: &[(u64, i128)], e: &Entry| {
+        let (size, t) = (e.meta.size, ns(e.meta.mtime));
+        let start = keys.partition_point(|k| *k < (size, t - window));
+        let end = keys.partition_point(|k| *k <= (size, t + window));
+        end - start
+    };
     // The places on `side` that `e` may be, up to one more than the most
     // compared.
-    let fits = |side: &[(u64, i128, usize)], e: &Entry, listing: &Listing| {
+    let fits = |side: &[(u64, i128, usize)], e: &Entry| {
         let (size, t) = (e.meta.size, ns(e.meta.mtime));
         let start = side.partition_point(|k| (k.0, k.1) < (size, t - window));
         side[start..]
             .iter()
             .take_while(|k| (k.0, k.1) <= (size, t + window))
-            .filter(|k| {
-                opts.fs
-                    .same_mtime(listing.entries[k.2].meta.mtime, e.meta.mtime)
-            })
             .map(|k| k.2)
             .take(MAX_CANDIDATES + 1)
             .collect::<Vec<_>>()
@@ -244,12 +329,15 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
     // A coarse replica or a whole-second source time: many files share it.
     let weak_times = opts.checksum || opts.fs.mtime_window_ns >= 1_000;
     for &(_, _, j) in &olds {
-        let candidates = fits(&news, &rep[j], source);
+        let r = &rep[j];
+        let candidates = fits(&news, r);
         match candidates.as_slice() {
             [] => {}
             &[i] if !weak_times
                 && src[i].meta.mtime.nanos != 0
-                && fits(&olds, &src[i], replica) == [j] =>
+                && !opts.racy.contains(&r.path)
+                && alike(&all_src, r) == 1
+                && alike(&all_rep, &src[i]) == 1 =>
             {
                 found.sure.push(MovePair {
                     source: i,
@@ -266,25 +354,6 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
     }
     found.doubtful.sort_unstable();
     found
-}
-
-/// The renames as they add up: `a -> b` then `b -> c` is `a -> c`, and a
-/// folder's rename takes along what was moved into it before.
-pub fn compose(renamed: &[(RelPath, RelPath)]) -> Vec<(RelPath, RelPath)> {
-    let mut out: Vec<(RelPath, RelPath)> = Vec::new();
-    for (from, to) in renamed {
-        let mut merged = false;
-        for (_, now) in out.iter_mut() {
-            if let Some(p) = rebase(now, from, to) {
-                merged |= now == from;
-                *now = p;
-            }
-        }
-        if !merged {
-            out.push((from.clone(), to.clone()));
-        }
-    }
-    out
 }
 
 /// The place of `path` in a sorted listing.
@@ -356,6 +425,7 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
             to: source.entries[p.source].path.clone(),
         })
         .filter(|m| only_dir(replica, source, &m.from) && only_dir(source, replica, &m.to))
+        .filter(|m| !pairs.failed.contains(&(m.from.clone(), m.to.clone())))
         .collect();
     seen.sort_by_key(|m| m.from.depth());
     for m in seen {
@@ -414,7 +484,8 @@ pub fn folder_moves(source: &Listing, replica: &Listing, pairs: &MovePairs) -> V
     });
     for ((from, to), n) in ranked {
         // One file alone moves a folder only if it is all the folder holds.
-        if nested(&chosen, &from, &to) || (n < 2 && n < files_below(replica, &from)) {
+        let failed = pairs.failed.contains(&(from.clone(), to.clone()));
+        if failed || nested(&chosen, &from, &to) || (n < 2 && n < files_below(replica, &from)) {
             continue;
         }
         chosen.push(FolderMove { from, to });
@@ -489,7 +560,8 @@ mod tests {
             fs,
             temps,
             checksum: false,
-            renamed: &[],
+            seen: &[],
+            racy: Box::leak(Box::default()),
         }
     }
     fn paths(s: &Listing, r: &Listing, p: &MovePairs) -> Vec<String> {
@@ -594,7 +666,7 @@ mod tests {
         // One file of five: no folder move.
         let few = MovePairs {
             files: pairs.files[..1].to_vec(),
-            folders: Vec::new(),
+            ..MovePairs::default()
         };
         assert!(folder_moves(&s, &r, &few).is_empty());
     }
@@ -619,14 +691,18 @@ mod tests {
         ]);
         let p = |s: &str| RelPath::from_str_lossy(s);
         // a -> x -> b, old -> new, e -> edited (its size changed since).
-        let renamed = [
-            (p("a"), p("x")),
-            (p("x"), p("b")),
-            (p("old"), p("new")),
-            (p("e"), p("edited")),
+        let mv = |a: &str, b: &str| Seen::Renamed {
+            from: p(a),
+            to: p(b),
+        };
+        let seen = [
+            mv("a", "x"),
+            mv("x", "b"),
+            mv("old", "new"),
+            mv("e", "edited"),
         ];
         let o = SearchOptions {
-            renamed: &renamed,
+            seen: &seen,
             ..opts(&fs, &TempTokens::default())
         };
         let found = search(&s, &r, o);
@@ -649,18 +725,40 @@ mod tests {
     }
 
     #[test]
-    fn renames_add_up() {
+    fn renames_add_up_and_replacements_undo_them() {
         let p = |s: &str| RelPath::from_str_lossy(s);
-        let seen = [
-            (p("a"), p("b")),
-            (p("f"), p("d/f")),
-            (p("b"), p("c")),
-            (p("d"), p("e")),
-        ];
+        let mv = |a: &str, b: &str| Seen::Renamed {
+            from: p(a),
+            to: p(b),
+        };
+        let gone = |a: &str| Seen::Replaced { path: p(a) };
+        let seen = [mv("a", "b"), mv("f", "d/f"), mv("b", "c"), mv("d", "e")];
         assert_eq!(
-            compose(&seen),
+            compose(&seen).renamed,
             [(p("a"), p("c")), (p("f"), p("e/f")), (p("d"), p("e"))]
         );
+        // Renamed, then removed and made again; renamed, then another file
+        // renamed over it; a folder renamed, then a file in it replaced and
+        // one moved into it.
+        let seen = [
+            mv("x", "y"),
+            gone("y"),
+            mv("a", "b"),
+            mv(".b.tmp", "b"),
+            mv("old", "new"),
+            gone("new/f"),
+            mv("elsewhere/g", "new/g"),
+        ];
+        let c = compose(&seen);
+        assert_eq!(
+            c.renamed,
+            [
+                (p(".b.tmp"), p("b")),
+                (p("old"), p("new")),
+                (p("elsewhere/g"), p("new/g"))
+            ]
+        );
+        assert_eq!(c.replaced, [p("new/f"), p("new/g")]);
     }
 
     #[test]

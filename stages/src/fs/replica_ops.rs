@@ -525,10 +525,23 @@ impl ReplicaOps {
         expect_type(&st, kind, from)?;
         let taken = || OpError::Taken { path: path.clone() };
         let (old, new) = (old_dir.as_fd(), new_dir.as_fd());
+        // A folder that changes parents has its `..` entry rewritten: it
+        // must be writable itself, as a read-only source folder's copy is
+        // not (its mode comes back with `FinishDir`).
+        let moved = match (meta, from.parent() == path.parent()) {
+            (None, false) => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                rfs::openat(old, old_name, flags, Mode::empty()).ok()
+            }
+            _ => None,
+        };
         let rename = |flags| {
             self.in_writable(old, || {
-                self.in_writable(new, || {
-                    rfs::renameat_with(old, old_name, new, new_name, flags)
+                self.in_writable(new, || match &moved {
+                    Some(dir) => self.in_writable(dir.as_fd(), || {
+                        rfs::renameat_with(old, old_name, new, new_name, flags)
+                    }),
+                    None => rfs::renameat_with(old, old_name, new, new_name, flags),
                 })
             })
         };

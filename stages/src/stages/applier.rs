@@ -446,10 +446,26 @@ fn execute(
         Op::Delete { path } => replica.delete(path, before)?,
         Op::Rmdir { path } => replica.rmdir(path)?,
         Op::Mkdir { path, .. } => replica.mkdir(path)?,
-        Op::Move { path, from, meta } => {
-            replica.move_entry(from, path, Some(meta))?;
-            tally.moved.push((from.clone(), path.clone()));
-        }
+        Op::Move { path, from, meta } => match replica.move_entry(from, path, Some(meta)) {
+            Ok(()) => tally.moved.push((from.clone(), path.clone())),
+            Err(e) => {
+                // The new path must not wait for a move the replica
+                // refuses (an immutable file, a busy name): copied
+                // instead, the old file left to a later sync.
+                before.push(
+                    LogEvent::error(Some(path), "move", e).with_fact(Fact::OpDone(OpDone {
+                        verb: Verb::Error,
+                        write: false,
+                        bytes: 0,
+                    })),
+                );
+                let copy = Op::Copy {
+                    path: path.clone(),
+                    meta: *meta,
+                };
+                return execute(replica, &copy, tally, before);
+            }
+        },
         Op::MoveDir { path, from } => {
             replica.move_entry(from, path, None)?;
             tally.moved.push((from.clone(), path.clone()));

@@ -170,15 +170,14 @@ impl<'a> Moves<'a> {
                 (Cow::Owned(view), place)
             }
         };
-        let mut same = None;
+        // Source places of the files a folder move brings to their path.
+        let mut brought = HashSet::new();
         for p in &pairs.files {
             let s = &source.entries[p.source];
             let j = place[p.replica];
             let at = &view.entries[j].path;
             if *at == s.path {
-                // Moved with its folder: the pair says its content is
-                // the source's.
-                same.get_or_insert_with(|| contents.clone()).mark(p.source);
+                brought.insert(p.source);
                 continue;
             }
             // Only from a path the source lacks to one the view lacks: no
@@ -186,15 +185,55 @@ impl<'a> Moves<'a> {
             if source.get(at).is_some() || view.get(&s.path).is_some() {
                 continue;
             }
+            if pairs.failed.contains(&(at.clone(), s.path.clone())) {
+                continue;
+            }
             moves.to.insert(p.source, at.clone());
             moves.from.insert(j);
             leave(&mut moves.leaving, at);
         }
+        if !folders.is_empty() {
+            // A file a folder move brings to a source path has the source's
+            // content only if it was paired with that very file (by
+            // metadata, content or a rename seen); any other is compared by
+            // content, which here means it is updated: a folder that looks
+            // moved may hold another version of a file under the same name
+            // (two copies of a folder, a file replaced since).
+            let mut verdicts = contents.clone();
+            for f in &folders {
+                let in_to = |l: &Listing| {
+                    let start = l.entries.partition_point(|e| e.path < f.to);
+                    let len = l.entries[start..]
+                        .iter()
+                        .take_while(|e| e.path.starts_with(&f.to))
+                        .count();
+                    start..start + len
+                };
+                let (s_range, v_range) = (in_to(source), in_to(&view));
+                let (mut i, mut k) = (s_range.start, v_range.start);
+                while i < s_range.end && k < v_range.end {
+                    let (s, v) = (&source.entries[i], &view.entries[k]);
+                    match s.path.cmp(&v.path) {
+                        std::cmp::Ordering::Less => i += 1,
+                        std::cmp::Ordering::Greater => k += 1,
+                        std::cmp::Ordering::Equal => {
+                            if s.kind == EntryKind::File && v.kind == EntryKind::File {
+                                if brought.contains(&i) {
+                                    verdicts.mark(i);
+                                } else {
+                                    verdicts.mark_rechecked(i);
+                                }
+                            }
+                            i += 1;
+                            k += 1;
+                        }
+                    }
+                }
+            }
+            moves.contents = Cow::Owned(verdicts);
+        }
         for f in &folders {
             leave(&mut moves.leaving, &f.from);
-        }
-        if let Some(same) = same {
-            moves.contents = Cow::Owned(same);
         }
         moves.folders = folders;
         moves.view = view;
@@ -776,6 +815,9 @@ pub struct Differ {
     /// every deletion for the rest of the run, since the copies made
     /// meanwhile lower the ratio it measures (no ratchet).
     guard_tripped: bool,
+    /// The moves (old path, new path) the last plan held: one found again
+    /// did not happen, and is planned as a copy instead.
+    planned_moves: HashSet<(RelPath, RelPath)>,
 }
 
 impl Differ {
@@ -785,6 +827,7 @@ impl Differ {
             log,
             first: true,
             guard_tripped: false,
+            planned_moves: HashSet::new(),
         }
     }
 }
@@ -809,7 +852,21 @@ impl Stage for Differ {
             // the limit the user set.
             opts.max_delete = MaxDelete::Count(0);
         }
-        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, &msg.moves, opts);
+        let mut moves = msg.moves;
+        if !self.opts.dry_run {
+            moves.failed = std::mem::take(&mut self.planned_moves);
+        }
+        let mut plan = diff(&msg.source, &msg.replica, &msg.contents, &moves, opts);
+        self.planned_moves = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Move { path, from, .. } | Op::MoveDir { path, from } => {
+                    Some((from.clone(), path.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         if let Some(trip) = &mut plan.guard {
             trip.limit = self.opts.max_delete;
             self.guard_tripped = true;
@@ -923,7 +980,8 @@ mod tests {
                 fs: &o.fs,
                 temps: &o.temps,
                 checksum: o.checksum,
-                renamed: &[],
+                seen: &[],
+                racy: &Default::default(),
             },
         );
         let pairs = match o.renames {
@@ -1713,6 +1771,65 @@ mod tests {
             render(&p),
             "GUARD would_delete=1 managed=1 limit=0\ncopy new 5\nfinish . changed=false\n"
         );
+    }
+
+    #[test]
+    fn names_shifted_with_equal_metadata_are_not_taken_for_a_move() {
+        // b -> c, a -> b, both files of one size and time: `c` is not `a`.
+        let mut s = listing(vec![file("b", 5, 10), file("c", 5, 10)]);
+        let mut r = listing(vec![file("a", 5, 10), file("b", 5, 10)]);
+        for e in s.entries.iter_mut().chain(r.entries.iter_mut()) {
+            e.meta.mtime.nanos = 250_000_000;
+        }
+        let none = SameContent::default();
+        // Doubtful, so compared by content: found different.
+        insta::assert_snapshot!(render(&diff_seeing(&s, &r, &none, opts(), false)), @r"
+        delete a
+        copy c 5
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn a_move_that_did_not_happen_last_time_is_planned_as_a_copy() {
+        let s = listing(vec![
+            dir("new"),
+            file("new/1", 1, 1),
+            file("new/2", 2, 1),
+            file("g", 3, 1),
+        ]);
+        let r = listing(vec![
+            dir("old"),
+            file("old/1", 1, 1),
+            file("old/2", 2, 1),
+            file("f", 3, 1),
+        ]);
+        let search = moves::search(
+            &s,
+            &r,
+            moves::SearchOptions {
+                fs: &FsCaps::default(),
+                temps: &TempTokens::default(),
+                checksum: false,
+                seen: &[],
+                racy: &Default::default(),
+            },
+        );
+        let mut pairs = search.resolve(|_| true);
+        let p = RelPath::from_str_lossy;
+        pairs.failed = [(p("old"), p("new")), (p("f"), p("g"))]
+            .into_iter()
+            .collect();
+        insta::assert_snapshot!(render(&super::diff(&s, &r, &SameContent::default(), &pairs, opts())), @r"
+        delete f
+        mkdir new
+        move old/1 -> new/1
+        move old/2 -> new/2
+        rmdir old
+        copy g 3
+        finish new changed=false
+        finish . changed=false
+        ");
     }
 
     #[test]

@@ -478,7 +478,8 @@ impl Stage for Hasher {
                     fs: caps,
                     temps: &TempTokens::this_run().union(&temps),
                     checksum: opts.checksum,
-                    renamed: &msg.renamed,
+                    seen: &msg.seen,
+                    racy: &racy_paths,
                 },
             ),
             false => MoveSearch::default(),
@@ -955,7 +956,7 @@ mod tests {
                 source: Arc::new(source),
                 replica: Arc::new(replica),
                 managed: None,
-                renamed: Vec::new(),
+                seen: Vec::new(),
                 roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             },
         ));
@@ -996,7 +997,7 @@ mod tests {
                 source: Arc::new(source),
                 replica: Arc::new(replica),
                 managed: None,
-                renamed: Vec::new(),
+                seen: Vec::new(),
                 roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
             },
         ));
@@ -1033,7 +1034,7 @@ mod tests {
                     source: Arc::new(listing(&s)),
                     replica: Arc::new(listing(&r)),
                     managed,
-                    renamed: Vec::new(),
+                    seen: Vec::new(),
                     roots: crate::testing::roots(&tmp.path().join("s"), &tmp.path().join("r")),
                 },
             ))

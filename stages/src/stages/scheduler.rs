@@ -17,6 +17,7 @@ use crate::contract::messages::{
     Batch, FoldersChanged, LogEvent, ScanMode, ScanScope, ScanTrees, StopTicks, TickCx,
     TickFinished, TickOutcome, TicksOver,
 };
+use crate::contract::moves::Seen;
 use crate::contract::relpath::RelPath;
 use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle};
 use std::collections::BTreeSet;
@@ -51,14 +52,15 @@ struct Watching {
     last_full: Option<Instant>,
     /// The last tick withheld deletions: plan over everything again.
     guard_pending: bool,
-    /// Source renames seen since the last tick started (hints for the
-    /// move search; without them moves are still found from metadata).
-    renamed: Vec<(RelPath, RelPath)>,
+    /// What the Watcher saw of source renames since the last tick started
+    /// (hints for the move search; without them moves are still found
+    /// from metadata).
+    seen: Vec<Seen>,
 }
 
-/// Most renames kept for one tick: beyond, the hints are dropped and the
-/// move search relies on metadata alone.
-const MAX_RENAMED: usize = 10_000;
+/// Most renames (and replacements after them) kept for one tick: beyond,
+/// the hints are dropped and the move search relies on metadata alone.
+const MAX_SEEN: usize = 10_000;
 
 impl Scheduler {
     pub fn new(
@@ -93,7 +95,7 @@ impl Scheduler {
             unwatched: false,
             last_full: None,
             guard_pending: false,
-            renamed: Vec::new(),
+            seen: Vec::new(),
         });
         self
     }
@@ -135,15 +137,15 @@ impl Scheduler {
             });
         }
         let whole_plan = self.watch.as_ref().is_some_and(|w| w.guard_pending);
-        let renamed = self
+        let seen = self
             .watch
             .as_mut()
-            .map(|w| std::mem::take(&mut w.renamed))
+            .map(|w| std::mem::take(&mut w.seen))
             .unwrap_or_default();
         let scan = ScanTrees {
             scope,
             whole_plan,
-            renamed,
+            seen,
         };
         self.scan.do_send(Batch::whole(cx, scan));
     }
@@ -204,9 +206,14 @@ impl Handler<FoldersChanged> for Scheduler {
         w.full_due |= msg.lost;
         w.unwatched |= msg.unwatched;
         w.dirty.extend(msg.folders);
-        w.renamed.extend(msg.renamed);
-        if w.renamed.len() > MAX_RENAMED {
-            w.renamed = Vec::new();
+        for seen in msg.seen {
+            // A replacement matters only after a rename it may undo.
+            if matches!(seen, Seen::Renamed { .. }) || !w.seen.is_empty() {
+                w.seen.push(seen);
+            }
+        }
+        if w.seen.len() > MAX_SEEN {
+            w.seen = Vec::new();
         }
     }
 }
@@ -340,7 +347,7 @@ mod tests {
             folders: folders.iter().map(|f| RelPath::from_str_lossy(f)).collect(),
             lost,
             unwatched,
-            renamed: Vec::new(),
+            seen: Vec::new(),
         };
         r.scheduler.do_send(changed(&["a", "b", "a"], false, false));
         finish(&r, 1, 0);

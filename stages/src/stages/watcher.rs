@@ -11,6 +11,7 @@
 //! walks both trees, so it runs on a blocking task.
 
 use crate::contract::messages::{FoldersChanged, LogEvent, Verb};
+use crate::contract::moves::Seen;
 use crate::contract::relpath::RelPath;
 use actix::{Actor, AsyncContext, Context, Recipient};
 use notify::event::{EventKind, ModifyKind, RenameMode};
@@ -65,35 +66,53 @@ fn reduce(roots: &[PathBuf], event: notify::Result<Event>) -> Reduced {
                     }
                 }
             }
-            let renamed = roots
+            let seen = roots
                 .first()
-                .and_then(|source| renamed_in(source, &ev))
-                .into_iter()
-                .collect();
-            Reduced::Folders(folders, renamed)
+                .map(|source| seen_in(source, &ev))
+                .unwrap_or_default();
+            Reduced::Folders(folders, seen)
         }
     }
 }
 
-/// The (old, new) paths of a rename inside `root` whose two halves inotify
-/// paired by their cookie; `None` for any other event.
-fn renamed_in(root: &Path, ev: &Event) -> Option<(RelPath, RelPath)> {
-    if ev.kind != EventKind::Modify(ModifyKind::Name(RenameMode::Both)) {
-        return None;
-    }
+/// What an event on the source (`root`) tells the move search: a rename
+/// whose two halves inotify paired by their cookie, both inside the
+/// source; or entries replaced (created, removed, or renamed over from
+/// outside), which undo what an earlier rename said of their paths. The
+/// first half of a rename says nothing yet: its pair, or a later event at
+/// its path, will.
+fn seen_in(root: &Path, ev: &Event) -> Vec<Seen> {
     let rel = |p: &PathBuf| {
         let rel = p.strip_prefix(root).ok()?;
         RelPath::new(rel.as_os_str().as_bytes()).filter(|r| !r.is_root())
     };
-    match ev.paths.as_slice() {
-        [from, to] => Some((rel(from)?, rel(to)?)),
-        _ => None,
+    match ev.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match ev.paths.as_slice() {
+            [from, to] => match (rel(from), rel(to)) {
+                (Some(from), Some(to)) => vec![Seen::Renamed { from, to }],
+                // In from outside: what was at `to` is replaced.
+                (None, Some(path)) => vec![Seen::Replaced { path }],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Vec::new(),
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Any
+        | EventKind::Modify(ModifyKind::Name(_)) => ev
+            .paths
+            .iter()
+            .filter_map(rel)
+            .map(|path| Seen::Replaced { path })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
 enum Reduced {
-    /// Folders whose listing changed, and source renames seen whole.
-    Folders(Vec<RelPath>, Vec<(RelPath, RelPath)>),
+    /// Folders whose listing changed, and what the move search may use.
+    Folders(Vec<RelPath>, Vec<Seen>),
     Lost {
         reason: String,
         unwatched: bool,
@@ -137,11 +156,11 @@ fn start_watching(
     let mut warned = false;
     let handler = move |event: notify::Result<Event>| match reduce(&handler_roots, event) {
         Reduced::Folders(folders, _) if folders.is_empty() => {}
-        Reduced::Folders(folders, renamed) => handler_sched.do_send(FoldersChanged {
+        Reduced::Folders(folders, seen) => handler_sched.do_send(FoldersChanged {
             folders,
             lost: false,
             unwatched: false,
-            renamed,
+            seen,
         }),
         Reduced::Lost { reason, unwatched } => {
             if !std::mem::replace(&mut warned, true) {
@@ -151,7 +170,7 @@ fn start_watching(
                 folders: Vec::new(),
                 lost: true,
                 unwatched,
-                renamed: Vec::new(),
+                seen: Vec::new(),
             });
         }
     };
@@ -166,7 +185,7 @@ fn start_watching(
                 folders: Vec::new(),
                 lost: true,
                 unwatched: true,
-                renamed: Vec::new(),
+                seen: Vec::new(),
             });
             return None;
         }
@@ -187,7 +206,7 @@ fn start_watching(
         folders: Vec::new(),
         lost: true,
         unwatched,
-        renamed: Vec::new(),
+        seen: Vec::new(),
     });
     Some(watcher)
 }
@@ -291,22 +310,29 @@ mod tests {
                 .add_path(PathBuf::from(from))
                 .add_path(PathBuf::from(to))
         };
-        let pair = |a: &str, b: &str| (RelPath::from_str_lossy(a), RelPath::from_str_lossy(b));
-        assert!(matches!(
-            reduce(&roots, Ok(both("/src/a/f", "/src/b/g"))),
-            Reduced::Folders(f, r) if f.len() == 2 && r == [pair("a/f", "b/g")]
-        ));
-        // In the replica, or in from outside: no pair.
-        for (from, to) in [("/dst/a", "/dst/b"), ("/elsewhere/a", "/src/a")] {
-            assert!(matches!(
-                reduce(&roots, Ok(both(from, to))),
-                Reduced::Folders(_, r) if r.is_empty()
-            ));
-        }
-        // One half alone is no pair.
-        let half = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
-            .add_path(PathBuf::from("/src/b"));
-        assert!(matches!(reduce(&roots, Ok(half)), Reduced::Folders(_, r) if r.is_empty()));
+        let rel = RelPath::from_str_lossy;
+        let renamed = |a: &str, b: &str| Seen::Renamed {
+            from: rel(a),
+            to: rel(b),
+        };
+        let replaced = |p: &str| Seen::Replaced { path: rel(p) };
+        let seen = |ev| match reduce(&roots, Ok(ev)) {
+            Reduced::Folders(_, seen) => seen,
+            Reduced::Lost { .. } => panic!("lost"),
+        };
+        assert_eq!(seen(both("/src/a/f", "/src/b/g")), [renamed("a/f", "b/g")]);
+        // In the replica: nothing; in from outside: `a` replaced.
+        assert_eq!(seen(both("/dst/a", "/dst/b")), []);
+        assert_eq!(seen(both("/elsewhere/a", "/src/a")), [replaced("a")]);
+        // The first half alone says nothing; a second half alone, a
+        // creation or a removal replace what was at their path.
+        let half = |mode| {
+            Event::new(EventKind::Modify(ModifyKind::Name(mode))).add_path(PathBuf::from("/src/b"))
+        };
+        assert_eq!(seen(half(RenameMode::From)), []);
+        assert_eq!(seen(half(RenameMode::To)), [replaced("b")]);
+        let created = Event::new(EventKind::Create(CreateKind::File)).add_path("/src/c".into());
+        assert_eq!(seen(created), [replaced("c")]);
     }
 
     #[test]

@@ -734,7 +734,7 @@ mod partial_properties {
                 let moved = |s: &Listing, r: &Listing| {
                     let caps = o.replica_fs.caps;
                     let temps = TempTokens::this_run();
-                    let found = moves::search(s, r, moves::SearchOptions { fs: &caps, temps: &temps, checksum: false, renamed: &[] });
+                    let found = moves::search(s, r, moves::SearchOptions { fs: &caps, temps: &temps, checksum: false, seen: &[], racy: &Default::default() });
                     found.resolve(|_| false)
                 };
                 let whole = diff(&w.source, &w.replica, &same, &moved(&w.source, &w.replica), DiffOptions::from(&o));

@@ -25,6 +25,7 @@ use crate::contract::messages::{
     LogEvent, ScanScope, ScanTrees, TickCx, TickOutcome, TreesScanned, Verb,
 };
 use crate::contract::model::{Entry, Listing, TempTokens};
+use crate::contract::moves::Seen;
 use crate::contract::options::SyncOptions;
 use crate::contract::plan::guard_base;
 use crate::contract::relpath::RelPath;
@@ -75,7 +76,7 @@ impl Scanner {
         cx: &mut TickCx,
         result: Result<Scan, String>,
         narrow: bool,
-        renamed: Vec<(RelPath, RelPath)>,
+        seen: Vec<Seen>,
     ) -> Flow<TreesScanned> {
         let scan = match result {
             Ok(scan) => scan,
@@ -135,7 +136,7 @@ impl Scanner {
             replica,
             managed,
             roots,
-            renamed,
+            seen,
         })
     }
 
@@ -173,7 +174,7 @@ impl Stage for Scanner {
             Some((prev, folders)) => scan_folders(opts, pinned, stop, prev, &folders),
             None => scan(opts, pinned, stop),
         };
-        self.deliver(cx, result, narrow, msg.renamed)
+        self.deliver(cx, result, narrow, msg.seen)
     }
 }
 
@@ -359,7 +360,7 @@ mod tests {
             ScanTrees {
                 scope: ScanScope::Full,
                 whole_plan: false,
-                renamed: Vec::new(),
+                seen: Vec::new(),
             },
         )
     }
