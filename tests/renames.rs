@@ -274,7 +274,7 @@ mod trial {
         for i in 1..=3 {
             // Written just now: the copy's times are too close to tell.
             fs::create_dir_all(sb.s("d")).unwrap();
-            fs::write(sb.s(&format!("d/f{i}")), format!("hello {i}")).unwrap();
+            fs::write(sb.s(format!("d/f{i}")), format!("hello {i}")).unwrap();
         }
         sb.sync(&[]).expect_code(0).no_errors();
         assert!(sb.d(".treesync/racy").exists(), "no copy recorded as racy");
@@ -300,14 +300,14 @@ mod trial {
             for i in 1..=3 {
                 file_with(
                     &sb.src,
-                    &format!("{top}/f{i}"),
+                    format!("{top}/f{i}"),
                     format!("file {i}"),
                     0o644,
                     WHOLE,
                 );
                 file_with(
                     &sb.src,
-                    &format!("{top}/sub/s{i}"),
+                    format!("{top}/sub/s{i}"),
                     format!("sub {i}"),
                     0o644,
                     WHOLE,
@@ -359,7 +359,7 @@ mod trial {
         for i in 10..60 {
             file_with(
                 &sb.src,
-                &format!("top/f{i}"),
+                format!("top/f{i}"),
                 format!("file {i}"),
                 0o644,
                 WHOLE,
