@@ -4,19 +4,23 @@
 //!
 //! A pair is a replica file the source lacks and a source file the replica
 //! lacks, both regular files of the same size and mtime (within the
-//! replica's window). Metadata alone decides when the pair is the only one
-//! either file has, the source's mtime has a sub-second part and the
-//! replica keeps it: a clock-made timestamp to the nanosecond and a size
-//! that agree are what the quick check trusts for a file at the same path.
-//! Anything weaker is confirmed by SHA-1 before it counts: whole-second
-//! mtimes (archives, reproducible builds, FAT sources give many files the
-//! same), a coarse replica, several candidates (copies made with `cp -p`),
+//! replica's window). Metadata alone decides when no other file on either
+//! side has that size and mtime (so names shifted with equal metadata, or
+//! a copy kept beside, are doubtful), the source's mtime has a sub-second
+//! part and the replica keeps it: a clock-made timestamp to the nanosecond
+//! and a size that agree are what the quick check trusts for a file at the
+//! same path. Anything weaker is confirmed by SHA-1 before it counts:
+//! whole-second mtimes (archives, reproducible builds, FAT sources give
+//! many files the same), a coarse replica, several candidates (copies made
+//! with `cp -p`), a replica file recorded as copied while written (racy),
 //! and every pair under `--checksum`.
 //!
 //! Renames the Watcher saw (inotify's move cookies pair the two halves)
 //! are sure whatever the times: a file whose old path only the replica
 //! has and new path only the source has, with its size and mtime
-//! unchanged, or a folder (with its files at the same inner paths).
+//! unchanged, or a folder (with its files at the same inner paths). A
+//! later creation, removal or rename over a path undoes what an earlier
+//! rename said of it (`compose`).
 //!
 //! Folders (`folder_moves`): where the pairs say that the files of a
 //! replica folder the source lacks are, under the same inner paths, in a

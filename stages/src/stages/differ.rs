@@ -18,7 +18,11 @@
 //! (`moves::folder_moves`), the rest one rename per file. The plan is made
 //! against the replica as it will be once its folders have moved (the
 //! "view"), so what changed inside a moved folder is compared in its new
-//! place like anything else. A move is not a deletion for `--max-delete`.
+//! place like anything else, except that a file the folder brings to a
+//! source path counts as the source's only if it was paired with that
+//! very file (else it is updated: a folder that looks moved may be another
+//! copy). A move is not a deletion for `--max-delete`; one the last plan
+//! held and that is found again did not happen, and is planned as copies.
 //! A move goes only from a path the source lacks to one the replica lacks:
 //! it never overwrites an entry, or takes one the plan still needs. Names
 //! that changed places (a <-> b, or a -> b -> c) keep their paths on both
