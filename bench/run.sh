@@ -29,7 +29,7 @@ while (($#)); do
 done
 ((${#SCENARIOS[@]})) || SCENARIOS=(small:initial small:no-change small:churn small:touch
   large:initial large:modify mixed:initial mixed:no-change mixed:churn
-  small:no-change:checksum large:no-change:checksum)
+  small:no-change:checksum large:no-change:checksum small:rename-dir)
 [[ -x $HARNESS/compare.sh ]] || { echo "run.sh: no harness at $HARNESS" >&2; exit 2; }
 
 (cd "$ROOT" && cargo build --release --quiet)

@@ -309,7 +309,10 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
         keys.sort_unstable();
         keys
     };
-    let (all_src, all_rep) = (everything(source), everything(replica));
+    // Built at the first pair that may be sure: a tick whose new and gone
+    // files match nothing (most ticks) never sorts every file.
+    let all = std::cell::OnceCell::new();
+    let all = || all.get_or_init(|| (everything(source), everything(replica)));
     let window = i128::from(opts.fs.mtime_window_ns);
     // Mtimes the replica cannot tell apart lie within `window`: a range.
     let alike = |keys: &[(u64, i128)], e: &Entry| {
@@ -340,8 +343,8 @@ pub fn search(source: &Listing, replica: &Listing, opts: SearchOptions) -> MoveS
             &[i] if !weak_times
                 && src[i].meta.mtime.nanos != 0
                 && !opts.racy.contains(&r.path)
-                && alike(&all_src, r) == 1
-                && alike(&all_rep, &src[i]) == 1 =>
+                && alike(&all().0, r) == 1
+                && alike(&all().1, &src[i]) == 1 =>
             {
                 found.sure.push(MovePair {
                     source: i,
