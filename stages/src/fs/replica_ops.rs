@@ -939,6 +939,9 @@ fn source_parent_failed(e: io::Error, path: &RelPath) -> Halt {
 /// filesystems) then differs from its stat and is skipped, never copied
 /// cut short.
 fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> {
+    if let Some(total) = copy_sparse(src, dst, expected)? {
+        return Ok(total);
+    }
     let mut total = 0u64;
     loop {
         // An injected write failure (the disk filling up mid-copy).
@@ -958,6 +961,84 @@ fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> 
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Copies a file with holes (fewer blocks than its size needs) segment by
+/// segment of data (`SEEK_DATA`, `SEEK_HOLE`), leaving the holes as holes
+/// and setting the length at the end: a 1 GiB file holding 4 KiB of data
+/// copies 4 KiB and allocates about that. Returns the length copied, or
+/// `None` to copy the whole file: it has no holes, or its filesystem
+/// cannot say where they are.
+fn copy_sparse(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<Option<u64>> {
+    let st = rfs::fstat(src)?;
+    let allocated = u64::try_from(st.st_blocks).unwrap_or(u64::MAX).saturating_mul(512);
+    if expected == 0 || allocated >= expected {
+        return Ok(None);
+    }
+    let mut pos = 0u64;
+    loop {
+        fail_point!("replica_ops::copy::write", |_| Err(Errno::NOSPC.into()));
+        let data = match rfs::seek(src, rfs::SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            // No data after `pos`: the rest is a hole.
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) if pos == 0 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rfs::seek(src, rfs::SeekFrom::Hole(data))?;
+        copy_range(src, dst, data, hole)?;
+        pos = hole;
+    }
+    // Up to the size the file has now: the caller compares it with the
+    // size seen before, and a file that changed meanwhile is skipped.
+    let end = u64::try_from(rfs::fstat(src)?.st_size).unwrap_or(0).max(pos);
+    rfs::ftruncate(dst, end)?;
+    Ok(Some(end))
+}
+
+/// Copies the bytes `start..end` of `src` to the same place in `dst`.
+fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (start, start);
+    while off_in < end {
+        let want = usize::try_from(end - off_in).unwrap_or(RANGE_CHUNK).min(RANGE_CHUNK);
+        match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            // The source ended early (shrunk): the size check says so.
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return copy_range_buffered(src, dst, off_in, end);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `copy_range` through a buffer, where the kernel cannot copy.
+fn copy_range_buffered(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut at = start;
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(BUFFER_SIZE).min(BUFFER_SIZE);
+        let n = match rustix::io::pread(src, &mut buf[..want], at) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut written = 0;
+        while written < n {
+            match rustix::io::pwrite(dst, &buf[written..n], at + written as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => written += w,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn copy_buffered(src: &OwnedFd, dst: &OwnedFd) -> io::Result<u64> {
@@ -1300,6 +1381,44 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    /// A file of `len` bytes holding data only in `chunks` (offset, bytes).
+    fn sparse(path: &Path, len: u64, chunks: &[(u64, &[u8])]) {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(path).unwrap();
+        f.set_len(len).unwrap();
+        for (at, data) in chunks {
+            f.write_all_at(data, *at).unwrap();
+        }
+    }
+
+    #[test]
+    fn replica_ops_sparse_files_stay_sparse_on_copy_and_update() {
+        let (tmp, ops) = setup();
+        let (src, dst) = (tmp.path().join("src/disk.img"), tmp.path().join("dst/disk.img"));
+        let mib = 1 << 20;
+        sparse(&src, 64 * mib, &[(mib, &[1u8; 4096]), (64 * mib - 10, b"the end!!!")]);
+        if fs::metadata(&src).unwrap().blocks() * 512 >= 64 * mib {
+            eprintln!("skipped: this filesystem stores no holes");
+            return;
+        }
+        let copied = ops.copy(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
+        assert!(matches!(copied, Copied::Written { bytes, .. } if bytes == 64 * mib), "{copied:?}");
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
+        let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+        assert!(allocated(&dst) <= 4 * allocated(&src), "{} bytes", allocated(&dst));
+        // An update too; and a hole at the start, data to the end.
+        sparse(&src, 32 * mib, &[(32 * mib - 4096, &[2u8; 4096])]);
+        let updated = ops.update(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
+        assert!(matches!(updated, Copied::Written { .. }), "{updated:?}");
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
+        assert!(allocated(&dst) <= 4 * allocated(&src), "{} bytes", allocated(&dst));
+        // Nothing but a hole.
+        sparse(&src, 8 * mib, &[]);
+        ops.update(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
+        assert_eq!(fs::metadata(&dst).unwrap().len(), 8 * mib);
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
     }
 
     #[test]
