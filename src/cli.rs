@@ -83,6 +83,12 @@ pub struct Cli {
     #[arg(long)]
     pub delete_excluded: bool,
 
+    /// Do not cross filesystem boundaries in SOURCE: a folder where another
+    /// filesystem is mounted is mirrored as an empty folder, and nothing
+    /// below it is read (as rsync -x)
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+
     /// The most one sync may delete: a count (1000) or a percentage of the
     /// replica's files (50%). Above it, nothing is deleted (exit 4);
     /// 100% turns the guard off, 0 forbids deletions.

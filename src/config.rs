@@ -134,6 +134,7 @@ impl Config {
             checksum: cli.checksum,
             dry_run: cli.dry_run,
             delete_excluded: cli.delete_excluded,
+            one_file_system: cli.one_file_system,
             max_delete: cli.max_delete,
             renames: !cli.no_renames,
             jobs,

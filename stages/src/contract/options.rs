@@ -22,6 +22,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Also delete replica entries that the rules exclude.
     pub delete_excluded: bool,
+    /// `-x`: a folder of the source on another filesystem (a mount point)
+    /// is mirrored as an empty folder, nothing below it walked.
+    pub one_file_system: bool,
     pub max_delete: MaxDelete,
     /// Detect files moved or renamed in the source and rename them in the
     /// replica rather than copy them again (off: `--no-renames`).
@@ -98,6 +101,7 @@ impl SyncOptions {
             checksum: false,
             dry_run: false,
             delete_excluded: false,
+            one_file_system: false,
             max_delete: MaxDelete::default(),
             renames: true,
             jobs: 2,

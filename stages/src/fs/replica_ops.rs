@@ -971,7 +971,9 @@ fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> 
 /// cannot say where they are.
 fn copy_sparse(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<Option<u64>> {
     let st = rfs::fstat(src)?;
-    let allocated = u64::try_from(st.st_blocks).unwrap_or(u64::MAX).saturating_mul(512);
+    let allocated = u64::try_from(st.st_blocks)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(512);
     if expected == 0 || allocated >= expected {
         return Ok(None);
     }
@@ -991,7 +993,9 @@ fn copy_sparse(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<Option
     }
     // Up to the size the file has now: the caller compares it with the
     // size seen before, and a file that changed meanwhile is skipped.
-    let end = u64::try_from(rfs::fstat(src)?.st_size).unwrap_or(0).max(pos);
+    let end = u64::try_from(rfs::fstat(src)?.st_size)
+        .unwrap_or(0)
+        .max(pos);
     rfs::ftruncate(dst, end)?;
     Ok(Some(end))
 }
@@ -1000,7 +1004,9 @@ fn copy_sparse(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<Option
 fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> io::Result<()> {
     let (mut off_in, mut off_out) = (start, start);
     while off_in < end {
-        let want = usize::try_from(end - off_in).unwrap_or(RANGE_CHUNK).min(RANGE_CHUNK);
+        let want = usize::try_from(end - off_in)
+            .unwrap_or(RANGE_CHUNK)
+            .min(RANGE_CHUNK);
         match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
             // The source ended early (shrunk): the size check says so.
             Ok(0) => return Ok(()),
@@ -1020,7 +1026,9 @@ fn copy_range_buffered(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> io
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut at = start;
     while at < end {
-        let want = usize::try_from(end - at).unwrap_or(BUFFER_SIZE).min(BUFFER_SIZE);
+        let want = usize::try_from(end - at)
+            .unwrap_or(BUFFER_SIZE)
+            .min(BUFFER_SIZE);
         let n = match rustix::io::pread(src, &mut buf[..want], at) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
@@ -1396,27 +1404,50 @@ mod tests {
     #[test]
     fn replica_ops_sparse_files_stay_sparse_on_copy_and_update() {
         let (tmp, ops) = setup();
-        let (src, dst) = (tmp.path().join("src/disk.img"), tmp.path().join("dst/disk.img"));
+        let (src, dst) = (
+            tmp.path().join("src/disk.img"),
+            tmp.path().join("dst/disk.img"),
+        );
         let mib = 1 << 20;
-        sparse(&src, 64 * mib, &[(mib, &[1u8; 4096]), (64 * mib - 10, b"the end!!!")]);
+        sparse(
+            &src,
+            64 * mib,
+            &[(mib, &[1u8; 4096]), (64 * mib - 10, b"the end!!!")],
+        );
         if fs::metadata(&src).unwrap().blocks() * 512 >= 64 * mib {
             eprintln!("skipped: this filesystem stores no holes");
             return;
         }
-        let copied = ops.copy(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
-        assert!(matches!(copied, Copied::Written { bytes, .. } if bytes == 64 * mib), "{copied:?}");
+        let copied = ops
+            .copy(&rel("disk.img"), &lmeta(&src), &mut Vec::new())
+            .unwrap();
+        assert!(
+            matches!(copied, Copied::Written { bytes, .. } if bytes == 64 * mib),
+            "{copied:?}"
+        );
         assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
         let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
-        assert!(allocated(&dst) <= 4 * allocated(&src), "{} bytes", allocated(&dst));
+        assert!(
+            allocated(&dst) <= 4 * allocated(&src),
+            "{} bytes",
+            allocated(&dst)
+        );
         // An update too; and a hole at the start, data to the end.
         sparse(&src, 32 * mib, &[(32 * mib - 4096, &[2u8; 4096])]);
-        let updated = ops.update(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
+        let updated = ops
+            .update(&rel("disk.img"), &lmeta(&src), &mut Vec::new())
+            .unwrap();
         assert!(matches!(updated, Copied::Written { .. }), "{updated:?}");
         assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
-        assert!(allocated(&dst) <= 4 * allocated(&src), "{} bytes", allocated(&dst));
+        assert!(
+            allocated(&dst) <= 4 * allocated(&src),
+            "{} bytes",
+            allocated(&dst)
+        );
         // Nothing but a hole.
         sparse(&src, 8 * mib, &[]);
-        ops.update(&rel("disk.img"), &lmeta(&src), &mut Vec::new()).unwrap();
+        ops.update(&rel("disk.img"), &lmeta(&src), &mut Vec::new())
+            .unwrap();
         assert_eq!(fs::metadata(&dst).unwrap().len(), 8 * mib);
         assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
     }

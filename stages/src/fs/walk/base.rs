@@ -2,6 +2,7 @@
 //! and how it is opened, an entry as read before the rules look at it,
 //! the fences the walk does not cross, and how errors read.
 
+use super::WalkOptions;
 use crate::contract::relpath::RelPath;
 use crate::fs::root::Root;
 use rustix::fd::OwnedFd;
@@ -17,12 +18,22 @@ use std::sync::Arc;
 pub(super) struct Fences {
     /// The replica root and each folder above it, as (device, inode).
     replica_and_above: Vec<(u64, u64)>,
+    /// `-x`: the source root's device; a source folder on another is
+    /// listed, never entered.
+    source_device: Option<u64>,
 }
 
 impl Fences {
-    pub(super) fn around(replica: Option<&Root>) -> Fences {
+    pub(super) fn around(source: &Root, replica: Option<&Root>, opts: &WalkOptions) -> Fences {
+        let source_device = opts
+            .one_file_system
+            .then(|| source.stat().ok().map(|st| st.st_dev))
+            .flatten();
         let Some(replica) = replica else {
-            return Fences::default();
+            return Fences {
+                source_device,
+                ..Fences::default()
+            };
         };
         let id = |st: &Stat| (st.st_dev, st.st_ino);
         let mut replica_and_above: Vec<(u64, u64)> = replica.stat().iter().map(id).collect();
@@ -31,7 +42,15 @@ impl Fences {
                 replica_and_above.push(id(&st));
             }
         }
-        Fences { replica_and_above }
+        Fences {
+            replica_and_above,
+            source_device,
+        }
+    }
+
+    /// With `-x`, a source folder on another filesystem than the root's.
+    pub(super) fn other_filesystem(&self, st: &Stat) -> bool {
+        self.source_device.is_some_and(|dev| st.st_dev != dev)
     }
 
     /// A source folder that is the replica or holds it.

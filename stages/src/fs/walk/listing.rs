@@ -174,12 +174,15 @@ impl Worker<'_, '_> {
                 self.out.listing(Side::Source).incomplete.push(rel.clone());
                 continue;
             }
+            let entry_stat = raw.stat;
             let Some(entry) = self.entry(&fd, rel, raw, false, Side::Source) else {
                 continue;
             };
             // The state folder's namesake at the source root is listed (the
-            // plan skips it) but never entered.
-            if is_dir && !(rel.is_root() && entry.path.name() == STATE_DIR) {
+            // plan skips it) but never entered; so is, with `-x`, a folder
+            // where another filesystem is mounted (mirrored empty).
+            let fenced = self.walker.fences.other_filesystem(&entry_stat);
+            if is_dir && !fenced && !(rel.is_root() && entry.path.name() == STATE_DIR) {
                 let known = self.is_known(&entry, true);
                 dirs.push((entry.path.clone(), false, known));
             }

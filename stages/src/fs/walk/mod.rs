@@ -50,6 +50,9 @@ pub struct WalkOptions<'a> {
     pub hidden: &'a [RelPath],
     /// List the contents of excluded replica folders (all flagged excluded).
     pub delete_excluded: bool,
+    /// List a source folder on another filesystem than the source root's
+    /// (a mount point) as an empty folder: `-x`.
+    pub one_file_system: bool,
     pub stop: &'a StopFlag,
     /// Partial walks: whether a subfolder, as just listed (source side
     /// when the flag is true), is already known and needs no listing.
@@ -89,7 +92,7 @@ pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> Wa
         inherited: Rules::none(),
         rel: root,
     };
-    run_jobs(vec![job], out, opts, Fences::around(replica))
+    run_jobs(vec![job], out, opts, Fences::around(source, replica, opts))
 }
 
 /// Lists the folders `folders` again on both sides, and below them only
@@ -110,9 +113,15 @@ pub fn walk_folders(
         folders,
         replica_excluded,
         opts.excludes,
+        opts.one_file_system,
         &mut out,
     )?;
-    Ok(run_jobs(jobs, out, opts, Fences::around(replica)))
+    Ok(run_jobs(
+        jobs,
+        out,
+        opts,
+        Fences::around(source, replica, opts),
+    ))
 }
 
 #[cfg(test)]
@@ -144,6 +153,7 @@ mod tests {
             excludes: &o.excludes,
             hidden: &o.hidden,
             delete_excluded: o.delete_excluded,
+            one_file_system: false,
             stop: &o.stop,
             known: None,
         };

@@ -12,6 +12,7 @@ use crate::contract::model::{Entry, EntryKind};
 use crate::contract::relpath::RelPath;
 use crate::fs::root::{meta_of, Root};
 use crate::fs::rules::{read_ignore_file, Rules};
+use rustix::fd::OwnedFd;
 use rustix::fs as rfs;
 use rustix::io::Errno;
 use std::collections::HashMap;
@@ -23,8 +24,31 @@ pub(super) fn seed(
     folders: &[RelPath],
     replica_excluded: &dyn Fn(&RelPath) -> bool,
     excludes: &[String],
+    one_file_system: bool,
     out: &mut Output,
 ) -> Result<Vec<Job>, String> {
+    // `-x`: the source root's device. A folder on another one is, if its
+    // parent is not, a mount point: its entry is listed, its contents not;
+    // below that, nothing is.
+    let device = |fd: &OwnedFd| rfs::fstat(fd).ok().map(|st| st.st_dev);
+    let fence = one_file_system
+        .then(|| {
+            source
+                .open_dir(&RelPath::root())
+                .ok()
+                .as_ref()
+                .and_then(device)
+        })
+        .flatten();
+    let fenced = |rel: &RelPath, st: &rfs::Stat| -> Option<bool> {
+        let root_device = fence?;
+        if st.st_dev == root_device {
+            return None;
+        }
+        let parent = rel.parent().unwrap_or_default();
+        let parent_device = source.open_dir(&parent).ok().as_ref().and_then(device);
+        Some(parent_device == Some(root_device))
+    };
     let mut rules = RuleChain::new(source, excludes);
     let mut jobs = Vec::with_capacity(folders.len());
     for rel in folders {
@@ -54,13 +78,20 @@ pub(super) fn seed(
                     }
                 };
                 let stat = rfs::fstat(&fd).ok()?;
+                let fence = match side {
+                    Side::Source => fenced(rel, &stat),
+                    Side::Replica => None,
+                };
+                if fence == Some(false) {
+                    return None;
+                }
                 out.listing(side).entries.push(Entry {
                     path: rel.clone(),
                     kind: EntryKind::Dir,
                     meta: meta_of(&stat),
                     excluded: side == Side::Replica && excluded,
                 });
-                Some(DirHandle::Open(fd))
+                fence.is_none().then_some(DirHandle::Open(fd))
             };
             let src = open(source, Side::Source);
             let rep = replica.and_then(|r| open(r, Side::Replica));

@@ -231,6 +231,7 @@ fn walk_options<'a>(
         excludes: &opts.excludes,
         hidden: &opts.hidden,
         delete_excluded: opts.delete_excluded,
+        one_file_system: opts.one_file_system,
         stop,
         known,
     }
