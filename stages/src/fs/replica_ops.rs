@@ -64,6 +64,9 @@ const TEMP_FLAGS: OFlags = OFlags::WRONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
+/// Why a copy is skipped when its source changed while it was read.
+pub const CHANGED_WHILE_COPIED: &str = "changed while being copied";
+
 /// Bytes asked of one `copy_file_range` call; the kernel may do fewer.
 const RANGE_CHUNK: usize = 1 << 30;
 
@@ -400,7 +403,7 @@ impl ReplicaOps {
         );
         if !same_content_stamp(&before, &after) || bytes != after.st_size as u64 {
             // `temp` is dropped here, which removes it.
-            return Err(Halt::Skip("changed while being copied".into()));
+            return Err(Halt::Skip(CHANGED_WHILE_COPIED.into()));
         }
         // The metadata of the content actually copied, which the second
         // fstat just confirmed; it equals `meta` unless the file changed

@@ -26,10 +26,11 @@ use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
 use crate::contract::stop::StopFlag;
 use crate::fs::identity::Roots;
-use crate::fs::replica_ops::{fail_point, Copied, OpError, ReplicaOps};
+use crate::fs::replica_ops::{fail_point, Copied, OpError, ReplicaOps, CHANGED_WHILE_COPIED};
 use crate::fs::root::Root;
 use actix::Recipient;
 use rustix::fd::AsFd;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,11 +38,43 @@ use std::time::SystemTime;
 pub struct Applier {
     opts: Arc<SyncOptions>,
     log: Recipient<LogEvent>,
+    /// Files skipped as changed while being copied, with how many ticks
+    /// in a row: at `CHRONIC` a skip is an error (a file always being
+    /// written, a database or a VM image, is never mirrored unseen).
+    changing: HashMap<RelPath, u32>,
+}
+
+/// Ticks in a row a file may be skipped as changing before it is an error.
+const CHRONIC: u32 = 3;
+
+/// The files whose next skip as changing would be the `CHRONIC`th in a row.
+fn chronic(streaks: &HashMap<RelPath, u32>) -> HashSet<RelPath> {
+    streaks
+        .iter()
+        .filter(|(_, n)| **n + 1 >= CHRONIC)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// The streaks after a tick that skipped `changing` as changing: those
+/// counted again, the others start over (copied, gone, not planned).
+fn streaks(before: &HashMap<RelPath, u32>, changing: Vec<RelPath>) -> HashMap<RelPath, u32> {
+    changing
+        .into_iter()
+        .map(|path| {
+            let n = before.get(&path).copied().unwrap_or(0) + 1;
+            (path, n)
+        })
+        .collect()
 }
 
 impl Applier {
     pub fn new(opts: Arc<SyncOptions>, log: Recipient<LogEvent>) -> Self {
-        Applier { opts, log }
+        Applier {
+            opts,
+            log,
+            changing: HashMap::new(),
+        }
     }
 }
 
@@ -56,7 +89,14 @@ impl Stage for Applier {
     fn run(&mut self, msg: PlanMade, cx: &mut TickCx) -> Flow<Done> {
         let send = |event: LogEvent| self.log.do_send(event);
         let (roots, started) = (Some(&*msg.roots), cx.started_at);
-        let outcome = apply_in(&msg.plan, &self.opts, roots, started, cx.stop(), &send);
+        let chronic = chronic(&self.changing);
+        let at = Tick {
+            roots,
+            start: started,
+            chronic: &chronic,
+        };
+        let (outcome, changing) = apply_at(&msg.plan, &self.opts, at, cx.stop(), &send);
+        self.changing = streaks(&self.changing, changing);
         Flow::End(outcome)
     }
 }
@@ -74,6 +114,15 @@ pub fn apply(
     apply_in(plan, opts, None, SystemTime::now(), stop, log)
 }
 
+/// Where and when a plan runs: the roots the tick checked, the tick's
+/// start (wall clock), and the files that were skipped as changing at the
+/// ticks before (an error now, not a skip).
+struct Tick<'a> {
+    roots: Option<&'a Roots>,
+    start: SystemTime,
+    chronic: &'a HashSet<RelPath>,
+}
+
 /// `apply` in the roots the tick checked and listed (`None`: opened by
 /// path, for callers that have none), for the tick that started (wall
 /// clock) at `tick_start`: the hooks see it (`--backup-dir` names its
@@ -86,6 +135,28 @@ pub fn apply_in(
     stop: &StopFlag,
     log: &(dyn Fn(LogEvent) + Sync),
 ) -> TickOutcome {
+    let none = HashSet::new();
+    let at = Tick {
+        roots,
+        start: tick_start,
+        chronic: &none,
+    };
+    apply_at(plan, opts, at, stop, log).0
+}
+
+/// `apply_in`, also returning the files skipped as changed while copied.
+fn apply_at(
+    plan: &Plan,
+    opts: &SyncOptions,
+    at: Tick,
+    stop: &StopFlag,
+    log: &(dyn Fn(LogEvent) + Sync),
+) -> (TickOutcome, Vec<RelPath>) {
+    let Tick {
+        roots,
+        start: tick_start,
+        chronic,
+    } = at;
     let mut tally = Tally::default();
     if let Some(trip) = &plan.guard {
         // An `error` entry like any other: the tick's count includes it.
@@ -107,6 +178,7 @@ pub fn apply_in(
         log,
         target,
         tick_start,
+        chronic,
     };
     // In plan order; each run of consecutive file operations in parallel.
     let ops: Vec<&Op> = plan.ops.iter().collect();
@@ -135,7 +207,7 @@ pub fn apply_in(
             log(event);
         }
     }
-    TickOutcome {
+    let outcome = TickOutcome {
         counts: tally.counts,
         bytes: tally.bytes,
         errors: tally.errors,
@@ -146,7 +218,8 @@ pub fn apply_in(
         idle: false,
         retry: tally.retry,
         tallies: tally.others,
-    }
+    };
+    (outcome, tally.changing)
 }
 
 fn guard_event(trip: &GuardTrip) -> LogEvent {
@@ -228,6 +301,8 @@ struct Tally {
     settled: Vec<RelPath>,
     /// Files moved (old path, new path): a recheck follows a file.
     moved: Vec<(RelPath, RelPath)>,
+    /// Files skipped as changed while being copied.
+    changing: Vec<RelPath>,
     /// Verbs of per-operation features (a hook's `backup`).
     others: Tallies,
 }
@@ -255,6 +330,7 @@ impl Tally {
         self.racy.extend(other.racy);
         self.settled.extend(other.settled);
         self.moved.extend(other.moved);
+        self.changing.extend(other.changing);
         self.stopped |= other.stopped;
         for (name, n) in other.others.iter() {
             self.others.add(name, n);
@@ -269,6 +345,8 @@ struct Run<'a> {
     log: &'a (dyn Fn(LogEvent) + Sync),
     target: Target,
     tick_start: SystemTime,
+    /// Files skipped as changing at the ticks before: an error now.
+    chronic: &'a HashSet<RelPath>,
 }
 
 impl Run<'_> {
@@ -327,7 +405,7 @@ impl Run<'_> {
             Target::DryRun(replica) => self
                 .dry_run_hooks(replica.as_ref(), op, &mut before)
                 .map(|()| done_event(op, planned_bytes(op))),
-            Target::Replica(replica) => execute(replica, op, tally, &mut before),
+            Target::Replica(replica) => execute(replica, op, tally, &mut before, self.chronic),
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
             Target::Unavailable => return,
         };
@@ -439,6 +517,7 @@ fn execute(
     op: &Op,
     tally: &mut Tally,
     before: &mut Vec<LogEvent>,
+    chronic: &HashSet<RelPath>,
 ) -> Result<Option<LogEvent>, OpError> {
     match op {
         Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => {}
@@ -463,7 +542,7 @@ fn execute(
                     path: path.clone(),
                     meta: *meta,
                 };
-                return execute(replica, &copy, tally, before);
+                return execute(replica, &copy, tally, before, chronic);
             }
         },
         Op::MoveDir { path, from } => {
@@ -487,6 +566,17 @@ fn execute(
                         tally.settled.push(path.clone());
                     }
                     done_event(op, Some(bytes))
+                }
+                Copied::Skipped { reason } if reason == CHANGED_WHILE_COPIED => {
+                    tally.changing.push(path.clone());
+                    Some(match chronic.contains(path) {
+                        false => LogEvent::op(Verb::Skip, path).with_str("reason", reason),
+                        true => LogEvent::error(
+                            Some(path),
+                            op_name(op),
+                            format!("{reason} at {CHRONIC} syncs in a row: it is always being written (a database, a VM image?), so the replica has an old version or none; it is tried again at each sync"),
+                        ),
+                    })
                 }
                 Copied::Skipped { reason } => {
                     Some(LogEvent::op(Verb::Skip, path).with_str("reason", reason))
@@ -611,6 +701,40 @@ mod tests {
             guard: None,
             roots: None,
         }
+    }
+
+    #[test]
+    fn a_file_skipped_as_changing_three_ticks_in_a_row_is_an_error() {
+        // A /proc file reports size 0 yet reads as more: it is skipped as
+        // changed while being copied every time.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut opts = SyncOptions::new("/proc/self".into(), tmp.path().to_path_buf());
+        opts.jobs = 1;
+        let status = rel("status");
+        let p = plan(vec![Op::Copy {
+            path: status.clone(),
+            meta: crate::fs::root::meta_of(&rustix::fs::stat("/proc/self/status").unwrap()),
+        }]);
+        let mut streak = HashMap::new();
+        let mut verbs = Vec::new();
+        for _ in 0..4 {
+            let chronic = chronic(&streak);
+            let at = Tick {
+                roots: None,
+                start: SystemTime::now(),
+                chronic: &chronic,
+            };
+            let events = Mutex::new(Vec::new());
+            let log = |e: LogEvent| events.lock().unwrap().push(e);
+            let (outcome, changing) = apply_at(&p, &opts, at, &StopFlag::new(), &log);
+            streak = streaks(&streak, changing);
+            let verb = events.lock().unwrap()[0].verb;
+            verbs.push((verb, outcome.errors));
+        }
+        let (skip, error) = ((Verb::Skip, 0), (Verb::Error, 1));
+        assert_eq!(verbs, [skip, skip, error, error]);
+        // Copied at last (or gone): the count starts over.
+        assert!(chronic(&streaks(&streak, Vec::new())).is_empty());
     }
 
     fn verbs(events: &[LogEvent]) -> Vec<(&'static str, String)> {
