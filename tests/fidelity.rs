@@ -78,3 +78,45 @@ fn with_one_file_system_a_mount_inside_the_source_is_an_empty_folder() {
     assert!(run.has("copy", "mnt/inner.txt"));
     sb.assert_mirror();
 }
+
+/// A source on FUSE (exFAT here): inotify does not see every change there,
+/// so an interval walks everything each tick, and says so once.
+#[test]
+fn a_source_whose_changes_events_miss_is_walked_fully_every_tick() {
+    use common::mounts::Image;
+    let mut sb = Sandbox::new();
+    let disk = match Mounted::image(&sb.path("disk"), Image::Exfat, 64) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: an exFAT source: {why}");
+            return;
+        }
+    };
+    let fs_type = std::process::Command::new("stat")
+        .args(["-f", "-c", "%t"])
+        .arg(&disk.dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if fs_type != "65735546" {
+        eprintln!("skipped: exFAT is mounted without FUSE here ({fs_type})");
+        return;
+    }
+    sb.src = disk.dir.join("src");
+    file(&sb.src, "a.txt", "one\n");
+    let mut r = sb.spawn_interval("1", &[]);
+    r.wait_ticks(3);
+    let run = r.stop("INT");
+    run.expect_code(0).no_errors();
+    let warns = run.entries("warn");
+    assert_eq!(warns.len(), 1, "{}", run.dump());
+    assert!(warns[0].str("reason").is_some_and(|r| r.contains("FUSE")));
+    let ticks = run.entries("tick");
+    assert!(ticks.len() >= 3, "{}", run.dump());
+    assert!(
+        ticks.iter().all(|t| t.str("mode") == Some("full")),
+        "{}",
+        run.dump()
+    );
+    sb.assert_mirror();
+}
