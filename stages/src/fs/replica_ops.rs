@@ -390,9 +390,8 @@ impl ReplicaOps {
         let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
             rfs::openat(dir.as_fd(), n, TEMP_FLAGS, Mode::from_raw_mode(0o600))
         })?;
-        let expected = before.st_size as u64;
         let bytes =
-            copy_content(&src, &tmp_fd, expected).map_err(std_err("copy the content", path))?;
+            copy_content(&src, &tmp_fd, &before).map_err(std_err("copy the content", path))?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
         let after_meta = meta_of(&after);
         let racy = racy::is_racy(
@@ -941,9 +940,16 @@ fn source_parent_failed(e: io::Error, path: &RelPath) -> Halt {
 /// be: a file whose size under-reports its content (some FUSE
 /// filesystems) then differs from its stat and is skipped, never copied
 /// cut short.
-fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> {
-    if let Some(total) = copy_sparse(src, dst, expected)? {
-        return Ok(total);
+fn copy_content(src: &OwnedFd, dst: &OwnedFd, seen: &Stat) -> io::Result<u64> {
+    let expected = u64::try_from(seen.st_size).unwrap_or(0);
+    // Fewer blocks than the size needs: holes (or compression).
+    let allocated = u64::try_from(seen.st_blocks)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(512);
+    if allocated < expected {
+        if let Some(total) = copy_sparse(src, dst)? {
+            return Ok(total);
+        }
     }
     let mut total = 0u64;
     loop {
@@ -970,16 +976,9 @@ fn copy_content(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<u64> 
 /// segment of data (`SEEK_DATA`, `SEEK_HOLE`), leaving the holes as holes
 /// and setting the length at the end: a 1 GiB file holding 4 KiB of data
 /// copies 4 KiB and allocates about that. Returns the length copied, or
-/// `None` to copy the whole file: it has no holes, or its filesystem
-/// cannot say where they are.
-fn copy_sparse(src: &OwnedFd, dst: &OwnedFd, expected: u64) -> io::Result<Option<u64>> {
-    let st = rfs::fstat(src)?;
-    let allocated = u64::try_from(st.st_blocks)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(512);
-    if expected == 0 || allocated >= expected {
-        return Ok(None);
-    }
+/// `None` to copy the whole file: its filesystem cannot say where the
+/// holes are.
+fn copy_sparse(src: &OwnedFd, dst: &OwnedFd) -> io::Result<Option<u64>> {
     let mut pos = 0u64;
     loop {
         fail_point!("replica_ops::copy::write", |_| Err(Errno::NOSPC.into()));
@@ -1371,7 +1370,7 @@ mod tests {
             let n = if buffered {
                 copy_buffered(&src, &dst).unwrap()
             } else {
-                copy_content(&src, &dst, data.len() as u64).unwrap()
+                copy_content(&src, &dst, &rfs::fstat(&src).unwrap()).unwrap()
             };
             assert_eq!(n, data.len() as u64);
             assert_eq!(fs::read(tmp.path().join(name)).unwrap(), data);
