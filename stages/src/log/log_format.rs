@@ -130,13 +130,15 @@ pub fn tick_summary(ev: &LogEvent) -> String {
     let secs = n("elapsed_ms") as f64 / 1000.0;
     let bytes = n("bytes");
     let mut line = format!("sync {}: {}", n("seq"), done.join(", "));
-    if bytes > 0 {
-        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+    if bytes > 0 && secs > 0.0 {
         line.push_str(&format!(
             "; {} in {secs:.2} s ({}/s)",
             human_bytes(bytes as f64),
-            human_bytes(rate)
+            human_bytes(bytes as f64 / secs)
         ));
+    } else if bytes > 0 {
+        // Under a millisecond (a sparse file's few blocks): no rate to say.
+        line.push_str(&format!("; {} in {secs:.2} s", human_bytes(bytes as f64)));
     } else {
         line.push_str(&format!(" in {secs:.2} s"));
     }
@@ -483,5 +485,12 @@ mod tests {
             tick_summary(&idle),
             "sync 9: nothing to do in 0.00 s [incremental, 0 folders listed]"
         );
+        // Bytes in under a millisecond: no rate, rather than "0 B/s".
+        let sparse = LogEvent::new(Verb::Tick, None)
+            .with_u64("seq", 1)
+            .with_u64("copy", 1)
+            .with_u64("bytes", 1 << 30)
+            .with_u64("elapsed_ms", 0);
+        assert_eq!(tick_summary(&sparse), "sync 1: 1 copied; 1.1 GB in 0.00 s");
     }
 }
