@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod fold;
+pub mod fs_kind;
 pub mod hash_cache;
 pub mod identity;
 pub mod racy;

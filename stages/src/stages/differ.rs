@@ -455,7 +455,7 @@ impl<'a> Planner<'a> {
     }
 
     fn under_skipped_source(&self, path: &RelPath) -> bool {
-        under_skipped_source(self.source, path)
+        moves::under_special(self.source, path)
     }
 
     fn parent_blocked(&self, path: &RelPath) -> bool {
@@ -772,19 +772,6 @@ impl<'a> Planner<'a> {
             deletions: self.deletions,
         }
     }
-}
-
-/// True when the nearest ancestor the source has is an entry that is
-/// skipped (a special file): what the replica has there is left alone.
-fn under_skipped_source(source: &Listing, path: &RelPath) -> bool {
-    let mut p = path.parent();
-    while let Some(dir) = p {
-        if let Some(s) = source.get(&dir) {
-            return matches!(s.kind, EntryKind::Special { .. });
-        }
-        p = dir.parent();
-    }
-    false
 }
 
 /// Below the tool's own folder: never planned for, on either side.

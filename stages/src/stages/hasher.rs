@@ -29,6 +29,7 @@ use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
 use crate::contract::stop::StopFlag;
 use crate::fs::fold;
+use crate::fs::fs_kind;
 use crate::fs::hash_cache::{CacheKey, HashCache};
 use crate::fs::racy;
 use crate::fs::replica_fs::FsCaps;
@@ -183,23 +184,10 @@ pub fn compare_all(
     (same, events)
 }
 
-/// Whether a root's filesystem moves a file's ctime at every write, which
-/// the digest cache relies on (a cached digest is reused only while the
-/// file's identity, size, mtime and ctime are unchanged). FUSE and the
-/// FAT, exFAT, NTFS and SMB families may report a ctime that a writer can
-/// put back with the mtime: their files are always read.
+/// Whether a root's filesystem moves a file's ctime at every write
+/// (`fs_kind::ctime_moves_on_write`); where not, files are always read.
 fn ctime_moves_on_write(root: &Root) -> bool {
-    const FUSE: u64 = 0x6573_5546;
-    const MSDOS: u64 = 0x4d44;
-    const EXFAT: u64 = 0x2011_bab0;
-    const NTFS: u64 = 0x5346_544e;
-    const NTFS3: u64 = 0x7366_746e;
-    const CIFS: u64 = 0xff53_4d42;
-    const SMB2: u64 = 0xfe53_4d42;
-    match rustix::fs::fstatfs(root.fd()) {
-        Ok(fs) => ![FUSE, MSDOS, EXFAT, NTFS, NTFS3, CIFS, SMB2].contains(&(fs.f_type as u64)),
-        Err(_) => false,
-    }
+    rustix::fs::fstatfs(root.fd()).is_ok_and(|fs| fs_kind::ctime_moves_on_write(fs.f_type as u64))
 }
 
 impl Sides<'_> {

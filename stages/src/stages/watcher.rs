@@ -13,6 +13,7 @@
 use crate::contract::messages::{FoldersChanged, LogEvent, Verb};
 use crate::contract::moves::Seen;
 use crate::contract::relpath::RelPath;
+use crate::fs::fs_kind;
 use actix::{Actor, AsyncContext, Context, Recipient};
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{Config, Event, RecommendedWatcher, RecursiveMode, Watcher as _};
@@ -143,27 +144,6 @@ impl Watcher {
     }
 }
 
-/// Filesystems whose changes inotify does not see in full: network ones
-/// (another machine's writes), FUSE (the daemon's own), overlay (writes
-/// to a lower layer). `None` where events can be trusted.
-fn events_unreliable(f_type: u64) -> Option<&'static str> {
-    const NFS: u64 = 0x6969;
-    const SMB: u64 = 0x517b;
-    const CIFS: u64 = 0xff53_4d42;
-    const SMB2: u64 = 0xfe53_4d42;
-    const CEPH: u64 = 0x00c3_6400;
-    const AFS: u64 = 0x5346_414f;
-    const V9FS: u64 = 0x0102_1997;
-    const FUSE: u64 = 0x6573_5546;
-    const OVERLAY: u64 = 0x794c_7630;
-    match f_type {
-        NFS | SMB | CIFS | SMB2 | CEPH | AFS | V9FS => Some("a network filesystem"),
-        FUSE => Some("a FUSE filesystem"),
-        OVERLAY => Some("an overlay filesystem"),
-        _ => None,
-    }
-}
-
 /// Builds the watcher and adds the recursive watches; errors are reported
 /// as lost events (with a warning) so that full rescans take over. A
 /// source whose changes inotify cannot all see is not watched: one `warn`,
@@ -176,7 +156,7 @@ fn start_watching(
     let source_fs = roots
         .first()
         .and_then(|s| rustix::fs::statfs(s.as_path()).ok())
-        .and_then(|fs| events_unreliable(fs.f_type as u64));
+        .and_then(|fs| fs_kind::events_unreliable(fs.f_type as u64));
     if let Some(what) = source_fs {
         let reason = format!(
             "the source is on {what}, whose changes file events do not all report: every tick walks both trees"
@@ -340,20 +320,6 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn network_fuse_and_overlay_sources_are_not_trusted_to_report_changes() {
-        for (f_type, what) in [
-            (0x6969, Some("a network filesystem")),
-            (0xff53_4d42, Some("a network filesystem")),
-            (0x6573_5546, Some("a FUSE filesystem")),
-            (0x794c_7630, Some("an overlay filesystem")),
-            (0xef53, None),
-            (0x0102_1994, None),
-        ] {
-            assert_eq!(events_unreliable(f_type), what, "{f_type:#x}");
-        }
     }
 
     #[test]
