@@ -104,6 +104,24 @@ pub struct Cli {
     #[arg(long)]
     pub no_renames: bool,
 
+    /// Copy each name of a hard-linked source file as a file of its own.
+    /// By default names that are one file in the source (hard links within
+    /// SOURCE) are one file in the replica: the first is copied, the
+    /// others linked to it (logged as `link`).
+    #[arg(long)]
+    pub no_hard_links: bool,
+
+    /// Do not mirror extended attributes. By default `user.*` attributes
+    /// are mirrored, and `trusted.*` and `security.*` too when running as
+    /// root, on files and folders (not on symlinks).
+    #[arg(long)]
+    pub no_xattrs: bool,
+
+    /// Do not mirror POSIX ACLs. By default access ACLs of files and
+    /// folders and default ACLs of folders are mirrored (as `rsync -A`).
+    #[arg(long)]
+    pub no_acls: bool,
+
     /// Make each copied file and its folder durable (fsync) before it is
     /// reported. Slower; off by default, as in rsync and cp.
     #[arg(long)]

@@ -270,6 +270,7 @@ pub struct Counts {
     pub symlink: u64,
     /// `move` entries (`move` is a keyword).
     pub moves: u64,
+    pub link: u64,
     pub delete: u64,
     pub rmdir: u64,
     pub skip: u64,
@@ -284,6 +285,7 @@ impl Counts {
             + self.meta
             + self.symlink
             + self.moves
+            + self.link
             + self.delete
             + self.rmdir
     }
@@ -297,6 +299,7 @@ impl Counts {
             Verb::Meta => &mut self.meta,
             Verb::Symlink => &mut self.symlink,
             Verb::Move => &mut self.moves,
+            Verb::Link => &mut self.link,
             Verb::Delete => &mut self.delete,
             Verb::Rmdir => &mut self.rmdir,
             Verb::Skip => &mut self.skip,
@@ -329,6 +332,7 @@ impl Counts {
                 Verb::Meta => c.meta,
                 Verb::Symlink => c.symlink,
                 Verb::Move => c.moves,
+                Verb::Link => c.link,
                 Verb::Delete => c.delete,
                 Verb::Rmdir => c.rmdir,
                 Verb::Skip => c.skip,
@@ -454,6 +458,8 @@ pub enum Verb {
     Meta,
     Symlink,
     Move,
+    /// A file made another name of a file already in the replica.
+    Link,
     Delete,
     Rmdir,
     Skip,
@@ -472,13 +478,14 @@ pub enum Verb {
 
 impl Verb {
     /// The verbs counted per tick, in the `tick` entry's order.
-    pub const COUNTED: [Verb; 10] = [
+    pub const COUNTED: [Verb; 11] = [
         Verb::Mkdir,
         Verb::Copy,
         Verb::Update,
         Verb::Meta,
         Verb::Symlink,
         Verb::Move,
+        Verb::Link,
         Verb::Delete,
         Verb::Rmdir,
         Verb::Skip,
@@ -493,6 +500,7 @@ impl Verb {
             Verb::Meta => "meta",
             Verb::Symlink => "symlink",
             Verb::Move => "move",
+            Verb::Link => "link",
             Verb::Delete => "delete",
             Verb::Rmdir => "rmdir",
             Verb::Skip => "skip",
@@ -654,7 +662,7 @@ mod tests {
         let keys: Vec<String> = ev.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             keys.join(" "),
-            "seq=4 mkdir=0 copy=1 update=0 meta=0 symlink=0 move=0 delete=0 rmdir=0 skip=0 warn=0 \
+            "seq=4 mkdir=0 copy=1 update=0 meta=0 symlink=0 move=0 link=0 delete=0 rmdir=0 skip=0 warn=0 \
              backup=3 bytes=10 errors=1 elapsed_ms=7 mode=incremental rescanned=2"
         );
         let backup = Verb::Other {

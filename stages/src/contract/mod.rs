@@ -2,6 +2,7 @@
 //! plan, paths relative to the roots, options, and the traits a stage or a
 //! per-operation hook implements.
 
+pub mod hard_links;
 pub mod hooks;
 pub mod messages;
 pub mod model;

@@ -107,6 +107,9 @@ pub struct Meta {
     pub perm: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Names the inode has (hard links); a file's group of links is found
+    /// among the entries with more than one.
+    pub nlink: u32,
     pub id: FileId,
 }
 

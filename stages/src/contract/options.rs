@@ -4,6 +4,7 @@ use crate::contract::hooks::Hooks;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::RootIdentity;
 use crate::fs::replica_fs::{self, FsCaps, ReplicaFs};
+use crate::fs::xattrs::{self, Policy};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,19 @@ pub struct SyncOptions {
     /// Detect files moved or renamed in the source and rename them in the
     /// replica rather than copy them again (off: `--no-renames`).
     pub renames: bool,
+    /// Source files that are one inode (hard links) are one inode in the
+    /// replica (off: `--no-hard-links`: each name is a copy).
+    pub hard_links: bool,
+    /// Extended attributes are mirrored: `user.*`, and `trusted.*` and
+    /// `security.*` as root (off: `--no-xattrs`).
+    pub xattrs: bool,
+    /// POSIX ACLs (access, and default on folders) are mirrored (off:
+    /// `--no-acls`).
+    pub acls: bool,
+    /// The replica's attributes were not all compared under this run's
+    /// policy before (no record in its state folder says so): the first
+    /// sync compares every entry's, not only those whose ctime moved.
+    pub attrs_sweep: bool,
     /// Workers for walking, hashing and copying (at least 1).
     pub jobs: usize,
     /// Gitignore lines applied as if in a `.syncignore` at the source root,
@@ -88,9 +102,15 @@ impl SyncOptions {
             self.preserve_owner = false;
         }
         self.replica_fs = ReplicaFs::new(caps);
+        self.attrs_sweep = xattrs::settle_marker(&self.replica, self.attrs_policy(), self.dry_run);
         failed.map(|e| {
             format!("cannot probe the replica's filesystem ({e}): assuming it keeps names, modes, owners, links and nanosecond mtimes")
         })
+    }
+
+    /// Which extended attributes and ACLs this run mirrors.
+    pub fn attrs_policy(&self) -> Policy {
+        Policy::new(self.xattrs, self.acls, rustix::process::geteuid().is_root())
     }
 
     /// Defaults for tests: roots as given, everything else off.
@@ -104,6 +124,10 @@ impl SyncOptions {
             one_file_system: false,
             max_delete: MaxDelete::default(),
             renames: true,
+            hard_links: true,
+            xattrs: true,
+            acls: true,
+            attrs_sweep: false,
             jobs: 2,
             excludes: Vec::new(),
             hidden: Vec::new(),

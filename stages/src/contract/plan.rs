@@ -46,6 +46,16 @@ pub enum Op {
     /// where the replica has no entry. Its own metadata comes with
     /// `FinishDir`; what differs inside it is planned at its new place.
     MoveDir { path: RelPath, from: RelPath },
+    /// Make `path` another name (a hard link) of the replica's file at
+    /// `to`, replacing what the replica has at `path`: in the source the
+    /// two are one file. Planned after the file at `to` is written or
+    /// found equal; `meta` is the source's, which the file at `to` must
+    /// have (else the link is skipped: it would give `path` old content).
+    Link {
+        path: RelPath,
+        to: RelPath,
+        meta: Meta,
+    },
     /// Create or retarget a symbolic link.
     Symlink {
         path: RelPath,
@@ -57,6 +67,15 @@ pub enum Op {
     SetMeta {
         path: RelPath,
         link: bool,
+        meta: Meta,
+    },
+    /// Compare the extended attributes and ACLs of a file or folder whose
+    /// source's ctime is newer than the replica's (or every entry's, at a
+    /// sweep) with the source's, and set those that differ. Logged as
+    /// `meta` only when something was set. `meta` is the source's.
+    Attrs {
+        path: RelPath,
+        dir: bool,
         meta: Meta,
     },
     /// Set a folder's permissions and times once its contents are done.
@@ -81,6 +100,8 @@ pub enum Phase {
     Mkdir,
     Move,
     Files,
+    /// Hard links to files the `Files` operations wrote.
+    Links,
     FinishDirs,
 }
 
@@ -98,8 +119,10 @@ impl Op {
             | Op::Update { path, .. }
             | Op::Move { path, .. }
             | Op::MoveDir { path, .. }
+            | Op::Link { path, .. }
             | Op::Symlink { path, .. }
             | Op::SetMeta { path, .. }
+            | Op::Attrs { path, .. }
             | Op::FinishDir { path, .. } => path,
         }
     }
@@ -110,9 +133,12 @@ impl Op {
             Op::RemoveStale { .. } | Op::Delete { .. } | Op::Rmdir { .. } => Phase::Clean,
             Op::Mkdir { .. } => Phase::Mkdir,
             Op::Move { .. } | Op::MoveDir { .. } => Phase::Move,
-            Op::Copy { .. } | Op::Update { .. } | Op::Symlink { .. } | Op::SetMeta { .. } => {
-                Phase::Files
-            }
+            Op::Copy { .. }
+            | Op::Update { .. }
+            | Op::Symlink { .. }
+            | Op::SetMeta { .. }
+            | Op::Attrs { .. } => Phase::Files,
+            Op::Link { .. } => Phase::Links,
             Op::FinishDir { .. } => Phase::FinishDirs,
         }
     }
@@ -135,6 +161,10 @@ pub struct Plan {
     /// nothing if the folders it opens are others (a disk unmounted or
     /// swapped meanwhile). `None` where no root was listed (dry runs).
     pub roots: Option<RootIds>,
+    /// The plan compares every entry's attributes (`SyncOptions::
+    /// attrs_sweep`): once it ran without an error, the replica's state
+    /// records that.
+    pub attrs_sweep: bool,
 }
 
 /// Identities of the two roots.

@@ -14,3 +14,4 @@ pub mod root;
 pub mod rules;
 pub mod state;
 pub mod walk;
+pub mod xattrs;

@@ -23,6 +23,7 @@
 use crate::contract::model::{Meta, Timestamp};
 use crate::fs::root::Root;
 use crate::fs::state;
+use crate::fs::xattrs;
 use rustix::fd::{AsFd, BorrowedFd};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -46,6 +47,12 @@ pub struct FsCaps {
     pub keeps_owners: bool,
     /// Symbolic links can be made.
     pub symlinks: bool,
+    /// A file can have several names (hard links).
+    pub hard_links: bool,
+    /// `user.*` extended attributes can be stored.
+    pub xattrs: bool,
+    /// POSIX ACLs can be stored.
+    pub acls: bool,
     /// The finest step of stored mtimes, in nanoseconds (1 ns to 2 s).
     pub granularity_ns: u64,
     /// Mtimes that differ by at most this many nanoseconds count as equal:
@@ -64,6 +71,9 @@ impl Default for FsCaps {
             keeps_perms: true,
             keeps_owners: true,
             symlinks: true,
+            hard_links: true,
+            xattrs: true,
+            acls: true,
             granularity_ns: 1,
             mtime_window_ns: 0,
             owners_lost: false,
@@ -110,11 +120,20 @@ impl FsCaps {
 
     /// What the replica does not keep, for the run's one `warn`.
     fn unkept_reason(&self, unkept: u8) -> Option<String> {
-        let what = match (unkept & UNKEPT_PERMS != 0, unkept & UNKEPT_OWNER != 0) {
-            (true, true) => "permission bits and owners",
-            (true, false) => "permission bits",
-            (false, true) => "owners",
-            (false, false) => return None,
+        let names: Vec<&str> = [
+            (UNKEPT_PERMS, "permission bits"),
+            (UNKEPT_OWNER, "owners"),
+            (UNKEPT_XATTRS, "extended attributes"),
+            (UNKEPT_ACLS, "ACLs"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| unkept & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+        let what = match names.as_slice() {
+            [] => return None,
+            [one] => one.to_string(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
         };
         Some(format!(
             "the replica's filesystem does not keep {what}: content and mtimes are mirrored, {what} are not"
@@ -125,6 +144,8 @@ impl FsCaps {
 /// Bits of what a tick could not keep (`ReplicaOps` records them).
 pub const UNKEPT_PERMS: u8 = 1;
 pub const UNKEPT_OWNER: u8 = 2;
+pub const UNKEPT_XATTRS: u8 = 4;
+pub const UNKEPT_ACLS: u8 = 8;
 
 /// The capabilities of one run and its once-a-run report of what is not
 /// kept.
@@ -211,6 +232,7 @@ const PROBE_FOLDED: &str = "PROBE-aB";
 const PROBE_NFD: &str = "probe-e\u{301}";
 const PROBE_NFC: &str = "probe-\u{e9}";
 const PROBE_LINK: &str = "probe-link";
+const PROBE_HARD: &str = "probe-hard";
 /// Odd seconds and nanoseconds that no coarser step keeps whole.
 const PROBE_MTIME: Timestamp = Timestamp {
     secs: 1_000_000_001,
@@ -219,7 +241,14 @@ const PROBE_MTIME: Timestamp = Timestamp {
 
 /// Probes with throwaway entries in `dir`, removed afterwards.
 pub fn probe(dir: BorrowedFd<'_>, as_root: bool) -> io::Result<FsCaps> {
-    let names = [PROBE_FILE, PROBE_FOLDED, PROBE_NFD, PROBE_NFC, PROBE_LINK];
+    let names = [
+        PROBE_FILE,
+        PROBE_FOLDED,
+        PROBE_NFD,
+        PROBE_NFC,
+        PROBE_LINK,
+        PROBE_HARD,
+    ];
     let clean = || {
         for name in names {
             let _ = rfs::unlinkat(dir, name, AtFlags::empty());
@@ -271,16 +300,21 @@ fn probe_clean(dir: BorrowedFd<'_>, as_root: bool) -> io::Result<FsCaps> {
             last_modification: set,
         },
     )?;
+    let (xattrs, acls) = xattrs::probe(fd.as_fd());
     drop(fd);
     let st = rfs::statat(dir, PROBE_FILE, AtFlags::SYMLINK_NOFOLLOW)?;
     let got = Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32);
     let symlinks = rfs::symlinkat("probe-target", dir, PROBE_LINK).is_ok();
+    let hard_links = rfs::linkat(dir, PROBE_FILE, dir, PROBE_HARD, AtFlags::empty()).is_ok();
     Ok(FsCaps {
         case_insensitive,
         normalizes_unicode,
         keeps_perms,
         keeps_owners,
         symlinks,
+        hard_links,
+        xattrs,
+        acls,
         granularity_ns: granularity(PROBE_MTIME, got),
         ..FsCaps::default()
     })
@@ -308,12 +342,15 @@ pub fn granularity(set: Timestamp, got: Timestamp) -> u64 {
 fn encode(c: &FsCaps, dev: u64) -> String {
     let b = |v: bool| u8::from(v);
     format!(
-        "dev={dev}\ncase_insensitive={}\nnormalizes_unicode={}\nkeeps_perms={}\nkeeps_owners={}\nsymlinks={}\ngranularity_ns={}\n",
+        "dev={dev}\ncase_insensitive={}\nnormalizes_unicode={}\nkeeps_perms={}\nkeeps_owners={}\nsymlinks={}\nhard_links={}\nxattrs={}\nacls={}\ngranularity_ns={}\n",
         b(c.case_insensitive),
         b(c.normalizes_unicode),
         b(c.keeps_perms),
         b(c.keeps_owners),
         b(c.symlinks),
+        b(c.hard_links),
+        b(c.xattrs),
+        b(c.acls),
         c.granularity_ns
     )
 }
@@ -332,6 +369,10 @@ fn decode(text: &str) -> Option<(FsCaps, u64)> {
         keeps_perms: flag("keeps_perms")?,
         keeps_owners: flag("keeps_owners")?,
         symlinks: flag("symlinks")?,
+        // Saved by runs before these were probed: assumed kept.
+        hard_links: flag("hard_links").unwrap_or(true),
+        xattrs: flag("xattrs").unwrap_or(true),
+        acls: flag("acls").unwrap_or(true),
         granularity_ns: get("granularity_ns")?.clamp(1, 2_000_000_000),
         ..FsCaps::default()
     };

@@ -26,9 +26,12 @@ use crate::contract::plan::RootIds;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::Roots;
 use crate::fs::racy;
-use crate::fs::replica_fs::{FsCaps, Unkept, UNKEPT_OWNER, UNKEPT_PERMS};
+use crate::fs::replica_fs::{
+    FsCaps, Unkept, UNKEPT_ACLS, UNKEPT_OWNER, UNKEPT_PERMS, UNKEPT_XATTRS,
+};
 use crate::fs::root::{meta_of, Root};
 use crate::fs::state;
+use crate::fs::xattrs::{self, Attrs, On, Policy};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
     self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid,
@@ -188,6 +191,8 @@ pub struct ReplicaOps {
     temp_seq: AtomicU64,
     /// What the replica's filesystem keeps.
     fs: FsCaps,
+    /// Which extended attributes and ACLs are mirrored.
+    attrs: Policy,
     /// Permissions or owners this tick could not keep.
     unkept: Unkept,
     /// The token is in `.treesync/temps` (checked once, at the first
@@ -243,6 +248,7 @@ impl ReplicaOps {
             token: run_token(),
             temp_seq: AtomicU64::new(0),
             fs: opts.replica_fs.caps,
+            attrs: opts.attrs_policy(),
             unkept: Unkept::default(),
             recorded: OnceLock::new(),
             hooks: opts.hooks.clone(),
@@ -392,6 +398,9 @@ impl ReplicaOps {
         })?;
         let bytes =
             copy_content(&src, &tmp_fd, &before).map_err(std_err("copy the content", path))?;
+        // Read before the second fstat: an attribute set meanwhile moves
+        // the ctime it compares, and the copy is skipped.
+        let attrs = self.read_attrs(On::Fd(src.as_fd()), path)?;
         let after = rfs::fstat(&src).map_err(io_err("stat the source file", path))?;
         let after_meta = meta_of(&after);
         let racy = racy::is_racy(
@@ -407,7 +416,7 @@ impl ReplicaOps {
         // The metadata of the content actually copied, which the second
         // fstat just confirmed; it equals `meta` unless the file changed
         // between the scan and now.
-        self.set_fd_meta(&tmp_fd, &after_meta, path)?;
+        self.set_fd_meta(&tmp_fd, &after_meta, Some(&attrs), path)?;
         drop(tmp_fd);
         if racy {
             // Recorded before the copy takes its name: a run killed after
@@ -488,7 +497,8 @@ impl ReplicaOps {
             Ok(fd) => {
                 let st = rfs::fstat(&fd).map_err(io_err("stat the replica file", path))?;
                 expect_type(&st, FileType::RegularFile, path)?;
-                self.set_fd_meta(&fd, meta, path)
+                let attrs = self.source_attrs(path, FileType::RegularFile)?;
+                self.set_fd_meta(&fd, meta, attrs.as_ref(), path)
             }
             Err(Errno::LOOP) => Err(OpError::Kind {
                 path: path.clone(),
@@ -498,7 +508,15 @@ impl ReplicaOps {
             // A file without read permission for us (we are not root):
             // change it through a handle that needs no permission.
             Err(Errno::ACCESS) => {
-                self.set_meta_by_handle(dir.as_fd(), name, FileType::RegularFile, meta, path)
+                let attrs = self.source_attrs(path, FileType::RegularFile)?;
+                self.set_meta_by_handle(
+                    dir.as_fd(),
+                    name,
+                    FileType::RegularFile,
+                    meta,
+                    attrs.as_ref(),
+                    path,
+                )
             }
             Err(e) => Err(io_err("open the replica file", path)(e)),
         }
@@ -596,14 +614,195 @@ impl ReplicaOps {
 
     /// Sets a folder's owner, permissions and times (the root's too).
     pub fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<(), OpError> {
+        let attrs = self.source_attrs(path, FileType::Directory)?;
         match self.replica.open_dir(path) {
-            Ok(fd) => self.set_fd_meta(&fd, meta, path),
+            Ok(fd) => self.set_fd_meta(&fd, meta, attrs.as_ref(), path),
             Err(e) if errno_of(&e) == Some(Errno::ACCESS) && !path.is_root() => {
                 let (dir, name) = self.replica_parent(path)?;
-                self.set_meta_by_handle(dir.as_fd(), name, FileType::Directory, meta, path)
+                let kind = FileType::Directory;
+                self.set_meta_by_handle(dir.as_fd(), name, kind, meta, attrs.as_ref(), path)
             }
             Err(e) => Err(std_err("open the folder", path)(e)),
         }
+    }
+
+    /// Makes `path` a hard link of the replica's file at `to`, replacing
+    /// what the replica has at `path` in one rename (the hooks run first,
+    /// their events going to `events`). The file at `to` must be the
+    /// source's as planned (`meta`'s size and mtime): else linking would
+    /// give `path` old content, and it is a skip with the reason.
+    pub fn link(
+        &self,
+        path: &RelPath,
+        to: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Option<String>, OpError> {
+        let (to_dir, to_name) = self.replica_parent(to)?;
+        let target = match rfs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(io_err("look up the file to link to", path)(e)),
+        };
+        let ready = target.as_ref().is_some_and(|st| {
+            FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && st.st_size as u64 == meta.size
+                && self.fs.same_mtime(
+                    Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32),
+                    meta.mtime,
+                )
+        });
+        let Some(target) = target.filter(|_| ready) else {
+            return Ok(Some(format!(
+                "not linked: its other name {to} is not the source's file in the replica yet"
+            )));
+        };
+        let (dir, name) = self.replica_parent(path)?;
+        let existing = match rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) => return Ok(None),
+            Ok(_) => true,
+            Err(Errno::NOENT) => false,
+            Err(e) => return Err(io_err("look up the name", path)(e)),
+        };
+        let ((), temp) = self.new_temp(dir.as_fd(), path, "link", |n| {
+            rfs::linkat(&to_dir, to_name, dir.as_fd(), n, AtFlags::empty())
+        })?;
+        if existing {
+            self.replace(dir.as_fd(), temp, name, path, events)?;
+        } else {
+            self.place_new(dir.as_fd(), temp, name, path)?;
+        }
+        Ok(None)
+    }
+
+    /// Compares the attributes of the replica's file or folder at `path`
+    /// with the source's and sets those that differ; true if it set any.
+    /// When none differ and the source is still as scanned (`meta`'s
+    /// ctime), the replica entry's ctime is moved to now (a `chmod` to its
+    /// own mode), so that it is not compared again at every sync.
+    pub fn attrs(&self, path: &RelPath, dir: bool, meta: &Meta) -> Result<bool, OpError> {
+        let kind = match dir {
+            true => FileType::Directory,
+            false => FileType::RegularFile,
+        };
+        let Some((want, source_ctime)) = self.source_attrs_with_ctime(path, kind)? else {
+            return Ok(false);
+        };
+        let (handle, _parent) = self.replica_handle(path, kind)?;
+        let proc = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let changed = self.put_attrs(On::Proc(&proc), &want, path)?;
+        if !changed && source_ctime == meta.ctime {
+            if let Ok(st) = rfs::fstat(&handle) {
+                let _ = rfs::chmod(proc.as_str(), Mode::from_raw_mode(st.st_mode & 0o7777));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// An `O_PATH` handle on the replica's entry at `path`, of kind
+    /// `kind`, with its parent folder's handle (root: none).
+    fn replica_handle(
+        &self,
+        path: &RelPath,
+        kind: FileType,
+    ) -> Result<(OwnedFd, Option<OwnedFd>), OpError> {
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (fd, parent) = if path.is_root() {
+            let fd = self
+                .replica
+                .open_dir(path)
+                .map_err(std_err("open the folder", path))?;
+            (fd, None)
+        } else {
+            let (dir, name) = self.replica_parent(path)?;
+            let fd = rfs::openat(&dir, name, flags, Mode::empty())
+                .map_err(io_err("open the replica entry", path))?;
+            (fd, Some(dir))
+        };
+        let st = rfs::fstat(&fd).map_err(io_err("stat the replica entry", path))?;
+        expect_type(&st, kind, path)?;
+        Ok((fd, parent))
+    }
+
+    /// The source's attributes of the entry at `path`, when this run
+    /// mirrors any and the entry is still of kind `kind` (else `None`:
+    /// the next sync sees what it became).
+    fn source_attrs(&self, path: &RelPath, kind: FileType) -> Result<Option<Attrs>, OpError> {
+        Ok(self
+            .source_attrs_with_ctime(path, kind)?
+            .map(|(attrs, _)| attrs))
+    }
+
+    /// `source_attrs` with the source's ctime when they were read.
+    fn source_attrs_with_ctime(
+        &self,
+        path: &RelPath,
+        kind: FileType,
+    ) -> Result<Option<(Attrs, Timestamp)>, OpError> {
+        if self.attrs.is_none() {
+            return Ok(None);
+        }
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let opened = if path.is_root() {
+            self.source.open_dir(path).map_err(|e| errno_of(&e))
+        } else {
+            match self.source.open_parent(path) {
+                Ok((dir, name)) => rfs::openat(&dir, name, flags, Mode::empty()).map_err(Some),
+                Err(e) => Err(errno_of(&e)),
+            }
+        };
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)) => return Ok(None),
+            Err(e) => {
+                let e = e.map_or_else(|| io::Error::other("cannot open"), io::Error::from);
+                return Err(std_err("open the source entry", path)(e));
+            }
+        };
+        let st = rfs::fstat(&fd).map_err(io_err("stat the source entry", path))?;
+        if FileType::from_raw_mode(st.st_mode) != kind {
+            return Ok(None);
+        }
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let attrs = self.read_attrs(On::Proc(&proc), path)?;
+        let ctime = Timestamp::new(st.st_ctime, st.st_ctime_nsec as u32);
+        Ok(Some((attrs, ctime)))
+    }
+
+    /// The attributes of a source entry that this run mirrors.
+    fn read_attrs(&self, on: On<'_>, path: &RelPath) -> Result<Attrs, OpError> {
+        xattrs::read(on, self.attrs).map_err(io_err("read the extended attributes", path))
+    }
+
+    /// Gives the replica entry `on` the attributes `want` (the source's);
+    /// true if it changed any. What the replica cannot store is noted for
+    /// the run's one `warn`.
+    fn put_attrs(&self, on: On<'_>, want: &Attrs, path: &RelPath) -> Result<bool, OpError> {
+        if self.attrs.is_none() {
+            return Ok(false);
+        }
+        let done = xattrs::apply(on, want, self.attrs).map_err(|e| OpError::Io {
+            step: "set the extended attributes",
+            path: path.clone(),
+            source: io::Error::other(format!(
+                "{}: {}",
+                String::from_utf8_lossy(&e.name),
+                io::Error::from(e.errno)
+            )),
+        })?;
+        if done.unkept_xattrs {
+            self.unkept.note(UNKEPT_XATTRS);
+        }
+        if done.unkept_acls {
+            self.unkept.note(UNKEPT_ACLS);
+        }
+        Ok(done.changed)
+    }
+
+    /// Records that every entry's attributes now are the source's under
+    /// this run's policy (`xattrs::record_marker`).
+    pub fn record_attrs_sweep(&self) -> io::Result<()> {
+        xattrs::record_marker(&self.replica, self.attrs)
     }
 
     /// Records the racy copies of a tick for a recheck, and forgets the
@@ -800,7 +999,17 @@ impl ReplicaOps {
 
     /// Owner first (changing it clears setuid and setgid), then mode, then
     /// times, then durability, all on an open handle.
-    fn set_fd_meta(&self, fd: &OwnedFd, meta: &Meta, path: &RelPath) -> Result<(), OpError> {
+    /// Attributes (`attrs`, the source's) come after the owner, which
+    /// clears some (`security.capability`), and after the mode: an ACL
+    /// sets the group bits from its mask, which the source's mode agrees
+    /// with.
+    fn set_fd_meta(
+        &self,
+        fd: &OwnedFd,
+        meta: &Meta,
+        attrs: Option<&Attrs>,
+        path: &RelPath,
+    ) -> Result<(), OpError> {
         self.set_owner_and_mode(
             meta,
             path,
@@ -808,6 +1017,9 @@ impl ReplicaOps {
             |mode| rfs::fchmod(fd, mode),
             || rfs::fstat(fd).is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw()),
         )?;
+        if let Some(attrs) = attrs {
+            self.put_attrs(On::Fd(fd.as_fd()), attrs, path)?;
+        }
         rfs::futimens(fd, &timestamps(meta.mtime)).map_err(io_err("set the times", path))?;
         if self.fsync {
             rfs::fsync(fd).map_err(io_err("fsync", path))?;
@@ -850,6 +1062,7 @@ impl ReplicaOps {
         name: &[u8],
         expected: FileType,
         meta: &Meta,
+        attrs: Option<&Attrs>,
         path: &RelPath,
     ) -> Result<(), OpError> {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -865,6 +1078,9 @@ impl ReplicaOps {
             |mode| rfs::chmod(proc.as_str(), mode),
             || st.st_uid == rustix::process::geteuid().as_raw(),
         )?;
+        if let Some(attrs) = attrs {
+            self.put_attrs(On::Proc(&proc), attrs, path)?;
+        }
         rfs::utimensat(
             rfs::CWD,
             proc.as_str(),
@@ -1277,15 +1493,29 @@ mod tests {
             ..Meta::default()
         };
         let dir = ops.replica.open_dir(&RelPath::root()).unwrap();
-        ops.set_meta_by_handle(dir.as_fd(), b"f", FileType::RegularFile, &meta, &rel("f"))
-            .unwrap();
+        ops.set_meta_by_handle(
+            dir.as_fd(),
+            b"f",
+            FileType::RegularFile,
+            &meta,
+            None,
+            &rel("f"),
+        )
+        .unwrap();
         let m = fs::metadata(&f).unwrap();
         assert_eq!((m.ino(), m.mode() & 0o7777), (ino, 0));
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_234_567_890, 123));
         // The handle never follows a link, and checks the kind.
         symlink(&f, tmp.path().join("dst/l")).unwrap();
         let err = ops
-            .set_meta_by_handle(dir.as_fd(), b"l", FileType::RegularFile, &meta, &rel("l"))
+            .set_meta_by_handle(
+                dir.as_fd(),
+                b"l",
+                FileType::RegularFile,
+                &meta,
+                None,
+                &rel("l"),
+            )
             .unwrap_err();
         assert!(
             matches!(
@@ -1302,7 +1532,7 @@ mod tests {
             perm: 0o711,
             ..meta
         };
-        ops.set_meta_by_handle(dir.as_fd(), b"d", FileType::Directory, &dm, &rel("d"))
+        ops.set_meta_by_handle(dir.as_fd(), b"d", FileType::Directory, &dm, None, &rel("d"))
             .unwrap();
         assert_eq!(
             fs::metadata(tmp.path().join("dst/d")).unwrap().mode() & 0o7777,

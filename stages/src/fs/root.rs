@@ -254,6 +254,7 @@ pub fn meta_of(stat: &rfs::Stat) -> Meta {
         perm: stat.st_mode & 0o7777,
         uid: stat.st_uid,
         gid: stat.st_gid,
+        nlink: u32::try_from(stat.st_nlink).unwrap_or(u32::MAX),
         id: FileId {
             dev: stat.st_dev,
             ino: stat.st_ino,

@@ -100,6 +100,7 @@ pub fn tick_summary(ev: &LogEvent) -> String {
         ("meta", "metadata set"),
         ("symlink", "links set"),
         ("move", "moved"),
+        ("link", "hard-linked"),
         ("mkdir", "folders made"),
         ("delete", "deleted"),
         ("rmdir", "folders removed"),

@@ -30,6 +30,7 @@ use crate::fs::replica_ops::{fail_point, Copied, OpError, ReplicaOps, CHANGED_WH
 use crate::fs::root::Root;
 use actix::Recipient;
 use rustix::fd::AsFd;
+use rustix::io::Errno;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -182,8 +183,8 @@ fn apply_at(
     };
     // In plan order; each run of consecutive file operations in parallel.
     let ops: Vec<&Op> = plan.ops.iter().collect();
-    for run_ops in ops.chunk_by(|a, b| (a.phase() == Phase::Files) == (b.phase() == Phase::Files)) {
-        if run_ops[0].phase() == Phase::Files {
+    for run_ops in ops.chunk_by(|a, b| a.phase() == b.phase()) {
+        if matches!(run_ops[0].phase(), Phase::Files | Phase::Links) {
             run.parallel(run_ops, &mut tally);
         } else {
             run.serial(run_ops, &mut tally);
@@ -198,6 +199,14 @@ fn apply_at(
             let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
             tally.count(&event);
             log(event);
+        }
+        if plan.attrs_sweep && tally.errors == 0 && !tally.stopped {
+            if let Err(e) = replica.record_attrs_sweep() {
+                let reason = format!("the comparison of every entry's attributes cannot be recorded, so the next run compares them all again: {e}");
+                let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
+                tally.count(&event);
+                log(event);
+            }
         }
         if let Err(e) = replica.record_racy(&tally.racy, &tally.settled, &tally.moved) {
             let reason =
@@ -402,6 +411,9 @@ impl Run<'_> {
         // The hooks' events, logged before the operation's own line.
         let mut before = Vec::new();
         let result = match &self.target {
+            // Attributes are compared only when applied: a dry run does
+            // not read them.
+            Target::DryRun(_) if matches!(op, Op::Attrs { .. }) => return,
             Target::DryRun(replica) => self
                 .dry_run_hooks(replica.as_ref(), op, &mut before)
                 .map(|()| done_event(op, planned_bytes(op))),
@@ -470,7 +482,9 @@ impl Run<'_> {
 /// The hook call an operation makes, if any (`ReplicaOps` makes the same).
 fn hook_at(op: &Op) -> Option<HookAt> {
     match op {
-        Op::Copy { .. } | Op::Update { .. } | Op::Symlink { .. } => Some(HookAt::Replace),
+        Op::Copy { .. } | Op::Update { .. } | Op::Symlink { .. } | Op::Link { .. } => {
+            Some(HookAt::Replace)
+        }
         Op::Delete { .. } => Some(HookAt::Delete),
         _ => None,
     }
@@ -584,6 +598,34 @@ fn execute(
             });
         }
         Op::Symlink { path, target, meta } => replica.symlink(path, target, meta, before)?,
+        Op::Link { path, to, meta } => match replica.link(path, to, meta, before) {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                return Ok(Some(
+                    LogEvent::op(Verb::Skip, path).with_str("reason", reason),
+                ))
+            }
+            // The replica cannot link these (a filesystem without hard
+            // links, a file at its most links): a copy of its own.
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(Errno::PERM | Errno::MLINK | Errno::OPNOTSUPP)
+                ) =>
+            {
+                let copy = Op::Update {
+                    path: path.clone(),
+                    meta: *meta,
+                };
+                return execute(replica, &copy, tally, before, chronic);
+            }
+            Err(e) => return Err(e),
+        },
+        Op::Attrs { path, dir, meta } => {
+            if !replica.attrs(path, *dir, meta)? {
+                return Ok(None);
+            }
+        }
         Op::SetMeta { path, link, meta } => replica.set_meta(path, *link, meta)?,
         Op::FinishDir { path, meta, .. } => replica.finish_dir(path, meta)?,
     }
@@ -618,7 +660,10 @@ fn done_event(op: &Op, bytes: Option<u64>) -> Option<LogEvent> {
         Op::Symlink { target, .. } => {
             LogEvent::op(Verb::Symlink, path).with("target", LogValue::Bytes(target.clone()))
         }
-        Op::SetMeta { .. } => LogEvent::op(Verb::Meta, path),
+        Op::Link { to, .. } => {
+            LogEvent::op(Verb::Link, path).with("to", LogValue::Bytes(to.as_bytes().into()))
+        }
+        Op::SetMeta { .. } | Op::Attrs { .. } => LogEvent::op(Verb::Meta, path),
         Op::FinishDir { changed: true, .. } => LogEvent::op(Verb::Meta, path),
         Op::FinishDir { changed: false, .. } => return None,
     };
@@ -649,7 +694,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Copy { .. } => "copy",
         Op::Update { .. } => "update",
         Op::Symlink { .. } => "symlink",
-        Op::SetMeta { .. } | Op::FinishDir { .. } => "meta",
+        Op::Link { .. } => "link",
+        Op::SetMeta { .. } | Op::FinishDir { .. } | Op::Attrs { .. } => "meta",
     }
 }
 
@@ -700,6 +746,7 @@ mod tests {
             ops,
             guard: None,
             roots: None,
+            attrs_sweep: false,
         }
     }
 
@@ -1158,6 +1205,7 @@ mod tests {
                 limit: MaxDelete::Percent(50),
             }),
             roots: None,
+            attrs_sweep: false,
         };
         let (out, events) = run(&p, &t.opts);
         assert_eq!(events[0].verb, Verb::Error);

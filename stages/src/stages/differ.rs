@@ -39,6 +39,7 @@
 //! of the folders the moves emptied; files and links; folders' own
 //! metadata last.
 
+use crate::contract::hard_links::{self, Role, Roles};
 use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
 use crate::contract::model::{
     Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
@@ -75,6 +76,16 @@ pub struct DiffOptions {
     pub temps: TempTokens,
     /// Moved files are renamed in the replica (off: `--no-renames`).
     pub renames: bool,
+    /// Source files that are one inode are one in the replica (off:
+    /// `--no-hard-links`, or a replica that cannot link).
+    pub hard_links: bool,
+    /// Extended attributes or ACLs are mirrored: an entry whose source
+    /// ctime is newer than the replica's has them compared (an attribute
+    /// change moves the ctime, not the mtime).
+    pub attrs: bool,
+    /// Every entry's attributes are compared (`SyncOptions::attrs_sweep`,
+    /// or `--checksum`).
+    pub attrs_sweep: bool,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -89,6 +100,9 @@ impl From<&SyncOptions> for DiffOptions {
             fs: o.replica_fs.caps,
             temps: TempTokens::this_run(),
             renames: o.renames,
+            hard_links: o.hard_links && o.replica_fs.caps.hard_links,
+            attrs: !o.attrs_policy().is_none(),
+            attrs_sweep: o.checksum,
         }
     }
 }
@@ -116,6 +130,7 @@ pub fn diff(
         .unwrap_or_else(|| guard_base(replica, source, opts.delete_excluded, &opts.temps));
     if !opts.max_delete.trips(full.deletions, managed) {
         full.plan.roots = roots;
+        full.plan.attrs_sweep = opts.attrs && opts.attrs_sweep;
         return full.plan;
     }
     let mut withheld = Planner::new(source, opts, &moves, false).plan();
@@ -125,6 +140,7 @@ pub fn diff(
         limit: opts.max_delete,
     });
     withheld.plan.roots = roots;
+    withheld.plan.attrs_sweep = opts.attrs && opts.attrs_sweep;
     withheld.plan
 }
 
@@ -321,6 +337,8 @@ struct DirState {
     /// Permissions or owner differ.
     other_changed: bool,
     created: bool,
+    /// Its attributes are to be compared (`Planner::attrs_due`).
+    attrs: bool,
 }
 
 struct Planner<'a> {
@@ -341,6 +359,10 @@ struct Planner<'a> {
     /// Removals of folders that moves leave: after the moves.
     prune: Vec<Op>,
     files: Vec<Op>,
+    /// Hard links to files the `files` operations write: after those.
+    links: Vec<Op>,
+    /// What names of one inode need (`hard_links`).
+    roles: Roles,
     /// Source folders, in listing order.
     dirs: Vec<DirState>,
     /// Replica folders whose entries the plan changes (their mtime moves).
@@ -372,6 +394,8 @@ impl<'a> Planner<'a> {
             moved: Vec::new(),
             prune: Vec::new(),
             files: Vec::new(),
+            links: Vec::new(),
+            roles: Roles::default(),
             dirs: Vec::new(),
             touched: HashSet::new(),
             blocked: HashSet::new(),
@@ -381,6 +405,9 @@ impl<'a> Planner<'a> {
 
     fn plan(mut self) -> Outcome {
         self.block_kept_entries();
+        if self.opts.hard_links {
+            self.roles = self.link_roles();
+        }
         let (src, rep) = (&self.source.entries, &self.replica.entries);
         let (mut i, mut j) = (0, 0);
         while i < src.len() || j < rep.len() {
@@ -481,9 +508,38 @@ impl<'a> Planner<'a> {
                 from: from.clone(),
                 meta: s.meta,
             });
+            if let Some(Role::Follow { to, .. }) = self.roles.get(index) {
+                // Moved, and another name of a file that the move does not
+                // bring: linked over the moved file once that is in place.
+                self.link(s, to);
+            }
             return;
         }
-        self.create(s);
+        self.create(s, index);
+    }
+
+    /// Roles of the names of one inode, against the view and the moves.
+    fn link_roles(&self) -> Roles {
+        let view = self.replica;
+        let at = |p: &RelPath| view.entries.binary_search_by(|e| e.path.cmp(p)).ok();
+        let replica_of = |i: usize| match self.moves.to.get(&i) {
+            Some(from) => at(from),
+            None => at(&self.source.entries[i].path),
+        };
+        let unchanged = |i: usize, j: usize| {
+            !self.content_differs(&self.source.entries[i], &view.entries[j], i)
+        };
+        hard_links::roles(self.source, view, replica_of, unchanged)
+    }
+
+    /// Makes `s` a name of the source file at `leader`'s replica file.
+    fn link(&mut self, s: &Entry, leader: usize) {
+        self.touch_parent(&s.path);
+        self.links.push(Op::Link {
+            path: s.path.clone(),
+            to: self.source.entries[leader].path.clone(),
+            meta: s.meta,
+        });
     }
 
     /// Reports source entries that are never mirrored; true if `s` is one.
@@ -502,7 +558,11 @@ impl<'a> Planner<'a> {
         true
     }
 
-    fn create(&mut self, s: &Entry) {
+    /// `index`: the entry's place in the source listing.
+    fn create(&mut self, s: &Entry, index: usize) {
+        if let Some(Role::Follow { to, .. }) = self.roles.get(index) {
+            return self.link(s, to);
+        }
         let path = s.path.clone();
         if !path.is_root() {
             self.touch_parent(&path);
@@ -526,6 +586,7 @@ impl<'a> Planner<'a> {
                     mtime_changed: false,
                     other_changed: false,
                     created: true,
+                    attrs: false,
                 });
             }
             EntryKind::File => self.files.push(Op::Copy { path, meta: s.meta }),
@@ -604,7 +665,7 @@ impl<'a> Planner<'a> {
             return;
         }
         if !s.kind.same_type(&r.kind) {
-            return self.replace(s, r);
+            return self.replace(s, r, index);
         }
         // Paths are cloned only for what the plan keeps: on a no-change
         // tick this runs for every entry.
@@ -614,29 +675,21 @@ impl<'a> Planner<'a> {
                 let fresh = s.path.is_root() && self.opts.fresh_root;
                 let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
                 let mtime_changed = !fresh && !self.opts.fs.same_mtime(s.meta.mtime, r.meta.mtime);
+                let attrs = self.attrs_due(&s.meta, &r.meta);
                 self.dirs.push(DirState {
                     path: path(),
                     meta: s.meta,
                     mtime_changed,
                     other_changed,
                     created: fresh,
+                    attrs,
                 });
             }
-            EntryKind::File => {
-                if self.content_differs(s, r, index) {
-                    self.touch_parent(&s.path);
-                    self.files.push(Op::Update {
-                        path: path(),
-                        meta: s.meta,
-                    });
-                } else if self.meta_differs(&s.meta, &r.meta, true) {
-                    self.files.push(Op::SetMeta {
-                        path: path(),
-                        link: false,
-                        meta: s.meta,
-                    });
-                }
-            }
+            EntryKind::File => match self.roles.get(index) {
+                Some(Role::Follow { linked: true, .. }) => {}
+                Some(Role::Follow { to, .. }) => self.link(s, to),
+                role => self.file(s, r, index, role == Some(Role::Part)),
+            },
             EntryKind::Symlink { target } => {
                 if Some(target.as_bytes()) != link_target(r) {
                     self.touch_parent(&s.path);
@@ -657,9 +710,40 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// A file on both sides. `part`: its replica file is shared with
+    /// another source file's name, so it gets content of its own.
+    fn file(&mut self, s: &Entry, r: &Entry, index: usize, part: bool) {
+        if part || self.content_differs(s, r, index) {
+            self.touch_parent(&s.path);
+            self.files.push(Op::Update {
+                path: s.path.clone(),
+                meta: s.meta,
+            });
+        } else if self.meta_differs(&s.meta, &r.meta, true) {
+            self.files.push(Op::SetMeta {
+                path: s.path.clone(),
+                link: false,
+                meta: s.meta,
+            });
+        } else if self.attrs_due(&s.meta, &r.meta) {
+            self.files.push(Op::Attrs {
+                path: s.path.clone(),
+                dir: false,
+                meta: s.meta,
+            });
+        }
+    }
+
+    /// Whether an entry's attributes are compared although nothing else
+    /// of it changed: at a sweep, or when the source's ctime is newer than
+    /// the replica's (every write of ours moves the replica's to now).
+    fn attrs_due(&self, s: &Meta, r: &Meta) -> bool {
+        self.opts.attrs && (self.opts.attrs_sweep || s.ctime > r.ctime)
+    }
+
     /// The path changed type: remove the replica's entry, create the new.
     /// A folder can only go once everything below it goes too.
-    fn replace(&mut self, s: &Entry, r: &Entry) {
+    fn replace(&mut self, s: &Entry, r: &Entry, index: usize) {
         if r.kind.is_dir()
             && (self.blocked.contains(&r.path) || self.source.is_incomplete_at(&r.path))
         {
@@ -676,7 +760,7 @@ impl<'a> Planner<'a> {
             return;
         }
         self.remove(r);
-        self.create(s);
+        self.create(s, index);
     }
 
     fn content_differs(&self, s: &Entry, r: &Entry, index: usize) -> bool {
@@ -750,24 +834,38 @@ impl<'a> Planner<'a> {
         ops.append(&mut self.moved);
         ops.append(&mut self.prune);
         ops.append(&mut self.files);
+        ops.append(&mut self.links);
         let touched = self.touched;
-        let finish = self.dirs.into_iter().rev().filter_map(|d| {
+        let mut attrs = Vec::new();
+        let mut finish = Vec::new();
+        for d in self.dirs.into_iter().rev() {
             let touched = touched.contains(&d.path);
             // A folder whose entries this plan changes has its mtime
             // restored as part of those operations, not as `meta`.
             let changed = d.other_changed || (d.mtime_changed && !touched);
-            (changed || touched || d.mtime_changed || d.created).then_some(Op::FinishDir {
-                path: d.path,
-                meta: d.meta,
-                changed,
-            })
-        });
-        ops.extend(finish);
+            if changed || touched || d.mtime_changed || d.created {
+                // Finishing a folder sets its attributes too.
+                finish.push(Op::FinishDir {
+                    path: d.path,
+                    meta: d.meta,
+                    changed,
+                });
+            } else if d.attrs {
+                attrs.push(Op::Attrs {
+                    path: d.path,
+                    dir: true,
+                    meta: d.meta,
+                });
+            }
+        }
+        ops.append(&mut attrs);
+        ops.append(&mut finish);
         Outcome {
             plan: Plan {
                 ops,
                 guard: None,
                 roots: None,
+                attrs_sweep: false,
             },
             deletions: self.deletions,
         }
@@ -834,6 +932,7 @@ impl Stage for Differ {
     fn run(&mut self, msg: TreesHashed, _: &mut TickCx) -> Flow<PlanMade> {
         let mut opts = DiffOptions {
             fresh_root: self.first && self.opts.fresh_replica,
+            attrs_sweep: (self.first && self.opts.attrs_sweep) || self.opts.checksum,
             managed: msg.managed,
             temps: DiffOptions::from(&*self.opts).temps.union(&msg.temps),
             ..DiffOptions::from(&*self.opts)
@@ -946,6 +1045,9 @@ mod tests {
             fs: FsCaps::default(),
             temps: TempTokens::parse(b"0000000000000099\n"),
             renames: true,
+            hard_links: true,
+            attrs: true,
+            attrs_sweep: false,
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {
@@ -1008,6 +1110,8 @@ mod tests {
                     format!("symlink {path} -> {}", String::from_utf8_lossy(target))
                 }
                 Op::SetMeta { path, link, .. } => format!("meta {path} link={link}"),
+                Op::Link { path, to, .. } => format!("link {path} -> {to}"),
+                Op::Attrs { path, dir, .. } => format!("attrs {path} dir={dir}"),
                 Op::FinishDir { path, changed, .. } => format!("finish {path} changed={changed}"),
             };
             writeln!(out, "{line}").unwrap();

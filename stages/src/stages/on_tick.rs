@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(
             json(&ev, false),
             "{\"seq\":5,\"mkdir\":0,\"copy\":1,\"update\":0,\"meta\":0,\"symlink\":0,\
-             \"move\":0,\"delete\":0,\"rmdir\":0,\"skip\":0,\"warn\":0,\"bytes\":12,\"errors\":2,\
+             \"move\":0,\"link\":0,\"delete\":0,\"rmdir\":0,\"skip\":0,\"warn\":0,\"bytes\":12,\"errors\":2,\
              \"elapsed_ms\":3,\"mode\":\"full\",\"rescanned\":0}"
         );
         let ev = LogEvent::new(Verb::Tick, None).with_str("k", "a\"b\\\n");

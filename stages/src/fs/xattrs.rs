@@ -1,0 +1,390 @@
+//! Extended attributes and POSIX ACLs of a file or folder, read from the
+//! source and set on the replica.
+//!
+//! POSIX ACLs are the attributes `system.posix_acl_access` (any entry)
+//! and `system.posix_acl_default` (folders): they are copied as the bytes
+//! the kernel gives, user and group ids as numbers, as on one machine.
+//! Which attributes are mirrored is the run's `Policy`: `user.*`, plus
+//! `trusted.*` and `security.*` as root (others cannot set them), plus
+//! the ACLs; other `system.*` attributes belong to the filesystem.
+//!
+//! An attribute goes through an open handle, or through the
+//! `/proc/self/fd` name of an `O_PATH` handle for an entry we may not
+//! open (that name reaches that very inode, whatever is renamed).
+
+use crate::fs::root::Root;
+use crate::fs::state;
+use rustix::fd::{AsFd, BorrowedFd};
+use rustix::fs::{self as rfs, XattrFlags};
+use rustix::io::Errno;
+use std::fmt::Write;
+use std::path::Path;
+
+pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
+/// The probe's attribute name; never left behind.
+const PROBE_NAME: &str = "user.treesync-probe";
+
+/// Which attributes a run mirrors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `user.*`.
+    pub user: bool,
+    /// `trusted.*` and `security.*` (root only).
+    pub privileged: bool,
+    /// `system.posix_acl_access` and `system.posix_acl_default`.
+    pub acls: bool,
+}
+
+impl Policy {
+    /// From `--no-xattrs` and `--no-acls` (negated) and whether we run as
+    /// root.
+    pub fn new(xattrs: bool, acls: bool, as_root: bool) -> Self {
+        Policy {
+            user: xattrs,
+            privileged: xattrs && as_root,
+            acls,
+        }
+    }
+
+    /// Nothing to mirror: no attribute is read at all.
+    pub fn is_none(self) -> bool {
+        !(self.user || self.privileged || self.acls)
+    }
+
+    pub fn wants(self, name: &[u8]) -> bool {
+        if name.starts_with(b"user.") {
+            self.user
+        } else if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
+            self.privileged
+        } else if name == ACL_ACCESS || name == ACL_DEFAULT {
+            self.acls
+        } else {
+            false
+        }
+    }
+
+    /// What the replica's state records after a full comparison under
+    /// this policy (`attrs_marker`), e.g. `user,privileged,acls`.
+    pub fn describe(self) -> String {
+        let mut out = String::new();
+        for (on, name) in [
+            (self.user, "user"),
+            (self.privileged, "privileged"),
+            (self.acls, "acls"),
+        ] {
+            if on {
+                let sep = if out.is_empty() { "" } else { "," };
+                let _ = write!(out, "{sep}{name}");
+            }
+        }
+        out
+    }
+}
+
+/// The state file that says under which policy every entry's attributes
+/// were last compared (`Policy::describe`).
+const MARKER: &str = "attrs";
+
+/// Whether this run's first sync must compare every entry's attributes
+/// (a sweep): the replica's record is not this policy's. Where it must,
+/// the record is removed first (not in a dry run): a run stopped before
+/// its sweep is done leaves none. A run that mirrors no attribute removes
+/// it too: what it copies has none, so a later run must sweep.
+pub fn settle_marker(replica: &Path, policy: Policy, dry_run: bool) -> bool {
+    let Ok(root) = Root::open(replica) else {
+        return !policy.is_none();
+    };
+    let Ok(dir) = state::open_dir(&root) else {
+        return !policy.is_none();
+    };
+    let recorded = state::read_small(dir.as_fd(), MARKER, 256).ok().flatten();
+    let matches = recorded.is_some_and(|r| r == policy.describe().as_bytes());
+    if matches && !policy.is_none() {
+        return false;
+    }
+    if !dry_run {
+        let _ = rfs::unlinkat(&dir, MARKER, rfs::AtFlags::empty());
+    }
+    !policy.is_none()
+}
+
+/// Records that every entry's attributes were compared under `policy`
+/// and set where they differed (the sweep's sync ended without error).
+pub fn record_marker(replica: &Root, policy: Policy) -> std::io::Result<()> {
+    let dir = state::open_dir(replica)?;
+    state::write_bytes(&dir, MARKER, policy.describe().as_bytes())
+}
+
+/// Where attributes are read or set.
+#[derive(Clone, Copy)]
+pub enum On<'a> {
+    /// An open file or folder (not `O_PATH`).
+    Fd(BorrowedFd<'a>),
+    /// The `/proc/self/fd/N` name of an `O_PATH` handle.
+    Proc(&'a str),
+}
+
+/// Attributes by name, sorted by name.
+pub type Attrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The attributes of `on` that `policy` mirrors. A filesystem without
+/// attributes has none.
+pub fn read(on: On<'_>, policy: Policy) -> Result<Attrs, Errno> {
+    if policy.is_none() {
+        return Ok(Vec::new());
+    }
+    let names = match list(on) {
+        Ok(names) => names,
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut attrs = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !policy.wants(name) {
+            continue;
+        }
+        match get(on, name) {
+            Ok(value) => attrs.push((name.to_vec(), value)),
+            // Removed since it was listed.
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    attrs.sort_unstable();
+    Ok(attrs)
+}
+
+/// What setting attributes could not do without failing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Something was set or removed.
+    pub changed: bool,
+    /// Attributes other than ACLs that the replica refused as unsupported.
+    pub unkept_xattrs: bool,
+    /// ACLs that the replica refused as unsupported.
+    pub unkept_acls: bool,
+}
+
+/// A failure to set or remove one attribute.
+#[derive(Debug)]
+pub struct SetError {
+    pub name: Vec<u8>,
+    pub errno: Errno,
+}
+
+/// Makes the attributes of `on` that `policy` mirrors equal to `want`
+/// (the source's): sets those that differ, removes those the source
+/// lacks. A replica that cannot store an attribute (unsupported, or a
+/// privileged one refused) is noted in the result, not an error.
+pub fn apply(on: On<'_>, want: &Attrs, policy: Policy) -> Result<Applied, SetError> {
+    let mut done = Applied::default();
+    let have = match read(on, policy) {
+        Ok(have) => have,
+        Err(errno) => {
+            return Err(SetError {
+                name: Vec::new(),
+                errno,
+            })
+        }
+    };
+    let unkept = |done: &mut Applied, name: &[u8], e: Errno| {
+        let privileged = !name.starts_with(b"user.") && !is_acl(name);
+        match e {
+            Errno::OPNOTSUPP | Errno::NOSYS => {}
+            Errno::PERM if privileged => {}
+            _ => return false,
+        }
+        if is_acl(name) {
+            done.unkept_acls = true;
+        } else {
+            done.unkept_xattrs = true;
+        }
+        true
+    };
+    for (name, value) in want {
+        let same = have
+            .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+            .is_ok_and(|k| have[k].1 == *value);
+        if same {
+            continue;
+        }
+        match set(on, name, value) {
+            Ok(()) => done.changed = true,
+            Err(e) if unkept(&mut done, name, e) => {}
+            Err(errno) => {
+                return Err(SetError {
+                    name: name.clone(),
+                    errno,
+                })
+            }
+        }
+    }
+    for (name, _) in &have {
+        if want.binary_search_by(|(n, _)| n.cmp(name)).is_ok() {
+            continue;
+        }
+        match remove(on, name) {
+            Ok(()) => done.changed = true,
+            Err(Errno::NODATA) => {}
+            Err(e) if unkept(&mut done, name, e) => {}
+            Err(errno) => {
+                return Err(SetError {
+                    name: name.clone(),
+                    errno,
+                })
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn is_acl(name: &[u8]) -> bool {
+    name == ACL_ACCESS || name == ACL_DEFAULT
+}
+
+/// Whether the filesystem of the open file `fd` stores `user.*`
+/// attributes and POSIX ACLs.
+pub fn probe(fd: BorrowedFd<'_>) -> (bool, bool) {
+    let xattrs = rfs::fsetxattr(fd, PROBE_NAME, b"1", XattrFlags::empty()).is_ok();
+    if xattrs {
+        let _ = rfs::fremovexattr(fd, PROBE_NAME);
+    }
+    // A file without an ACL: "no such attribute" where ACLs are stored.
+    let acls = matches!(
+        rfs::fgetxattr(fd, ACL_ACCESS, &mut [0u8; 64][..]),
+        Ok(_) | Err(Errno::NODATA)
+    );
+    (xattrs, acls)
+}
+
+/// The names, NUL-terminated, one call in the common case.
+fn list(on: On<'_>) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let got = match on {
+            On::Fd(fd) => rfs::flistxattr(fd, &mut buf[..]),
+            On::Proc(p) => rfs::listxattr(p, &mut buf[..]),
+        };
+        match got {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => {
+                let need = match on {
+                    On::Fd(fd) => rfs::flistxattr_query(fd)?,
+                    On::Proc(p) => rfs::listxattr_query(p)?,
+                };
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn get(on: On<'_>, name: &[u8]) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let got = match on {
+            On::Fd(fd) => rfs::fgetxattr(fd, name, &mut buf[..]),
+            On::Proc(p) => rfs::getxattr(p, name, &mut buf[..]),
+        };
+        match got {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => {
+                let need = match on {
+                    On::Fd(fd) => rfs::fgetxattr_query(fd, name)?,
+                    On::Proc(p) => rfs::getxattr_query(p, name)?,
+                };
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn set(on: On<'_>, name: &[u8], value: &[u8]) -> Result<(), Errno> {
+    match on {
+        On::Fd(fd) => rfs::fsetxattr(fd, name, value, XattrFlags::empty()),
+        On::Proc(p) => rfs::setxattr(p, name, value, XattrFlags::empty()),
+    }
+}
+
+fn remove(on: On<'_>, name: &[u8]) -> Result<(), Errno> {
+    match on {
+        On::Fd(fd) => rfs::fremovexattr(fd, name),
+        On::Proc(p) => rfs::removexattr(p, name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fd::AsFd;
+    use std::fs::File;
+
+    const ALL: Policy = Policy {
+        user: true,
+        privileged: false,
+        acls: true,
+    };
+
+    fn supported(f: &File) -> bool {
+        let (xattrs, _) = probe(f.as_fd());
+        if !xattrs {
+            eprintln!("skipped: the temporary folder's filesystem stores no user attributes");
+        }
+        xattrs
+    }
+
+    #[test]
+    fn the_policy_picks_namespaces() {
+        let p = Policy::new(true, false, false);
+        assert!(p.wants(b"user.a") && !p.wants(b"trusted.a") && !p.wants(ACL_ACCESS));
+        let root = Policy::new(true, true, true);
+        assert!(root.wants(b"security.selinux") && root.wants(ACL_DEFAULT));
+        assert!(!root.wants(b"system.nfs4_acl"));
+        assert_eq!(root.describe(), "user,privileged,acls");
+        assert!(Policy::new(false, false, true).is_none());
+    }
+
+    #[test]
+    fn apply_sets_changes_and_removes_extras() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (fa, fb) = (File::create(&a).unwrap(), File::create(&b).unwrap());
+        if !supported(&fa) {
+            return;
+        }
+        for (name, value) in [
+            ("user.x", &b"1"[..]),
+            ("user.empty", b""),
+            ("user.big", &[7; 3000]),
+        ] {
+            rfs::fsetxattr(&fa, name, value, XattrFlags::empty()).unwrap();
+        }
+        rfs::fsetxattr(&fb, "user.x", b"old", XattrFlags::empty()).unwrap();
+        rfs::fsetxattr(&fb, "user.gone", b"z", XattrFlags::empty()).unwrap();
+        let want = read(On::Fd(fa.as_fd()), ALL).unwrap();
+        assert_eq!(want.len(), 3);
+        let done = apply(On::Fd(fb.as_fd()), &want, ALL).unwrap();
+        assert!(done.changed);
+        assert_eq!(read(On::Fd(fb.as_fd()), ALL).unwrap(), want);
+        // Equal now: nothing to do.
+        assert!(!apply(On::Fd(fb.as_fd()), &want, ALL).unwrap().changed);
+        // Attributes the policy leaves out are neither read nor removed.
+        let none = Policy::default();
+        assert!(read(On::Fd(fb.as_fd()), none).unwrap().is_empty());
+        assert!(
+            !apply(On::Fd(fb.as_fd()), &Vec::new(), none)
+                .unwrap()
+                .changed
+        );
+        assert_eq!(read(On::Fd(fb.as_fd()), ALL).unwrap().len(), 3);
+    }
+}
