@@ -1,5 +1,6 @@
-//! What a mirror keeps beyond names and bytes: holes in sparse files, and
-//! with `-x` the boundaries of the source's filesystem.
+//! What a mirror keeps beyond names and bytes: hard links, extended
+//! attributes and ACLs, holes in sparse files, and with `-x` the
+//! boundaries of the source's filesystem.
 
 mod common;
 
@@ -7,6 +8,256 @@ use common::mounts::Mounted;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+/// The attributes of `path` (not following a link), by name.
+fn attrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(path, &mut names[..]).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = names[..n]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let mut value = vec![0u8; 4096];
+            let len = rustix::fs::lgetxattr(path, name, &mut value[..]).unwrap();
+            value.truncate(len);
+            (String::from_utf8_lossy(name).into_owned(), value)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn set_attr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::setxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+/// A POSIX ACL as the kernel stores it: (tag, permissions, id) entries.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+const ANY: u32 = u32::MAX;
+
+/// Whether the sandbox's filesystem stores user attributes and ACLs.
+fn attrs_supported(sb: &Sandbox) -> bool {
+    let probe = file(sb.root(), "probe", "");
+    let user = rustix::fs::setxattr(&probe, "user.p", b"1", rustix::fs::XattrFlags::empty());
+    let acls = rustix::fs::setxattr(
+        &probe,
+        "system.posix_acl_access",
+        &acl(&[
+            (1, 6, ANY),
+            (2, 4, 65534),
+            (4, 4, ANY),
+            (0x10, 4, ANY),
+            (0x20, 4, ANY),
+        ]),
+        rustix::fs::XattrFlags::empty(),
+    );
+    fs::remove_file(&probe).unwrap();
+    if user.is_err() || acls.is_err() {
+        eprintln!("skipped: this filesystem stores no user attributes or ACLs");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn hard_links_in_the_source_are_hard_links_in_the_replica() {
+    let sb = Sandbox::new();
+    file(&sb.src, "a/f", "shared\n");
+    dir(&sb.src, "b");
+    fs::hard_link(sb.s("a/f"), sb.s("b/g")).unwrap();
+    fs::hard_link(sb.s("a/f"), sb.s("h")).unwrap();
+    file(&sb.src, "solo", "alone\n");
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[
+        ("copy", "a/f"),
+        ("copy", "solo"),
+        ("link", "b/g"),
+        ("link", "h"),
+        ("mkdir", "a"),
+        ("mkdir", "b"),
+    ]);
+    assert_eq!(run.get("link", "b/g").str("to"), Some("a/f"));
+    assert_eq!(run.tick().u64("link"), Some(2));
+    let f = ino(&sb.d("a/f"));
+    assert!(ino(&sb.d("b/g")) == f && ino(&sb.d("h")) == f);
+    assert_ne!(ino(&sb.d("solo")), f);
+    sb.assert_mirror();
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+
+    // A name broken off its group (a copy with the same content and
+    // mtime, as `cp -p` makes) gets a file of its own in the replica;
+    // a file given a second name gets it there too.
+    let t = mtime_of(&sb.s("b/g"));
+    remove(&sb.s("b/g"));
+    file(&sb.src, "b/g", "shared\n");
+    set_mtime(&sb.s("b/g"), t);
+    fs::hard_link(sb.s("solo"), sb.s("solo2")).unwrap();
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("link", "solo2"), ("update", "b/g")]);
+    assert_ne!(ino(&sb.d("b/g")), ino(&sb.d("a/f")));
+    assert_eq!(ino(&sb.d("h")), ino(&sb.d("a/f")));
+    assert_eq!(ino(&sb.d("solo2")), ino(&sb.d("solo")));
+    // Writing through one name of the replica's group changes them all,
+    // as in the source; the broken-off name keeps its content.
+    assert_eq!(read(&sb.d("b/g")), b"shared\n");
+    sb.assert_mirror();
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+
+    // Off: every name is a file of its own.
+    let other = sb.path("flat");
+    let run = sb.run(&[
+        "--once".as_ref(),
+        "--no-hard-links".as_ref(),
+        sb.src.as_os_str(),
+        other.as_os_str(),
+    ]);
+    run.expect_code(0).no_errors();
+    assert!(run.entries("link").is_empty(), "{}", run.dump());
+    assert_ne!(ino(&other.join("h")), ino(&other.join("a/f")));
+    assert_eq!(read(&other.join("h")), b"shared\n");
+}
+
+#[test]
+fn an_edit_through_a_hard_link_in_another_folder_is_mirrored_when_watching() {
+    let sb = Sandbox::new();
+    file(&sb.src, "x/a", "one\n");
+    dir(&sb.src, "y");
+    fs::hard_link(sb.s("x/a"), sb.s("y/b")).unwrap();
+    let mut r = sb.spawn_interval("1", &[]);
+    r.wait_ticks(2);
+    // The event is in `y` only; `x/a` changed all the same.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(sb.s("y/b"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"two\n").unwrap();
+    drop(f);
+    r.wait_fresh_tick();
+    let run = r.stop("INT");
+    run.expect_code(0).no_errors();
+    assert_eq!(read(&sb.d("x/a")), b"one\ntwo\n", "{}", run.dump());
+    assert_eq!(ino(&sb.d("x/a")), ino(&sb.d("y/b")));
+    assert!(
+        run.entries("tick")
+            .iter()
+            .any(|t| t.str("mode") == Some("incremental")),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn extended_attributes_and_acls_are_mirrored_with_their_changes() {
+    let sb = Sandbox::new();
+    if !attrs_supported(&sb) {
+        return;
+    }
+    let f = file(&sb.src, "d/f", "tagged\n");
+    set_attr(&f, "user.tag", b"v1");
+    set_attr(&f, "user.empty", b"");
+    let access = acl(&[
+        (1, 6, ANY),
+        (2, 4, 65534),
+        (4, 4, ANY),
+        (0x10, 4, ANY),
+        (0x20, 4, ANY),
+    ]);
+    set_attr(&f, "system.posix_acl_access", &access);
+    let d = sb.s("d");
+    set_attr(&d, "user.dir", b"folder");
+    let default = acl(&[
+        (1, 7, ANY),
+        (4, 5, ANY),
+        (8, 5, 65534),
+        (0x10, 5, ANY),
+        (0x20, 5, ANY),
+    ]);
+    set_attr(&d, "system.posix_acl_default", &default);
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("copy", "d/f"), ("mkdir", "d")]);
+    assert_eq!(attrs(&sb.d("d/f")), attrs(&f));
+    assert_eq!(attrs(&sb.d("d")), attrs(&d));
+    assert_eq!(attrs(&sb.d("d/f")).len(), 3);
+    sb.assert_mirror();
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+
+    // An attribute-only change and an ACL-only change: the mtime stays,
+    // the ctime moves, and each is a `meta`.
+    set_attr(&f, "user.tag", b"v2");
+    rustix::fs::removexattr(&d, "system.posix_acl_default").unwrap();
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("meta", "d"), ("meta", "d/f")]);
+    assert_eq!(attrs(&sb.d("d/f")), attrs(&f));
+    assert_eq!(
+        attrs(&sb.d("d")),
+        vec![("user.dir".to_string(), b"folder".to_vec())]
+    );
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+
+    // Without them, a new file comes without its attributes, and the
+    // next sync with them compares every entry's once.
+    let g = file(&sb.src, "g", "later\n");
+    set_attr(&g, "user.tag", b"g");
+    let run = sb.sync(&["--no-xattrs", "--no-acls"]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("copy", "g")]);
+    assert!(attrs(&sb.d("g")).is_empty());
+    rustix::fs::removexattr(&sb.d("d/f"), "user.empty").unwrap();
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("meta", "d/f"), ("meta", "g")]);
+    assert_eq!(attrs(&sb.d("g")), attrs(&g));
+    assert_eq!(attrs(&sb.d("d/f")), attrs(&f));
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+}
+
+/// exFAT (through FUSE) has no hard links and no attributes: names are
+/// copies, and the run says once what it could not keep.
+#[test]
+fn a_replica_without_links_or_attributes_gets_copies_and_one_warning() {
+    use common::mounts::Image;
+    let mut sb = Sandbox::new();
+    if !attrs_supported(&sb) {
+        return;
+    }
+    let disk = match Mounted::image(&sb.path("disk"), Image::Exfat, 64) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: an exFAT replica: {why}");
+            return;
+        }
+    };
+    sb.dst = disk.dir.join("dst");
+    let f = file(&sb.src, "f", "data\n");
+    set_attr(&f, "user.tag", b"v");
+    fs::hard_link(&f, sb.s("g")).unwrap();
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("copy", "f"), ("copy", "g")]);
+    let warns: Vec<_> = run
+        .entries("warn")
+        .into_iter()
+        .filter_map(|w| w.str("reason"))
+        .collect();
+    assert_eq!(warns.len(), 1, "{}", run.dump());
+    assert!(warns[0].contains("extended attributes"), "{}", run.dump());
+    assert_eq!(read(&sb.d("g")), b"data\n");
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+}
 
 #[test]
 fn a_sparse_file_stays_sparse_in_the_replica() {

@@ -37,8 +37,8 @@ pub const OP_VERBS: [&str; 10] = [
     "mkdir", "copy", "update", "meta", "symlink", "move", "delete", "rmdir", "skip", "warn",
 ];
 /// Verbs that change the replica.
-pub const CHANGE_VERBS: [&str; 8] = [
-    "mkdir", "copy", "update", "meta", "symlink", "move", "delete", "rmdir",
+pub const CHANGE_VERBS: [&str; 9] = [
+    "mkdir", "copy", "update", "meta", "symlink", "move", "link", "delete", "rmdir",
 ];
 
 // ---------------------------------------------------------------------------
@@ -761,7 +761,7 @@ fn check_contract(e: &Entry, line: &str) {
         "`ts` is not RFC 3339 UTC with milliseconds: {line}"
     );
     let want_level = match e.msg.as_str() {
-        "mkdir" | "copy" | "update" | "meta" | "symlink" | "move" | "delete" | "rmdir"
+        "mkdir" | "copy" | "update" | "meta" | "symlink" | "move" | "link" | "delete" | "rmdir"
         | "backup" | "prune" | "tick" => "INFO",
         "skip" | "warn" => "WARN",
         "error" => "ERROR",
@@ -811,6 +811,13 @@ fn check_contract(e: &Entry, line: &str) {
                     );
                 }
                 "backup" => assert!(e.str("to").is_some(), "backup without `to`: {line}"),
+                "link" => {
+                    let to = e.str("to");
+                    assert!(
+                        to.is_some_and(|t| !t.is_empty() && !t.starts_with('/')),
+                        "link without a relative `to`: {line}"
+                    );
+                }
                 "skip" | "warn" => {
                     assert!(e.str("reason").is_some(), "{verb} without reason: {line}")
                 }

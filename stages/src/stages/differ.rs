@@ -1595,6 +1595,109 @@ mod tests {
         ");
     }
 
+    /// `e` as one of `names` names of the inode `ino`.
+    fn linked(mut e: Entry, ino: u64, names: u32) -> Entry {
+        e.meta.id.ino = ino;
+        e.meta.nlink = names;
+        e
+    }
+
+    #[test]
+    fn names_of_one_inode_are_linked_after_the_first_is_written() {
+        let s = listing(vec![
+            dir("a"),
+            linked(file("a/f", 5, 10), 1, 3),
+            dir("b"),
+            linked(file("b/g", 5, 10), 1, 3),
+            linked(file("h", 5, 10), 1, 3),
+            file("solo", 2, 10),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &listing(vec![]))), @r"
+        mkdir a
+        mkdir b
+        copy a/f 5
+        copy solo 2
+        link b/g -> a/f
+        link h -> a/f
+        finish b changed=false
+        finish a changed=false
+        finish . changed=false
+        ");
+        // Linked in the replica already: nothing. A name that became a
+        // file of its own (same content and mtime) gets its own copy.
+        let r = listing(vec![
+            dir("a"),
+            linked(file("a/f", 5, 10), 7, 3),
+            dir("b"),
+            linked(file("b/g", 5, 10), 7, 3),
+            linked(file("h", 5, 10), 7, 3),
+            file("solo", 2, 10),
+        ]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @"");
+        let mut split = s.clone();
+        for e in &mut split.entries {
+            if e.path.as_bytes() == b"h" {
+                e.meta.id.ino = 2;
+                e.meta.nlink = 1;
+            }
+        }
+        insta::assert_snapshot!(render(&plan(&split, &r)), @r"
+        update h 5
+        finish . changed=false
+        ");
+        // Off: the names are compared one by one, as files.
+        let off = DiffOptions {
+            hard_links: false,
+            ..opts()
+        };
+        let none = SameContent::default();
+        insta::assert_snapshot!(render(&diff(&s, &listing(vec![]), &none, off)), @r"
+        mkdir a
+        mkdir b
+        copy a/f 5
+        copy b/g 5
+        copy h 5
+        copy solo 2
+        finish b changed=false
+        finish a changed=false
+        finish . changed=false
+        ");
+    }
+
+    #[test]
+    fn attributes_are_compared_where_the_source_ctime_is_newer() {
+        let mut f = file("f", 5, 10);
+        f.meta.ctime = Timestamp::new(50, 0);
+        let mut d = dir("d");
+        d.meta.ctime = Timestamp::new(50, 0);
+        let s = listing(vec![d.clone(), f.clone(), file("g", 1, 10)]);
+        let mut older = f.clone();
+        older.meta.ctime = Timestamp::new(40, 0);
+        let mut older_d = d.clone();
+        older_d.meta.ctime = Timestamp::new(40, 0);
+        let r = listing(vec![older_d, older, file("g", 1, 10)]);
+        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        attrs f dir=false
+        attrs d dir=true
+        ");
+        // Equal ctimes: nothing, unless every entry is compared (a sweep).
+        let same = listing(vec![d, f, file("g", 1, 10)]);
+        insta::assert_snapshot!(render(&plan(&s, &same)), @"");
+        let sweep = DiffOptions {
+            attrs_sweep: true,
+            ..opts()
+        };
+        let none = SameContent::default();
+        let p = diff(&s, &same, &none, sweep);
+        assert!(p.attrs_sweep);
+        insta::assert_snapshot!(render(&p), @r"
+        attrs f dir=false
+        attrs g dir=false
+        attrs d dir=true
+        attrs . dir=true
+        ");
+    }
+
     #[test]
     fn a_file_renamed_in_its_folder_is_moved() {
         let s = listing(vec![

@@ -40,6 +40,36 @@ pub(super) fn relistable(
     seeds
 }
 
+/// `seeds` with the source folders that hold other names of the files
+/// with several names in the seeds (hard links): a write through one name
+/// is a change event in its own folder only, while every name of the file
+/// changed. A tree without hard links costs a look at the seeds' entries.
+pub(super) fn with_link_partners(mut seeds: Vec<RelPath>, src: &Listing) -> Vec<RelPath> {
+    let mut linked = HashSet::new();
+    for seed in &seeds {
+        let inside = &src.entries[subtree(&src.entries, seed)];
+        let children = inside.iter().filter(|e| e.path.depth() == seed.depth() + 1);
+        for e in children {
+            if e.kind == EntryKind::File && e.meta.nlink > 1 {
+                linked.insert(e.meta.id);
+            }
+        }
+    }
+    if linked.is_empty() {
+        return seeds;
+    }
+    let partners: Vec<RelPath> = src
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && linked.contains(&e.meta.id))
+        .filter_map(|e| e.path.parent())
+        .collect();
+    seeds.extend(partners);
+    seeds.sort_unstable();
+    seeds.dedup();
+    seeds
+}
+
 /// True when a folder of the source went (or became something else) while
 /// the replica still has it: the rules deciding there were the source's and
 /// now are the replica's own, for the whole subtree.

@@ -35,7 +35,7 @@ use crate::fs::identity::{open_roots, RootIdentity, Roots};
 use crate::fs::root::Root;
 use crate::fs::walk::{walk, walk_folders, KnownFolder, WalkOptions, WalkResult};
 use actix::Recipient;
-use merge::{relistable, rules_changed, source_folder_went};
+use merge::{relistable, rules_changed, source_folder_went, with_link_partners};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -265,6 +265,7 @@ pub fn scan_folders(
         replica: old_rep,
     } = previous;
     let seeds = relistable(folders, &old_src, &old_rep, opts.delete_excluded);
+    let seeds = with_link_partners(seeds, &old_src);
     let owned = |l: Arc<Listing>| Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone());
     if seeds.is_empty() {
         // The last tick left the replica as planned and nothing changed
