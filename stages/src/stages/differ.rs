@@ -36,8 +36,15 @@
 //! first); folder moves, once the folders they go into exist; removals and
 //! new folders inside the moved folders, at their new places; file moves,
 //! once the folders they go into exist, moved ones included; the removal
-//! of the folders the moves emptied; files and links; folders' own
-//! metadata last.
+//! of the folders the moves emptied; files and links; the other names of
+//! hard-linked files, once their first name is written; the attribute
+//! checks of folders not otherwise finished; folders' own metadata last.
+//!
+//! Hard links (`contract::hard_links`): source files that are one inode
+//! are one in the replica; each group's leader is planned as any file,
+//! the other names as `Link`s to it. Attributes and ACLs: an entry whose
+//! source ctime is newer than its replica's, and nothing else of it
+//! changed, gets an `Attrs` check (every entry at a sweep).
 
 use crate::contract::hard_links::{self, Role, Roles};
 use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
