@@ -216,7 +216,7 @@ fn extended_attributes_and_acls_are_mirrored_with_their_changes() {
     run.expect_code(0).no_errors();
     run.assert_changes(&[("copy", "g")]);
     assert!(attrs(&sb.d("g")).is_empty());
-    rustix::fs::removexattr(&sb.d("d/f"), "user.empty").unwrap();
+    rustix::fs::removexattr(sb.d("d/f"), "user.empty").unwrap();
     let run = sb.sync(&[]);
     run.expect_code(0).no_errors();
     run.assert_changes(&[("meta", "d/f"), ("meta", "g")]);
