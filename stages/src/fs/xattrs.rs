@@ -261,46 +261,49 @@ pub fn probe(fd: BorrowedFd<'_>) -> (bool, bool) {
 
 /// The names, NUL-terminated, one call in the common case.
 fn list(on: On<'_>) -> Result<Vec<u8>, Errno> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        let got = match on {
-            On::Fd(fd) => rfs::flistxattr(fd, &mut buf[..]),
-            On::Proc(p) => rfs::listxattr(p, &mut buf[..]),
-        };
-        match got {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => {
-                let need = match on {
-                    On::Fd(fd) => rfs::flistxattr_query(fd)?,
-                    On::Proc(p) => rfs::listxattr_query(p)?,
-                };
-                buf.resize(need.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    grown(
+        1024,
+        |buf| match on {
+            On::Fd(fd) => rfs::flistxattr(fd, buf),
+            On::Proc(p) => rfs::listxattr(p, buf),
+        },
+        || match on {
+            On::Fd(fd) => rfs::flistxattr_query(fd),
+            On::Proc(p) => rfs::listxattr_query(p),
+        },
+    )
 }
 
 fn get(on: On<'_>, name: &[u8]) -> Result<Vec<u8>, Errno> {
-    let mut buf = vec![0u8; 256];
+    grown(
+        256,
+        |buf| match on {
+            On::Fd(fd) => rfs::fgetxattr(fd, name, buf),
+            On::Proc(p) => rfs::getxattr(p, name, buf),
+        },
+        || match on {
+            On::Fd(fd) => rfs::fgetxattr_query(fd, name),
+            On::Proc(p) => rfs::getxattr_query(p, name),
+        },
+    )
+}
+
+/// What `fill` puts in a buffer of `start` bytes, or of the size `size`
+/// says when that is too small (`ERANGE`; the value may grow meanwhile).
+fn grown(
+    start: usize,
+    fill: impl Fn(&mut [u8]) -> Result<usize, Errno>,
+    size: impl Fn() -> Result<usize, Errno>,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; start];
     loop {
-        let got = match on {
-            On::Fd(fd) => rfs::fgetxattr(fd, name, &mut buf[..]),
-            On::Proc(p) => rfs::getxattr(p, name, &mut buf[..]),
-        };
-        match got {
+        match fill(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
             Err(Errno::RANGE) => {
-                let need = match on {
-                    On::Fd(fd) => rfs::fgetxattr_query(fd, name)?,
-                    On::Proc(p) => rfs::getxattr_query(p, name)?,
-                };
+                let need = size()?;
                 buf.resize(need.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
