@@ -198,6 +198,11 @@ fn extended_attributes_and_acls_are_mirrored_with_their_changes() {
     // the ctime moves, and each is a `meta`.
     set_attr(&f, "user.tag", b"v2");
     rustix::fs::removexattr(&d, "system.posix_acl_default").unwrap();
+    let dry = sb.sync(&["--dry-run"]);
+    dry.expect_code(0).no_errors();
+    dry.assert_changes(&[("meta", "d"), ("meta", "d/f")]);
+    assert!(dry.entries("meta").iter().all(|e| e.dry_run()));
+    assert_ne!(attrs(&sb.d("d/f")), attrs(&f));
     let run = sb.sync(&[]);
     run.expect_code(0).no_errors();
     run.assert_changes(&[("meta", "d"), ("meta", "d/f")]);

@@ -699,6 +699,22 @@ impl ReplicaOps {
         Ok(changed)
     }
 
+    /// Whether the attributes of the replica's file or folder at `path`
+    /// differ from the source's: what a dry run reports. Nothing is
+    /// written.
+    pub fn attrs_differ(&self, path: &RelPath, dir: bool) -> Result<bool, OpError> {
+        let kind = match dir {
+            true => FileType::Directory,
+            false => FileType::RegularFile,
+        };
+        let Some(want) = self.source_attrs(path, kind)? else {
+            return Ok(false);
+        };
+        let (handle, _parent) = self.replica_handle(path, kind)?;
+        let proc = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        Ok(self.read_attrs(On::Proc(&proc), path)? != want)
+    }
+
     /// An `O_PATH` handle on the replica's entry at `path`, of kind
     /// `kind`, with its parent folder's handle (root: none).
     fn replica_handle(

@@ -246,8 +246,12 @@ fn guard_event(trip: &GuardTrip) -> LogEvent {
 enum Target {
     /// `--dry-run`: nothing is written, every operation only logged. The
     /// replica root is opened (when it exists) only for the hooks to say
-    /// what they would do.
-    DryRun(Option<Root>),
+    /// what they would do, and both roots to compare attributes (read,
+    /// never written).
+    DryRun {
+        hooks: Option<Root>,
+        reader: Option<ReplicaOps>,
+    },
     Replica(ReplicaOps),
     /// A root could not be opened (already logged): only reports run.
     Unavailable,
@@ -270,7 +274,14 @@ fn open_target(
                 None => Root::open(&opts.replica).ok(),
             })
             .flatten();
-        return Target::DryRun(replica);
+        let reader = match checked {
+            Some(checked) => ReplicaOps::from_roots(checked, opts).ok(),
+            None => ReplicaOps::open(opts).ok(),
+        };
+        return Target::DryRun {
+            hooks: replica,
+            reader,
+        };
     }
     let opened = match checked {
         Some(checked) => ReplicaOps::from_roots(checked, opts),
@@ -411,11 +422,19 @@ impl Run<'_> {
         // The hooks' events, logged before the operation's own line.
         let mut before = Vec::new();
         let result = match &self.target {
-            // Attributes are compared only when applied: a dry run does
-            // not read them.
-            Target::DryRun(_) if matches!(op, Op::Attrs { .. }) => return,
-            Target::DryRun(replica) => self
-                .dry_run_hooks(replica.as_ref(), op, &mut before)
+            // Reported only where the attributes differ, as when applied.
+            Target::DryRun { reader, .. } if matches!(op, Op::Attrs { .. }) => {
+                let Op::Attrs { path, dir, .. } = op else {
+                    return;
+                };
+                match reader.as_ref().map(|r| r.attrs_differ(path, *dir)) {
+                    Some(Ok(true)) => Ok(done_event(op, None)),
+                    Some(Err(e)) => Err(e),
+                    Some(Ok(false)) | None => return,
+                }
+            }
+            Target::DryRun { hooks, .. } => self
+                .dry_run_hooks(hooks.as_ref(), op, &mut before)
                 .map(|()| done_event(op, planned_bytes(op))),
             Target::Replica(replica) => execute(replica, op, tally, &mut before, self.chronic),
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
