@@ -176,7 +176,7 @@ pub struct SetError {
 
 /// Makes the attributes of `on` that `policy` mirrors equal to `want`
 /// (the source's): sets those that differ, removes those the source
-/// lacks. A replica that cannot store an attribute (unsupported, or a
+/// lacks (but `security.*` labels). A replica that cannot store an attribute (unsupported, or a
 /// privileged one refused) is noted in the result, not an error.
 pub fn apply(on: On<'_>, want: &Attrs, policy: Policy) -> Result<Applied, SetError> {
     let mut done = Applied::default();
@@ -222,7 +222,9 @@ pub fn apply(on: On<'_>, want: &Attrs, policy: Policy) -> Result<Applied, SetErr
         }
     }
     for (name, _) in &have {
-        if want.binary_search_by(|(n, _)| n.cmp(name)).is_ok() {
+        // A security label the source lacks (its filesystem has none) is
+        // the one the replica's security module gave: never removed.
+        if want.binary_search_by(|(n, _)| n.cmp(name)).is_ok() || name.starts_with(b"security.") {
             continue;
         }
         match remove(on, name) {
