@@ -40,11 +40,21 @@ pub(super) fn relistable(
     seeds
 }
 
-/// `seeds` with the source folders that hold other names of the files
-/// with several names in the seeds (hard links): a write through one name
-/// is a change event in its own folder only, while every name of the file
-/// changed. A tree without hard links costs a look at the seeds' entries.
-pub(super) fn with_link_partners(mut seeds: Vec<RelPath>, src: &Listing) -> Vec<RelPath> {
+/// `seeds` with the folders that hold other names of the files with
+/// several names in the seeds (hard links), on either side: a write
+/// through one name is a change event in its own folder only, while every
+/// name of the file changed. A tree without hard links costs a look at the
+/// seeds' entries.
+pub(super) fn with_link_partners(
+    seeds: Vec<RelPath>,
+    src: &Listing,
+    rep: &Listing,
+) -> Vec<RelPath> {
+    let seeds = link_partners(seeds, src);
+    link_partners(seeds, rep)
+}
+
+fn link_partners(mut seeds: Vec<RelPath>, src: &Listing) -> Vec<RelPath> {
     let mut linked = HashSet::new();
     for seed in &seeds {
         let inside = &src.entries[subtree(&src.entries, seed)];

@@ -265,7 +265,7 @@ pub fn scan_folders(
         replica: old_rep,
     } = previous;
     let seeds = relistable(folders, &old_src, &old_rep, opts.delete_excluded);
-    let seeds = with_link_partners(seeds, &old_src);
+    let seeds = with_link_partners(seeds, &old_src, &old_rep);
     let owned = |l: Arc<Listing>| Arc::try_unwrap(l).unwrap_or_else(|shared| (*shared).clone());
     if seeds.is_empty() {
         // The last tick left the replica as planned and nothing changed
