@@ -1,9 +1,11 @@
 //! Running as an ordinary user: replica folders of ours that deny us
 //! reading, writing or searching are mirrored in one sync and end with the
-//! mode they should have; another user's folder is never changed.
+//! mode they should have; another user's folder is never changed; groups
+//! the user belongs to are kept, and a folder's setgid bit with them.
 //!
 //! As root the binary runs through `setpriv` as `nobody`; as an ordinary
-//! user, directly. Tests that need a second user need root.
+//! user, directly. Tests that need a second user or chosen groups need
+//! root.
 
 mod common;
 
@@ -18,6 +20,10 @@ fn unlock_all(root: &Path) {
         .args(["-R", "u+rwX"])
         .arg(root)
         .status();
+}
+
+fn gid_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).expect("lstat").gid()
 }
 
 /// `--once SRC DST <extra>` under `prefix` (a `setpriv` command), with no
@@ -188,4 +194,73 @@ fn another_users_folder_is_never_unlocked() {
         (4321, 4321, 0o700)
     );
     assert_eq!(read(&sb.d("theirs/f")), b"f\n");
+}
+
+#[test]
+fn groups_of_ours_are_kept_and_a_folders_setgid_with_them() {
+    if !is_root_user() || !has_setpriv() {
+        eprintln!("skipped: needs root and setpriv (chosen groups)");
+        return;
+    }
+    // nobody, in two more groups.
+    let prefix = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--groups=4242,4343",
+    ];
+    let sb = Sandbox::new();
+    set_mode(sb.root(), 0o777);
+    file(&sb.src, "shared/f", "f\n");
+    file(&sb.src, "shared/foreign/g", "g\n");
+    file(&sb.src, "plain/h", "h\n");
+    file_with(&sb.src, "tool", "#!/bin/sh\n", 0o2755, FILE_TIME);
+    chown_tree(&sb.src, NOBODY);
+    let chgrp = |rel: &str, gid: u32| {
+        std::os::unix::fs::lchown(sb.s(rel), None, Some(gid)).unwrap();
+    };
+    chgrp("shared", 4242);
+    chgrp("shared/f", 4242);
+    // A group we are not in: not kept, and no setgid without it.
+    chgrp("shared/foreign", 777);
+    chgrp("plain", 4343);
+    chgrp("tool", 4242);
+    set_mode(&sb.s("shared"), 0o2775);
+    set_mode(&sb.s("shared/foreign"), 0o2755);
+    set_mode(&sb.s("tool"), 0o2755);
+    freeze_dirs(&sb.src, DIR_TIME);
+
+    let run = sync_with(&sb, &prefix, &[]);
+    run.expect_code(0).no_errors();
+    let got = |rel: &str| (gid_of(&sb.d(rel)), mode_of(&sb.d(rel)));
+    assert_eq!(got("shared"), (4242, 0o2775));
+    assert_eq!(got("shared/f"), (4242, 0o644));
+    assert_eq!(got("plain"), (4343, 0o755));
+    assert_eq!(got("plain/h"), (NOBODY, 0o644));
+    // A group we are not in is not kept, nor setgid without it; setgid
+    // on a file is kept only as root.
+    assert_eq!(got("shared/foreign"), (NOBODY, 0o755));
+    assert_eq!(got("tool"), (4242, 0o755));
+    assert_eq!(node_at(&sb.d("shared")).uid, NOBODY);
+
+    let again = sync_with(&sb, &prefix, &[]);
+    again.expect_code(0).no_errors();
+    again.assert_changes(&[]);
+
+    // A group that changes is mirrored (setgid stays with it).
+    chgrp("shared", 4343);
+    set_mode(&sb.s("shared"), 0o2775);
+    chgrp("shared/f", 4343);
+    chgrp("plain", NOBODY);
+    freeze_dirs(&sb.src, DIR_TIME);
+    let run = sync_with(&sb, &prefix, &[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("meta", "plain"), ("meta", "shared"), ("meta", "shared/f")]);
+    assert_eq!(got("shared"), (4343, 0o2775));
+    assert_eq!(got("shared/f"), (4343, 0o644));
+    assert_eq!(got("plain"), (NOBODY, 0o755));
+
+    let again = sync_with(&sb, &prefix, &[]);
+    again.expect_code(0).no_errors();
+    again.assert_changes(&[]);
 }

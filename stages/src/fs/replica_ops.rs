@@ -14,7 +14,9 @@
 //! an operation needs (search on the way, read to open it, write to add or
 //! remove entries) is unlocked for that operation and gets its mode back
 //! after it (`unlock.rs`); `finish_dir` then sets the mode the source
-//! gives it.
+//! gives it. Such a user also gives each entry the source's group where
+//! the group is one of theirs, and a folder its setgid bit with it, as
+//! `rsync -a` does.
 //!
 //! Everything here blocks: the Applier calls it from blocking threads.
 //!
@@ -27,7 +29,7 @@ use crate::contract::messages::LogEvent;
 use crate::contract::model::{
     run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp,
 };
-use crate::contract::options::SyncOptions;
+use crate::contract::options::{Groups, SyncOptions};
 use crate::contract::plan::RootIds;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::Roots;
@@ -189,6 +191,8 @@ pub struct ReplicaOps {
     source: Root,
     replica: Root,
     preserve_owner: bool,
+    /// The groups an ordinary user gives replica entries (`Groups`).
+    groups: Groups,
     fsync: bool,
     /// This run's token, in every temporary's name (`model::temp_name`).
     token: u64,
@@ -248,6 +252,7 @@ impl ReplicaOps {
             source,
             replica,
             preserve_owner: opts.preserve_owner,
+            groups: opts.groups,
             fsync: opts.fsync,
             token: run_token(),
             temp_seq: AtomicU64::new(0),
@@ -314,11 +319,14 @@ impl ReplicaOps {
     /// Sets owner (`chown`) then mode (`chmod`) where the replica keeps
     /// them; where it does not (as probed, or as a call now says), that is
     /// noted for the run's one `warn`, never an error, and the content and
-    /// times are still set. `ours`: whether the entry belongs to us.
+    /// times are still set. Not as root, only the group is set, where it
+    /// is one of ours (`keeps_group`). `ours`: whether the entry belongs
+    /// to us; `dir`: whether it is a folder.
     fn set_owner_and_mode(
         &self,
         meta: &Meta,
         path: &RelPath,
+        dir: bool,
         chown: impl FnOnce(Option<Uid>, Option<Gid>) -> Result<(), Errno>,
         chmod: impl FnOnce(Mode) -> Result<(), Errno>,
         ours: impl Fn() -> bool,
@@ -328,12 +336,17 @@ impl ReplicaOps {
             self.unkept
                 .tolerate(UNKEPT_OWNER, chown(uid, gid), &ours)
                 .map_err(io_err("set the owner", path))?;
+        } else if self.keeps_group(meta.gid) {
+            let gid = Gid::from_raw_unchecked(meta.gid);
+            self.unkept
+                .tolerate(UNKEPT_OWNER, chown(None, Some(gid)), &ours)
+                .map_err(io_err("set the group", path))?;
         } else if self.fs.owners_lost {
             self.unkept.note(UNKEPT_OWNER);
         }
         if self.fs.keeps_perms {
             self.unkept
-                .tolerate(UNKEPT_PERMS, chmod(self.mode(meta.perm)), &ours)
+                .tolerate(UNKEPT_PERMS, chmod(self.mode(meta, dir)), &ours)
                 .map_err(io_err("set the permissions", path))?;
         } else {
             self.unkept.note(UNKEPT_PERMS);
@@ -581,13 +594,15 @@ impl ReplicaOps {
         self.sync_dir(old, from)
     }
 
-    /// The file's mtime, permissions and (when kept) owner are `meta`'s.
+    /// The file's mtime, permissions and (when kept) owner or group are
+    /// `meta`'s.
     fn meta_matches(&self, st: &Stat, meta: &Meta) -> bool {
         let mtime = Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32);
         let perm = st.st_mode & 0o7777;
         mtime == meta.mtime
-            && perm == self.mode(meta.perm).as_raw_mode()
+            && perm == self.mode(meta, false).as_raw_mode()
             && (!self.preserve_owner || (st.st_uid, st.st_gid) == (meta.uid, meta.gid))
+            && (!self.keeps_group(meta.gid) || st.st_gid == meta.gid)
     }
 
     /// Creates the folder `path` readable only by us; its final mode and
@@ -806,10 +821,25 @@ impl ReplicaOps {
         Ok(())
     }
 
-    /// The permission bits to set: setuid and setgid only with the owner.
-    fn mode(&self, perm: u32) -> Mode {
-        let keep = if self.preserve_owner { 0o7777 } else { 0o1777 };
-        Mode::from_raw_mode(perm & keep)
+    /// The permission bits to set: setuid and setgid only with the owner;
+    /// a folder's setgid also with its group (`keeps_group`), which is what
+    /// its new entries get.
+    fn mode(&self, meta: &Meta, dir: bool) -> Mode {
+        let keep = if self.preserve_owner {
+            0o7777
+        } else if dir && self.keeps_group(meta.gid) {
+            0o3777
+        } else {
+            0o1777
+        };
+        Mode::from_raw_mode(meta.perm & keep)
+    }
+
+    /// Not as root, an entry gets the source's group `gid` where it is one
+    /// of ours (`rsync -g`) and the replica keeps modes (one that does not
+    /// keeps no groups either); the Differ compares it then.
+    fn keeps_group(&self, gid: u32) -> bool {
+        !self.preserve_owner && self.groups.keeps(gid, &self.fs)
     }
 
     fn owner(meta: &Meta) -> (Option<Uid>, Option<Gid>) {
@@ -832,6 +862,7 @@ impl ReplicaOps {
         self.set_owner_and_mode(
             meta,
             path,
+            dir,
             |uid, gid| rfs::fchown(fd, uid, gid),
             |mode| {
                 if dir {
@@ -861,6 +892,16 @@ impl ReplicaOps {
             let (uid, gid) = Self::owner(meta);
             rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(io_err("set the owner", path))?;
+        } else if self.keeps_group(meta.gid) {
+            let gid = Some(Gid::from_raw_unchecked(meta.gid));
+            let ours = || {
+                rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw())
+            };
+            let set = rfs::chownat(dir, name, None, gid, AtFlags::SYMLINK_NOFOLLOW);
+            self.unkept
+                .tolerate(UNKEPT_OWNER, set, ours)
+                .map_err(io_err("set the group", path))?;
         }
         match rfs::utimensat(
             dir,
@@ -896,6 +937,7 @@ impl ReplicaOps {
         self.set_owner_and_mode(
             meta,
             path,
+            dir,
             |uid, gid| rfs::chown(proc.as_str(), uid, gid),
             |mode| {
                 if dir {
