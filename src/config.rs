@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use treesync_stages::contract::options::SyncOptions;
+use treesync_stages::contract::options::{Groups, SyncOptions};
 use treesync_stages::contract::relpath::RelPath;
 use treesync_stages::fs::backup::BackupDir;
 use treesync_stages::fs::rules::Rules;
@@ -128,6 +128,7 @@ impl Config {
             )?),
             None => None,
         };
+        let as_root = rustix::process::geteuid().is_root();
         let mut sync = SyncOptions {
             source,
             replica,
@@ -144,7 +145,12 @@ impl Config {
             jobs,
             excludes: cli.exclude,
             hidden,
-            preserve_owner: rustix::process::geteuid().is_root(),
+            preserve_owner: as_root,
+            groups: if as_root {
+                Groups::default()
+            } else {
+                Groups::of_this_process()
+            },
             fsync: cli.fsync,
             watch,
             fresh_replica: replica_missing,

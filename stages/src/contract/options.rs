@@ -6,6 +6,7 @@ use crate::fs::identity::RootIdentity;
 use crate::fs::replica_fs::{self, FsCaps, ReplicaFs};
 use crate::fs::xattrs::{self, Policy};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use crate::contract::plan::MaxDelete;
@@ -53,6 +54,10 @@ pub struct SyncOptions {
     pub hidden: Vec<RelPath>,
     /// Set owner and group from the source (running as root).
     pub preserve_owner: bool,
+    /// Not as root: the groups whose ids we may give our files. A source
+    /// entry's group among them is mirrored (`rsync -g`), and a folder's
+    /// setgid bit with it. Empty as root and in tests unless set.
+    pub groups: Groups,
     /// Make each file and its folder durable before reporting it.
     pub fsync: bool,
     /// Filesystem events narrow the ticks: the Scanner keeps its listings
@@ -132,6 +137,7 @@ impl SyncOptions {
             excludes: Vec::new(),
             hidden: Vec::new(),
             preserve_owner: false,
+            groups: Groups::default(),
             fsync: false,
             watch: false,
             fresh_replica: false,
@@ -144,9 +150,69 @@ impl SyncOptions {
     }
 }
 
+/// Group ids the running user belongs to (the effective one and the
+/// supplementary ones), sorted: those an ordinary user may give its files.
+/// A copyable view of a set fixed for the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Groups(&'static [u32]);
+
+impl Groups {
+    /// This process's groups, read at the first call: they do not change
+    /// while it runs.
+    pub fn of_this_process() -> Groups {
+        static IDS: OnceLock<Vec<u32>> = OnceLock::new();
+        Groups(IDS.get_or_init(|| {
+            let mut ids: Vec<u32> = rustix::process::getgroups()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect();
+            ids.push(rustix::process::getegid().as_raw());
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }))
+    }
+
+    /// Given ids, for tests; they must be sorted.
+    pub const fn from_sorted(ids: &'static [u32]) -> Groups {
+        Groups(ids)
+    }
+
+    pub fn contains(&self, gid: u32) -> bool {
+        self.0.binary_search(&gid).is_ok()
+    }
+
+    /// Whether replica entries get the source's group `gid` though not
+    /// its owner: it is one of these, and the replica keeps modes (one that
+    /// does not, such as FAT, keeps no groups either).
+    pub fn keeps(&self, gid: u32, caps: &FsCaps) -> bool {
+        caps.keeps_perms && self.contains(gid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_hold_the_effective_group_and_keep_only_where_modes_are_kept() {
+        let ours = Groups::of_this_process();
+        let egid = rustix::process::getegid().as_raw();
+        assert!(ours.contains(egid));
+        assert_eq!(ours, Groups::of_this_process());
+        let some = Groups::from_sorted(&[10, 100, 1000]);
+        assert!(some.contains(100) && !some.contains(99));
+        assert!(!Groups::default().contains(egid));
+        let posix = FsCaps::default();
+        let fat = FsCaps {
+            keeps_perms: false,
+            ..posix
+        };
+        assert!(some.keeps(1000, &posix));
+        assert!(!some.keeps(1000, &fat));
+        assert!(!some.keeps(1001, &posix));
+    }
 
     #[test]
     fn parses_counts_and_percentages() {

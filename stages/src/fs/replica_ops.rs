@@ -10,6 +10,14 @@
 //! temporary. A source file that vanished or changed under us is not an
 //! error but a `Copied::Skipped` (Safety rule 4).
 //!
+//! Run as an ordinary user, a replica folder of ours that denies us what
+//! an operation needs (search on the way, read to open it, write to add or
+//! remove entries) is unlocked for that operation and gets its mode back
+//! after it (`unlock.rs`); `finish_dir` then sets the mode the source
+//! gives it. Such a user also gives each entry the source's group where
+//! the group is one of theirs, and a folder its setgid bit with it, as
+//! `rsync -a` does.
+//!
 //! Everything here blocks: the Applier calls it from blocking threads.
 //!
 //! The race-prone steps carry named failpoints (`fail_point!`), through
@@ -21,7 +29,7 @@ use crate::contract::messages::LogEvent;
 use crate::contract::model::{
     run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp,
 };
-use crate::contract::options::SyncOptions;
+use crate::contract::options::{Groups, SyncOptions};
 use crate::contract::plan::RootIds;
 use crate::contract::relpath::RelPath;
 use crate::fs::identity::Roots;
@@ -31,6 +39,7 @@ use crate::fs::replica_fs::{
 };
 use crate::fs::root::{meta_of, Root};
 use crate::fs::state;
+use crate::fs::unlock::{HeldDir, Unlocks, WRITE};
 use crate::fs::xattrs::{self, Attrs, On, Policy};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{
@@ -185,6 +194,8 @@ pub struct ReplicaOps {
     source: Root,
     replica: Root,
     preserve_owner: bool,
+    /// The groups an ordinary user gives replica entries (`Groups`).
+    groups: Groups,
     fsync: bool,
     /// This run's token, in every temporary's name (`model::temp_name`).
     token: u64,
@@ -201,6 +212,8 @@ pub struct ReplicaOps {
     /// Called before each replacement or deletion (`hooks.rs`).
     hooks: Hooks,
     hook_cx: HookCx,
+    /// Replica folders unlocked for the operations in flight.
+    unlocks: Unlocks,
 }
 
 impl ReplicaOps {
@@ -244,6 +257,7 @@ impl ReplicaOps {
             source,
             replica,
             preserve_owner: opts.preserve_owner,
+            groups: opts.groups,
             fsync: opts.fsync,
             token: run_token(),
             temp_seq: AtomicU64::new(0),
@@ -256,6 +270,7 @@ impl ReplicaOps {
                 tick_start: SystemTime::now(),
                 dry_run: false,
             },
+            unlocks: Unlocks::default(),
         }
     }
 
@@ -278,7 +293,7 @@ impl ReplicaOps {
     fn run_hooks(
         &self,
         at: HookAt,
-        dir: BorrowedFd<'_>,
+        dir: &HeldDir,
         name: &[u8],
         path: &RelPath,
         events: &mut Vec<LogEvent>,
@@ -288,10 +303,12 @@ impl ReplicaOps {
         }
         let run = |events: &mut Vec<LogEvent>| {
             self.hooks
-                .before(at, &self.hook_cx, dir, name, path, events)
+                .before(at, &self.hook_cx, dir.as_fd(), name, path, events)
         };
         match run(events) {
-            Err(e) if e.errno() == Some(Errno::ACCESS) && unlock_dir(dir) => run(events),
+            Err(e) if e.errno() == Some(Errno::ACCESS) && dir.unlock(&self.unlocks, WRITE) => {
+                run(events)
+            }
             other => other,
         }
         .map_err(|source| OpError::Hook {
@@ -308,11 +325,14 @@ impl ReplicaOps {
     /// Sets owner (`chown`) then mode (`chmod`) where the replica keeps
     /// them; where it does not (as probed, or as a call now says), that is
     /// noted for the run's one `warn`, never an error, and the content and
-    /// times are still set. `ours`: whether the entry belongs to us.
+    /// times are still set. Not as root, only the group is set, where it
+    /// is one of ours (`keeps_group`). `ours`: whether the entry belongs
+    /// to us; `dir`: whether it is a folder.
     fn set_owner_and_mode(
         &self,
         meta: &Meta,
         path: &RelPath,
+        dir: bool,
         chown: impl FnOnce(Option<Uid>, Option<Gid>) -> Result<(), Errno>,
         chmod: impl FnOnce(Mode) -> Result<(), Errno>,
         ours: impl Fn() -> bool,
@@ -322,12 +342,17 @@ impl ReplicaOps {
             self.unkept
                 .tolerate(UNKEPT_OWNER, chown(uid, gid), &ours)
                 .map_err(io_err("set the owner", path))?;
+        } else if self.keeps_group(meta.gid) {
+            let gid = Gid::from_raw_unchecked(meta.gid);
+            self.unkept
+                .tolerate(UNKEPT_OWNER, chown(None, Some(gid)), &ours)
+                .map_err(io_err("set the group", path))?;
         } else if self.fs.owners_lost {
             self.unkept.note(UNKEPT_OWNER);
         }
         if self.fs.keeps_perms {
             self.unkept
-                .tolerate(UNKEPT_PERMS, chmod(self.mode(meta.perm)), &ours)
+                .tolerate(UNKEPT_PERMS, chmod(self.mode(meta, dir)), &ours)
                 .map_err(io_err("set the permissions", path))?;
         } else {
             self.unkept.note(UNKEPT_PERMS);
@@ -393,7 +418,7 @@ impl ReplicaOps {
         let started = SystemTime::now();
         let (src, before) = self.open_source(path, meta.id)?;
         let (dir, name) = self.replica_parent(path)?;
-        let (tmp_fd, temp) = self.new_temp(dir.as_fd(), path, "create the temporary", |n| {
+        let (tmp_fd, temp) = self.new_temp(&dir, path, "create the temporary", |n| {
             rfs::openat(dir.as_fd(), n, TEMP_FLAGS, Mode::from_raw_mode(0o600))
         })?;
         let bytes =
@@ -416,7 +441,7 @@ impl ReplicaOps {
         // The metadata of the content actually copied, which the second
         // fstat just confirmed; it equals `meta` unless the file changed
         // between the scan and now.
-        self.set_fd_meta(&tmp_fd, &after_meta, Some(&attrs), path)?;
+        self.set_fd_meta(tmp_fd.as_fd(), &after_meta, Some(&attrs), path, false)?;
         drop(tmp_fd);
         if racy {
             // Recorded before the copy takes its name: a run killed after
@@ -433,7 +458,7 @@ impl ReplicaOps {
         // lost. A new file never replaces anything.
         match into {
             Into::New => self.place_new(dir.as_fd(), temp, name, path)?,
-            Into::Existing => self.replace(dir.as_fd(), temp, name, path, events)?,
+            Into::Existing => self.replace(&dir, temp, name, path, events)?,
         }
         Ok((bytes, racy))
     }
@@ -477,11 +502,11 @@ impl ReplicaOps {
         events: &mut Vec<LogEvent>,
     ) -> Result<(), OpError> {
         let (dir, name) = self.replica_parent(path)?;
-        let ((), temp) = self.new_temp(dir.as_fd(), path, "create the symlink", |n| {
+        let ((), temp) = self.new_temp(&dir, path, "create the symlink", |n| {
             rfs::symlinkat(target, dir.as_fd(), n)
         })?;
         self.set_link_meta(dir.as_fd(), temp.name(), meta, path)?;
-        self.replace(dir.as_fd(), temp, name, path, events)
+        self.replace(&dir, temp, name, path, events)
     }
 
     /// Sets owner, permissions and times of the file or link at `path`
@@ -498,7 +523,7 @@ impl ReplicaOps {
                 let st = rfs::fstat(&fd).map_err(io_err("stat the replica file", path))?;
                 expect_type(&st, FileType::RegularFile, path)?;
                 let attrs = self.source_attrs(path, FileType::RegularFile)?;
-                self.set_fd_meta(&fd, meta, attrs.as_ref(), path)
+                self.set_fd_meta(fd.as_fd(), meta, attrs.as_ref(), path, false)
             }
             Err(Errno::LOOP) => Err(OpError::Kind {
                 path: path.clone(),
@@ -547,18 +572,20 @@ impl ReplicaOps {
         let (old, new) = (old_dir.as_fd(), new_dir.as_fd());
         // A folder that changes parents has its `..` entry rewritten: it
         // must be writable itself, as a read-only source folder's copy is
-        // not (its mode comes back with `FinishDir`).
+        // not (it gets its mode back after the move).
         let moved = match (meta, from.parent() == path.parent()) {
             (None, false) => {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                rfs::openat(old, old_name, flags, Mode::empty()).ok()
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                rfs::openat(old, old_name, flags, Mode::empty())
+                    .ok()
+                    .map(HeldDir::new)
             }
             _ => None,
         };
         let rename = |flags| {
-            self.in_writable(old, || {
-                self.in_writable(new, || match &moved {
-                    Some(dir) => self.in_writable(dir.as_fd(), || {
+            self.in_writable(&old_dir, || {
+                self.in_writable(&new_dir, || match &moved {
+                    Some(dir) => self.in_writable(dir, || {
                         rfs::renameat_with(old, old_name, new, new_name, flags)
                     }),
                     None => rfs::renameat_with(old, old_name, new, new_name, flags),
@@ -585,13 +612,15 @@ impl ReplicaOps {
         self.sync_dir(old, from)
     }
 
-    /// The file's mtime, permissions and (when kept) owner are `meta`'s.
+    /// The file's mtime, permissions and (when kept) owner or group are
+    /// `meta`'s.
     fn meta_matches(&self, st: &Stat, meta: &Meta) -> bool {
         let mtime = Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32);
         let perm = st.st_mode & 0o7777;
         mtime == meta.mtime
-            && perm == self.mode(meta.perm).as_raw_mode()
+            && perm == self.mode(meta, false).as_raw_mode()
             && (!self.preserve_owner || (st.st_uid, st.st_gid) == (meta.uid, meta.gid))
+            && (!self.keeps_group(meta.gid) || st.st_gid == meta.gid)
     }
 
     /// Creates the folder `path` readable only by us; its final mode and
@@ -599,7 +628,7 @@ impl ReplicaOps {
     pub fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
         let (dir, name) = self.replica_parent(path)?;
         fail_point!("replica_ops::mkdir::before");
-        match self.in_writable(dir.as_fd(), || {
+        match self.in_writable(&dir, || {
             rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
         }) {
             Ok(()) => {}
@@ -615,8 +644,8 @@ impl ReplicaOps {
     /// Sets a folder's owner, permissions and times (the root's too).
     pub fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<(), OpError> {
         let attrs = self.source_attrs(path, FileType::Directory)?;
-        match self.replica.open_dir(path) {
-            Ok(fd) => self.set_fd_meta(&fd, meta, attrs.as_ref(), path),
+        match self.replica.open_dir_unlocking(path, &self.unlocks) {
+            Ok(dir) => self.set_fd_meta(dir.as_fd(), meta, attrs.as_ref(), path, true),
             Err(e) if errno_of(&e) == Some(Errno::ACCESS) && !path.is_root() => {
                 let (dir, name) = self.replica_parent(path)?;
                 let kind = FileType::Directory;
@@ -664,11 +693,11 @@ impl ReplicaOps {
             Err(Errno::NOENT) => false,
             Err(e) => return Err(io_err("look up the name", path)(e)),
         };
-        let ((), temp) = self.new_temp(dir.as_fd(), path, "link", |n| {
+        let ((), temp) = self.new_temp(&dir, path, "link", |n| {
             rfs::linkat(&to_dir, to_name, dir.as_fd(), n, AtFlags::empty())
         })?;
         if existing {
-            self.replace(dir.as_fd(), temp, name, path, events)?;
+            self.replace(&dir, temp, name, path, events)?;
         } else {
             self.place_new(dir.as_fd(), temp, name, path)?;
         }
@@ -721,7 +750,7 @@ impl ReplicaOps {
         &self,
         path: &RelPath,
         kind: FileType,
-    ) -> Result<(OwnedFd, Option<OwnedFd>), OpError> {
+    ) -> Result<(OwnedFd, Option<HeldDir>), OpError> {
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let (fd, parent) = if path.is_root() {
             let fd = self
@@ -865,17 +894,17 @@ impl ReplicaOps {
         flags: AtFlags,
         events: Option<&mut Vec<LogEvent>>,
     ) -> Result<(), OpError> {
-        let (dir, name) = match self.replica.open_parent(path) {
+        let (dir, name) = match self.replica.open_parent_unlocking(path, &self.unlocks) {
             Ok(found) => found,
             // No parent folder, so no entry either.
             Err(e) if matches!(errno_of(&e), Some(Errno::NOENT)) => return Ok(()),
             Err(e) => return Err(std_err("open the replica folder", path)(e)),
         };
         if let Some(events) = events {
-            self.run_hooks(HookAt::Delete, dir.as_fd(), name, path, events)?;
+            self.run_hooks(HookAt::Delete, &dir, name, path, events)?;
         }
         fail_point!("replica_ops::delete::before_unlink");
-        match self.in_writable(dir.as_fd(), || rfs::unlinkat(&dir, name, flags)) {
+        match self.in_writable(&dir, || rfs::unlinkat(&dir, name, flags)) {
             Ok(()) | Err(Errno::NOENT) => self.sync_dir(dir.as_fd(), path),
             Err(e) => Err(io_err("remove", path)(e)),
         }
@@ -884,22 +913,25 @@ impl ReplicaOps {
     /// Runs `op`, which adds or removes an entry of the folder `dir`. When
     /// it is refused because the folder is read-only (a mirrored `0o555`
     /// folder, and we are not root), and the folder is ours, it is made
-    /// writable for us and `op` runs once more: the folder gets its mode
-    /// back when it is finished (`finish_dir`), or goes with its parent.
+    /// writable for us and `op` runs once more: the folder stays writable
+    /// for as long as `dir` is open, then gets its mode back
+    /// (`unlock.rs`); `finish_dir` later sets the source's.
     fn in_writable<T>(
         &self,
-        dir: BorrowedFd<'_>,
+        dir: &HeldDir,
         mut op: impl FnMut() -> rustix::io::Result<T>,
     ) -> rustix::io::Result<T> {
         match op() {
-            Err(Errno::ACCESS) if unlock_dir(dir) => op(),
+            Err(Errno::ACCESS) if dir.unlock(&self.unlocks, WRITE) => op(),
             other => other,
         }
     }
 
-    fn replica_parent<'p>(&self, path: &'p RelPath) -> Result<(OwnedFd, &'p [u8]), OpError> {
+    /// The replica folder holding `path`, the folders of ours in the way
+    /// unlocked for as long as it is open.
+    fn replica_parent<'p>(&self, path: &'p RelPath) -> Result<(HeldDir, &'p [u8]), OpError> {
         self.replica
-            .open_parent(path)
+            .open_parent_unlocking(path, &self.unlocks)
             .map_err(std_err("open the replica folder", path))
     }
 
@@ -907,7 +939,7 @@ impl ReplicaOps {
     /// returned guard removes the temporary unless it was renamed.
     fn new_temp<'d, T>(
         &self,
-        dir: BorrowedFd<'d>,
+        dir: &'d HeldDir,
         path: &RelPath,
         step: &'static str,
         mut create: impl FnMut(&[u8]) -> rustix::io::Result<T>,
@@ -917,7 +949,10 @@ impl ReplicaOps {
         for _ in 0..TEMP_ATTEMPTS {
             let name = self.temp_name();
             match self.in_writable(dir, || create(&name)) {
-                Ok(made) => return Ok((made, Temp { dir, name })),
+                Ok(made) => {
+                    let dir = dir.as_fd();
+                    return Ok((made, Temp { dir, name }));
+                }
                 Err(Errno::EXIST) => last = Errno::EXIST,
                 Err(e) => return Err(io_err(step, path)(e)),
             }
@@ -950,14 +985,15 @@ impl ReplicaOps {
     /// makes the folder durable when asked.
     fn replace(
         &self,
-        dir: BorrowedFd<'_>,
+        held: &HeldDir,
         temp: Temp<'_>,
         name: &[u8],
         path: &RelPath,
         events: &mut Vec<LogEvent>,
     ) -> Result<(), OpError> {
-        self.run_hooks(HookAt::Replace, dir, name, path, events)?;
+        self.run_hooks(HookAt::Replace, held, name, path, events)?;
         fail_point!("replica_ops::replace::before_rename");
+        let dir = held.as_fd();
         rfs::renameat(dir, temp.name(), dir, name).map_err(io_err("rename into place", path))?;
         temp.keep();
         self.sync_dir(dir, path)
@@ -1000,10 +1036,25 @@ impl ReplicaOps {
         Ok(())
     }
 
-    /// The permission bits to set: setuid and setgid only with the owner.
-    fn mode(&self, perm: u32) -> Mode {
-        let keep = if self.preserve_owner { 0o7777 } else { 0o1777 };
-        Mode::from_raw_mode(perm & keep)
+    /// The permission bits to set: setuid and setgid only with the owner;
+    /// a folder's setgid also with its group (`keeps_group`), which is what
+    /// its new entries get.
+    fn mode(&self, meta: &Meta, dir: bool) -> Mode {
+        let keep = if self.preserve_owner {
+            0o7777
+        } else if dir && self.keeps_group(meta.gid) {
+            0o3777
+        } else {
+            0o1777
+        };
+        Mode::from_raw_mode(meta.perm & keep)
+    }
+
+    /// Not as root, an entry gets the source's group `gid` where it is one
+    /// of ours (`rsync -g`) and the replica keeps modes (one that does not
+    /// keeps no groups either); the Differ compares it then.
+    fn keeps_group(&self, gid: u32) -> bool {
+        !self.preserve_owner && self.groups.keeps(gid, &self.fs)
     }
 
     fn owner(meta: &Meta) -> (Option<Uid>, Option<Gid>) {
@@ -1014,23 +1065,31 @@ impl ReplicaOps {
     }
 
     /// Owner first (changing it clears setuid and setgid), then mode, then
-    /// times, then durability, all on an open handle.
-    /// Attributes (`attrs`, the source's) come after the owner, which
-    /// clears some (`security.capability`), and after the mode: an ACL
-    /// sets the group bits from its mask, which the source's mode agrees
-    /// with.
+    /// times, then durability, all on an open handle. A folder's mode is
+    /// the one it keeps when it was unlocked for an operation. Attributes
+    /// (`attrs`, the source's) come after the owner, which clears some
+    /// (`security.capability`), and after the mode: an ACL sets the group
+    /// bits from its mask, which the source's mode agrees with.
     fn set_fd_meta(
         &self,
-        fd: &OwnedFd,
+        fd: BorrowedFd<'_>,
         meta: &Meta,
         attrs: Option<&Attrs>,
         path: &RelPath,
+        dir: bool,
     ) -> Result<(), OpError> {
         self.set_owner_and_mode(
             meta,
             path,
+            dir,
             |uid, gid| rfs::fchown(fd, uid, gid),
-            |mode| rfs::fchmod(fd, mode),
+            |mode| {
+                if dir {
+                    self.unlocks.set_mode(fd, mode, |m| rfs::fchmod(fd, m))
+                } else {
+                    rfs::fchmod(fd, mode)
+                }
+            },
             || rfs::fstat(fd).is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw()),
         )?;
         if let Some(attrs) = attrs {
@@ -1055,6 +1114,16 @@ impl ReplicaOps {
             let (uid, gid) = Self::owner(meta);
             rfs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(io_err("set the owner", path))?;
+        } else if self.keeps_group(meta.gid) {
+            let gid = Some(Gid::from_raw_unchecked(meta.gid));
+            let ours = || {
+                rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw())
+            };
+            let set = rfs::chownat(dir, name, None, gid, AtFlags::SYMLINK_NOFOLLOW);
+            self.unkept
+                .tolerate(UNKEPT_OWNER, set, ours)
+                .map_err(io_err("set the group", path))?;
         }
         match rfs::utimensat(
             dir,
@@ -1087,11 +1156,20 @@ impl ReplicaOps {
         let st = rfs::fstat(&fd).map_err(io_err("stat the replica entry", path))?;
         expect_type(&st, expected, path)?;
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let dir = expected == FileType::Directory;
         self.set_owner_and_mode(
             meta,
             path,
+            dir,
             |uid, gid| rfs::chown(proc.as_str(), uid, gid),
-            |mode| rfs::chmod(proc.as_str(), mode),
+            |mode| {
+                if dir {
+                    let chmod = |m| rfs::chmod(proc.as_str(), m);
+                    self.unlocks.set_mode(fd.as_fd(), mode, chmod)
+                } else {
+                    rfs::chmod(proc.as_str(), mode)
+                }
+            },
             || st.st_uid == rustix::process::geteuid().as_raw(),
         )?;
         if let Some(attrs) = attrs {
@@ -1359,19 +1437,6 @@ fn type_name(ft: FileType) -> &'static str {
         FileType::BlockDevice => "block device",
         FileType::Unknown => "unknown file type",
     }
-}
-
-/// Gives the owner write and search permission on a folder we own that
-/// lacks them; true if it did.
-fn unlock_dir(dir: BorrowedFd<'_>) -> bool {
-    let Ok(st) = rfs::fstat(dir) else {
-        return false;
-    };
-    let ours = st.st_uid == rustix::process::geteuid().as_raw();
-    if !ours || st.st_mode & 0o300 == 0o300 {
-        return false;
-    }
-    rfs::fchmod(dir, Mode::from_raw_mode((st.st_mode | 0o300) & 0o7777)).is_ok()
 }
 
 #[cfg(test)]
@@ -1714,6 +1779,51 @@ mod tests {
             (m.mode() & 0o7777, m.mtime(), m.mtime_nsec()),
             (0o751, 1_111_111_111, 1)
         );
+    }
+
+    #[test]
+    fn replica_ops_work_in_locked_folders_of_ours_and_give_their_modes_back() {
+        if rustix::process::geteuid().is_root() {
+            eprintln!("skipped: root is never denied (tests/unprivileged.rs runs this as a user)");
+            return;
+        }
+        let (tmp, ops) = setup();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/f"), b"new").unwrap();
+        fs::create_dir_all(dst.join("a/b")).unwrap();
+        fs::write(dst.join("a/b/old"), b"old").unwrap();
+        let set = |rel: &str, mode: u32| {
+            fs::set_permissions(dst.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let mode = |rel: &str| fs::symlink_metadata(dst.join(rel)).unwrap().mode() & 0o7777;
+        set("a/b", 0o000);
+        set("a", 0o000);
+        let f = lmeta(&src.join("a/b/f"));
+        let copied = ops.copy(&rel("a/b/f"), &f, &mut Vec::new()).unwrap();
+        assert!(matches!(copied, Copied::Written { bytes: 3, .. }));
+        assert_eq!(mode("a"), 0o000);
+        ops.delete(&rel("a/b/old"), &mut Vec::new()).unwrap();
+        ops.mkdir(&rel("a/b/n")).unwrap();
+        ops.set_meta(&rel("a/b/f"), false, &Meta { perm: 0o600, ..f })
+            .unwrap();
+        let b = Meta {
+            perm: 0o750,
+            mtime: Timestamp::new(1_111_111_111, 1),
+            ..Meta::default()
+        };
+        ops.finish_dir(&rel("a/b"), &b).unwrap();
+        assert_eq!(mode("a"), 0o000);
+        set("a", 0o700);
+        assert_eq!(mode("a/b"), 0o750);
+        assert_eq!(names(&dst.join("a/b")), ["f", "n"]);
+        assert_eq!(fs::read(dst.join("a/b/f")).unwrap(), b"new");
+        assert_eq!(mode("a/b/f"), 0o600);
+        // A folder left locked, not finished: its mode comes back.
+        set("a/b", 0o500);
+        ops.rmdir(&rel("a/b/n")).unwrap();
+        assert_eq!(mode("a/b"), 0o500);
+        assert_eq!(names(&dst.join("a/b")), ["f"]);
     }
 
     #[test]

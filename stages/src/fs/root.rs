@@ -10,6 +10,7 @@
 
 use crate::contract::model::{EntryKind, FileId, LinkTarget, Meta, SpecialKind, Timestamp};
 use crate::contract::relpath::RelPath;
+use crate::fs::unlock::{open_held, HeldDir, Unlocks, PATH_FLAGS, SEARCH};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -204,11 +205,109 @@ impl Root {
     /// Opens the folder holding `rel` and returns it with `rel`'s last
     /// component; `rel` must not be the root.
     pub fn open_parent<'a>(&self, rel: &'a RelPath) -> io::Result<(OwnedFd, &'a [u8])> {
-        let parent = rel
-            .parent()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the root has no parent"))?;
-        Ok((self.open_dir(&parent)?, rel.name()))
+        Ok((self.open_dir(&parent_of(rel)?)?, rel.name()))
     }
+
+    /// Opens the folder `rel` to work in it, as `open_dir` does, and makes
+    /// sure it can be searched too (its entries looked up). Where that is
+    /// denied, and only then, the folders on the way that are ours are
+    /// unlocked (`unlock.rs`): each component is opened in turn as an
+    /// `O_PATH` handle, never through a link, the folder it is in given
+    /// owner search permission when the lookup is refused, and the last
+    /// one read and search permission when opening it is. They get their
+    /// modes back when the returned handle is dropped.
+    pub fn open_dir_unlocking(&self, rel: &RelPath, unlocks: &Unlocks) -> io::Result<HeldDir> {
+        match self.open_dir_searchable(rel) {
+            Ok(fd) => Ok(HeldDir::new(fd)),
+            Err(Errno::ACCESS) => Ok(self.open_dir_unlocking_stepwise(rel, unlocks)?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `open_parent` through `open_dir_unlocking`.
+    pub fn open_parent_unlocking<'a>(
+        &self,
+        rel: &'a RelPath,
+        unlocks: &Unlocks,
+    ) -> io::Result<(HeldDir, &'a [u8])> {
+        Ok((
+            self.open_dir_unlocking(&parent_of(rel)?, unlocks)?,
+            rel.name(),
+        ))
+    }
+
+    /// The folder `rel` through its `.` entry, whose lookup needs search
+    /// permission on it: one call, like `open_dir`.
+    fn open_dir_searchable(&self, rel: &RelPath) -> Result<OwnedFd, Errno> {
+        if rel.is_root() {
+            return rfs::openat(&self.fd, c".", DIR_FLAGS, Mode::empty());
+        }
+        let mut path = Vec::with_capacity(rel.as_bytes().len() + 2);
+        path.extend_from_slice(rel.as_bytes());
+        path.extend_from_slice(b"/.");
+        match rfs::openat2(
+            &self.fd,
+            path.as_slice(),
+            DIR_FLAGS,
+            Mode::empty(),
+            self.resolve(),
+        ) {
+            Err(Errno::NAMETOOLONG | Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
+                let fd = self
+                    .open_dir(rel)
+                    .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+                rfs::openat(&fd, c".", DIR_FLAGS, Mode::empty())
+            }
+            other => other,
+        }
+    }
+
+    fn open_dir_unlocking_stepwise(
+        &self,
+        rel: &RelPath,
+        unlocks: &Unlocks,
+    ) -> Result<HeldDir, Errno> {
+        let mut dir = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0)?;
+        let dev = rfs::fstat(&dir)?.st_dev;
+        let mut held = Vec::new();
+        for name in rel.components() {
+            dir = match self.open_step(&dir, name, dev) {
+                Err(Errno::ACCESS) => {
+                    held.push(unlocks.unlock(dir.as_fd(), SEARCH).ok_or(Errno::ACCESS)?);
+                    self.open_step(&dir, name, dev)?
+                }
+                other => other?,
+            };
+        }
+        let opened = open_held(dir.as_fd(), DIR_FLAGS, unlocks)?;
+        opened.hold(held);
+        Ok(opened)
+    }
+
+    /// The folder `name` of `dir` as an `O_PATH` handle, confined like a
+    /// whole path: never a link, and on the root's filesystem when it
+    /// keeps to it.
+    fn open_step(&self, dir: &OwnedFd, name: &[u8], dev: u64) -> Result<OwnedFd, Errno> {
+        let fd = match rfs::openat2(dir, name, PATH_FLAGS, Mode::empty(), self.resolve()) {
+            Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
+                rfs::openat(dir, name, PATH_FLAGS, Mode::empty())?
+            }
+            other => other?,
+        };
+        let st = rfs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(Errno::NOTDIR);
+        }
+        if self.one_fs && st.st_dev != dev {
+            return Err(Errno::XDEV);
+        }
+        Ok(fd)
+    }
+}
+
+fn parent_of(rel: &RelPath) -> io::Result<RelPath> {
+    rel.parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the root has no parent"))
 }
 
 /// `lstat` of `name` in the folder `dir`.
@@ -334,6 +433,85 @@ mod tests {
         assert!(Root::open_no_links_stepwise(&via_link).is_err());
         assert!(Root::open_no_links_stepwise(&via_link.join("inner")).is_err());
         assert!(Root::open_no_links_stepwise(&real.join("inner")).is_ok());
+    }
+
+    #[test]
+    fn opens_folders_to_work_in_stepwise_never_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), b"x").unwrap();
+        symlink(tmp.path(), root.join("a/link")).unwrap();
+        std::fs::write(root.join("a/file"), b"x").unwrap();
+        let r = Root::open(&root).unwrap().on_its_filesystem();
+        let unlocks = Unlocks::default();
+        let ab = RelPath::from_str_lossy("a/b");
+        for dir in [
+            r.open_dir_unlocking(&ab, &unlocks).unwrap(),
+            r.open_dir_unlocking_stepwise(&ab, &unlocks).unwrap(),
+        ] {
+            assert!(stat_at(&dir, b"f").is_ok());
+        }
+        let root_dir = r.open_dir_unlocking_stepwise(&RelPath::root(), &unlocks);
+        assert!(stat_at(root_dir.unwrap(), b"a").is_ok());
+        for bad in ["a/link", "a/link/x", "a/file", "a/file/x", "a/none"] {
+            let bad = RelPath::from_str_lossy(bad);
+            assert!(r.open_dir_unlocking(&bad, &unlocks).is_err(), "{bad}");
+            assert!(
+                r.open_dir_unlocking_stepwise(&bad, &unlocks).is_err(),
+                "{bad}"
+            );
+        }
+        let abf = RelPath::from_str_lossy("a/b/f");
+        let (dir, name) = r.open_parent_unlocking(&abf, &unlocks).unwrap();
+        assert_eq!(name, b"f");
+        assert!(stat_at(&dir, name).is_ok());
+    }
+
+    #[test]
+    fn unlocks_our_folders_that_deny_search_or_read_and_gives_their_modes_back() {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            eprintln!("skipped: root is never denied (tests/unprivileged.rs runs this as a user)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(tmp.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let set = |p: &str, m: u32| {
+            std::fs::set_permissions(tmp.path().join(p), std::fs::Permissions::from_mode(m))
+                .unwrap()
+        };
+        // No search (read only), then nothing at all, then no read.
+        set("a/b/c", 0o100);
+        set("a/b", 0o000);
+        set("a", 0o600);
+        let r = Root::open(tmp.path()).unwrap();
+        let abc = RelPath::from_str_lossy("a/b/c");
+        assert!(r.open_dir(&abc).is_err());
+        let unlocks = Unlocks::default();
+        let dir = r.open_dir_unlocking(&abc, &unlocks).unwrap();
+        assert_eq!(
+            (mode("a"), mode("a/b"), mode("a/b/c")),
+            (0o700, 0o100, 0o500)
+        );
+        rfs::mkdirat(&dir, "x", Mode::from_raw_mode(0o700)).unwrap_err();
+        drop(dir);
+        // Off: denied as before.
+        assert!(r.open_dir_unlocking(&abc, &Unlocks::off()).is_err());
+        // Each mode is back (seen from above, opened in turn).
+        assert_eq!(mode("a"), 0o600);
+        set("a", 0o755);
+        assert_eq!(mode("a/b"), 0o000);
+        set("a/b", 0o755);
+        assert_eq!(mode("a/b/c"), 0o100);
+        set("a/b/c", 0o755);
     }
 
     #[test]

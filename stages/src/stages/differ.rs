@@ -52,7 +52,7 @@ use crate::contract::model::{
     Entry, EntryKind, Listing, Meta, SameContent, TempTokens, IGNORE_FILE, STATE_DIR,
 };
 use crate::contract::moves::{self, FolderMove, MovePairs};
-use crate::contract::options::{MaxDelete, SyncOptions};
+use crate::contract::options::{Groups, MaxDelete, SyncOptions};
 use crate::contract::plan::{guard_base, GuardTrip, Op, Plan, RootIds};
 use crate::contract::relpath::RelPath;
 use crate::contract::stage::{Flow, Stage};
@@ -93,6 +93,10 @@ pub struct DiffOptions {
     /// Every entry's attributes are compared (`SyncOptions::attrs_sweep`,
     /// or `--checksum`).
     pub attrs_sweep: bool,
+    /// Not as root: the groups we may give our files. Where the source's
+    /// group is one of them (and the replica keeps modes), the group is
+    /// compared too, and a folder's setgid bit is kept (`rsync -g`).
+    pub groups: Groups,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -110,6 +114,7 @@ impl From<&SyncOptions> for DiffOptions {
             hard_links: o.hard_links && o.replica_fs.caps.hard_links,
             attrs: !o.attrs_policy().is_none(),
             attrs_sweep: o.checksum,
+            groups: o.groups,
         }
     }
 }
@@ -794,16 +799,33 @@ impl<'a> Planner<'a> {
             || self.owner_differs(s, r)
     }
 
+    /// For a folder, whose setgid bit is kept with its group too.
     fn perm_or_owner_differs(&self, s: &Meta, r: &Meta) -> bool {
-        self.perm_differs(s, r) || self.owner_differs(s, r)
+        let setgid = if self.keeps_group(s) {
+            s.perm & 0o2000
+        } else {
+            0
+        };
+        let perm = expected_perm(s.perm, self.opts.preserve_owner) | setgid;
+        (self.opts.fs.keeps_perms && perm != r.perm) || self.owner_differs(s, r)
     }
 
     fn perm_differs(&self, s: &Meta, r: &Meta) -> bool {
         self.opts.fs.keeps_perms && expected_perm(s.perm, self.opts.preserve_owner) != r.perm
     }
 
+    /// As root, owner and group; otherwise the group, where it is kept.
     fn owner_differs(&self, s: &Meta, r: &Meta) -> bool {
-        self.opts.preserve_owner && self.opts.fs.keeps_owners && (s.uid != r.uid || s.gid != r.gid)
+        if self.opts.preserve_owner {
+            self.opts.fs.keeps_owners && (s.uid != r.uid || s.gid != r.gid)
+        } else {
+            self.keeps_group(s) && s.gid != r.gid
+        }
+    }
+
+    /// Not as root, the source's group is mirrored where it is one of ours.
+    fn keeps_group(&self, s: &Meta) -> bool {
+        !self.opts.preserve_owner && self.opts.groups.keeps(s.gid, &self.opts.fs)
     }
 
     /// A source link where the replica cannot hold links: an error for that
@@ -1055,6 +1077,7 @@ mod tests {
             hard_links: true,
             attrs: true,
             attrs_sweep: false,
+            groups: Groups::default(),
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {

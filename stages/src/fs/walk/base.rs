@@ -5,7 +5,8 @@
 use super::WalkOptions;
 use crate::contract::relpath::RelPath;
 use crate::fs::root::Root;
-use rustix::fd::OwnedFd;
+use crate::fs::unlock::{open_held, HeldDir, Unlocks, PATH_FLAGS};
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use std::sync::Arc;
@@ -76,44 +77,63 @@ pub(super) enum Side {
 
 /// How a job reaches its folder on one side.
 pub(super) enum DirHandle {
-    /// Already open (a root).
-    Open(OwnedFd),
+    /// Already open (a root, or a folder a partial walk starts from).
+    Open(HeldDir),
     /// The parent's handle, shared with the siblings still pending; the
     /// folder is the job's last path component.
-    Under(Arc<OwnedFd>),
+    Under(Arc<HeldDir>),
 }
 
 impl DirHandle {
     /// Opens the folder, releasing the parent's handle as soon as possible.
-    pub(super) fn open(self, rel: &RelPath) -> Result<OwnedFd, Errno> {
+    pub(super) fn open(self, rel: &RelPath) -> Result<HeldDir, Errno> {
         match self {
-            DirHandle::Open(fd) => Ok(fd),
-            DirHandle::Under(parent) => rfs::openat(&*parent, rel.name(), DIR_FLAGS, Mode::empty()),
+            DirHandle::Open(dir) => Ok(dir),
+            DirHandle::Under(parent) => {
+                rfs::openat(&*parent, rel.name(), DIR_FLAGS, Mode::empty()).map(HeldDir::new)
+            }
         }
     }
 
     /// `open`, failing with `EXDEV` where the folder is another mount (a
-    /// bind mount of the same filesystem included).
-    pub(super) fn open_on_its_filesystem(self, rel: &RelPath) -> Result<OwnedFd, Errno> {
-        const SAME_MOUNT: ResolveFlags = ResolveFlags::NO_XDEV
-            .union(ResolveFlags::NO_SYMLINKS)
-            .union(ResolveFlags::BENEATH);
-        match self {
-            DirHandle::Open(fd) => Ok(fd),
-            DirHandle::Under(parent) => {
-                let name = rel.name();
-                match rfs::openat2(&*parent, name, DIR_FLAGS, Mode::empty(), SAME_MOUNT) {
-                    Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
-                        let fd = rfs::openat(&*parent, name, DIR_FLAGS, Mode::empty())?;
-                        if rfs::fstat(&fd)?.st_dev != rfs::fstat(&*parent)?.st_dev {
-                            return Err(Errno::XDEV);
-                        }
-                        Ok(fd)
-                    }
-                    other => other,
-                }
+    /// bind mount of the same filesystem included). A folder of ours that
+    /// we may not read is unlocked to be listed (`unlock.rs`), and gets
+    /// its mode back when its handle, shared with its pending subfolders,
+    /// is dropped.
+    pub(super) fn open_on_its_filesystem(
+        self,
+        rel: &RelPath,
+        unlocks: &Unlocks,
+    ) -> Result<HeldDir, Errno> {
+        let parent = match self {
+            DirHandle::Open(dir) => return Ok(dir),
+            DirHandle::Under(parent) => parent,
+        };
+        match open_beneath(&parent, rel.name(), DIR_FLAGS) {
+            Err(Errno::ACCESS) => {
+                let path = open_beneath(&parent, rel.name(), PATH_FLAGS)?;
+                open_held(path.as_fd(), DIR_FLAGS, unlocks)
             }
+            other => other.map(HeldDir::new),
         }
+    }
+}
+
+/// The folder `name` of `parent`, opened with `flags` without following a
+/// link or entering another mount.
+fn open_beneath(parent: &HeldDir, name: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    const SAME_MOUNT: ResolveFlags = ResolveFlags::NO_XDEV
+        .union(ResolveFlags::NO_SYMLINKS)
+        .union(ResolveFlags::BENEATH);
+    match rfs::openat2(parent, name, flags, Mode::empty(), SAME_MOUNT) {
+        Err(Errno::NOSYS | Errno::AGAIN | Errno::PERM) => {
+            let fd = rfs::openat(parent, name, flags, Mode::empty())?;
+            if rfs::fstat(&fd)?.st_dev != rfs::fstat(parent)?.st_dev {
+                return Err(Errno::XDEV);
+            }
+            Ok(fd)
+        }
+        other => other,
     }
 }
 

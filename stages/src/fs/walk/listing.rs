@@ -14,7 +14,7 @@ use crate::contract::model::{Entry, EntryKind, IGNORE_FILE, STATE_DIR};
 use crate::contract::relpath::RelPath;
 use crate::fs::root::{kind_of, meta_of, Root};
 use crate::fs::rules::{read_ignore_file, Rules};
-use rustix::fd::OwnedFd;
+use crate::fs::unlock::{HeldDir, SEARCH};
 use rustix::fs::{self as rfs, AtFlags, Mode, RawDir};
 use rustix::io::Errno;
 use std::cmp::Ordering;
@@ -39,14 +39,14 @@ pub(super) fn open_root(root: &Root, side: Side, out: &mut Output) -> Option<Dir
         }),
         Err(e) => out.folder_failed(side, &rel, "cannot stat folder", e),
     }
-    Some(DirHandle::Open(fd))
+    Some(DirHandle::Open(HeldDir::new(fd)))
 }
 
 /// One side of a folder once listed: its subfolders to descend into and the
 /// rules in force there.
 struct Listed {
     /// The folder's handle, kept only when it has subfolders to open.
-    fd: Option<OwnedFd>,
+    fd: Option<HeldDir>,
     /// Subfolders, with whether each is excluded (replica side) and
     /// whether a partial walk already knows it.
     dirs: Vec<(RelPath, bool, bool)>,
@@ -107,7 +107,7 @@ impl Worker<'_, '_> {
                 (false, Some(rules)) => ReplicaRules::Source(rules),
                 (false, None) => ReplicaRules::Own(inherited.clone()),
             };
-            match handle.open_on_its_filesystem(&rel) {
+            match handle.open_on_its_filesystem(&rel, &self.walker.unlocks) {
                 Ok(fd) => rep = self.list_replica(fd, &rel, rules, &hidden),
                 // Listed by its parent, never entered: nothing below it is
                 // deleted, and the Applier's paths stop at it too.
@@ -139,7 +139,7 @@ impl Worker<'_, '_> {
     /// are left out, and so is everything below them.
     fn list_source(
         &mut self,
-        fd: OwnedFd,
+        fd: HeldDir,
         rel: &RelPath,
         inherited: &Rules,
         hidden: &[&RelPath],
@@ -202,7 +202,7 @@ impl Worker<'_, '_> {
     /// `--delete-excluded`. The state folder at the root is never listed.
     fn list_replica(
         &mut self,
-        fd: OwnedFd,
+        fd: HeldDir,
         rel: &RelPath,
         rules: ReplicaRules,
         hidden: &[&RelPath],
@@ -249,10 +249,13 @@ impl Worker<'_, '_> {
 
     /// Reads the folder's entries into `scratch`, one `lstat` each; returns
     /// whether it holds a `.syncignore`. A read that fails midway keeps
-    /// what was read and marks the folder incomplete.
-    fn read_raw(&mut self, fd: &OwnedFd, rel: &RelPath, side: Side) -> bool {
+    /// what was read and marks the folder incomplete. A replica folder of
+    /// ours that we may read but not search is unlocked for search at the
+    /// first `lstat` it refuses, for as long as its handle lives.
+    fn read_raw(&mut self, fd: &HeldDir, rel: &RelPath, side: Side) -> bool {
         self.scratch.clear();
         let mut has_ignore_file = false;
+        let mut may_unlock = side == Side::Replica;
         let mut dir = RawDir::new(fd, &mut self.buf);
         while let Some(item) = dir.next() {
             let entry = match item {
@@ -267,7 +270,18 @@ impl Worker<'_, '_> {
             if bytes == b"." || bytes == b".." {
                 continue;
             }
-            match rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            let stat = match rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::ACCESS) if may_unlock => {
+                    may_unlock = false;
+                    if fd.unlock(&self.walker.unlocks, SEARCH) {
+                        rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    } else {
+                        Err(Errno::ACCESS)
+                    }
+                }
+                other => other,
+            };
+            match stat {
                 Ok(stat) => {
                     has_ignore_file |= bytes == IGNORE_FILE;
                     self.scratch.push(Raw {
@@ -285,19 +299,27 @@ impl Worker<'_, '_> {
     /// could not be read (then logged).
     fn entry(
         &mut self,
-        fd: &OwnedFd,
+        fd: &HeldDir,
         rel: &RelPath,
         raw: Raw,
         excluded: bool,
         side: Side,
     ) -> Option<Entry> {
         match kind_of(&raw.stat, fd, raw.path.name()) {
-            Ok(kind) => Some(Entry {
-                meta: meta_of(&raw.stat),
-                path: raw.path,
-                kind,
-                excluded,
-            }),
+            Ok(kind) => {
+                let mut meta = meta_of(&raw.stat);
+                if side == Side::Replica && kind == EntryKind::Dir {
+                    // Unlocked already, by a partial walk's seed: the mode
+                    // it had, and gets back.
+                    meta.perm = self.walker.unlocks.mode_seen(&raw.stat);
+                }
+                Some(Entry {
+                    meta,
+                    path: raw.path,
+                    kind,
+                    excluded,
+                })
+            }
             Err(e) => {
                 let errno = e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error);
                 self.out
@@ -314,7 +336,7 @@ impl Worker<'_, '_> {
     /// returned is false then.
     fn folder_rules(
         &mut self,
-        fd: &OwnedFd,
+        fd: &HeldDir,
         rel: &RelPath,
         side: Side,
         inherited: &Rules,
@@ -375,7 +397,7 @@ fn subfolder_jobs(src: Listed, rep: Listed) -> Vec<Job> {
     } = rep;
     let src_fd = src_fd.map(Arc::new);
     let rep_fd = rep_fd.map(Arc::new);
-    let under = |fd: &Option<Arc<OwnedFd>>| fd.as_ref().map(|fd| DirHandle::Under(fd.clone()));
+    let under = |fd: &Option<Arc<HeldDir>>| fd.as_ref().map(|fd| DirHandle::Under(fd.clone()));
     // Same parent, so ordering by bytes orders by name.
     src_dirs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     rep_dirs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));

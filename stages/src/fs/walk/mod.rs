@@ -17,6 +17,11 @@
 //! hold them. Every error is collected (not sent) so the caller logs them
 //! after the walk, off the worker threads.
 //!
+//! A replica folder of ours that we may not read or search (an ordinary
+//! user's `000` folder) is unlocked while it is listed and gets its mode
+//! back once its handle closes (`unlock.rs`); its listed mode is the one it
+//! had, so the Differ plans the mode the source gives it.
+//!
 //! `queue` runs the jobs on the threads, `listing` lists one folder on both
 //! sides, `assemble` puts the workers' findings in order and `partial`
 //! seeds the jobs of a partial walk.
@@ -33,6 +38,7 @@ use crate::contract::relpath::RelPath;
 use crate::contract::stop::StopFlag;
 use crate::fs::root::Root;
 use crate::fs::rules::Rules;
+use crate::fs::unlock::Unlocks;
 use assemble::Output;
 use base::{Fences, Side};
 use listing::open_root;
@@ -53,6 +59,10 @@ pub struct WalkOptions<'a> {
     /// List a source folder on another filesystem than the source root's
     /// (a mount point) as an empty folder: `-x`.
     pub one_file_system: bool,
+    /// Unlock replica folders of ours that we may not read or search, for
+    /// as long as they are listed (`unlock.rs`); off in a dry run, which
+    /// changes nothing in the replica.
+    pub unlock_replica: bool,
     pub stop: &'a StopFlag,
     /// Partial walks: whether a subfolder, as just listed (source side
     /// when the flag is true), is already known and needs no listing.
@@ -85,6 +95,7 @@ pub struct WalkResult {
 pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> WalkResult {
     let mut out = Output::default();
     let root = RelPath::root();
+    let unlocks = unlocks(opts);
     let job = Job {
         source: open_root(source, Side::Source, &mut out),
         replica: replica.and_then(|r| open_root(r, Side::Replica, &mut out)),
@@ -92,7 +103,16 @@ pub fn walk(source: &Root, replica: Option<&Root>, opts: &WalkOptions<'_>) -> Wa
         inherited: Rules::none(),
         rel: root,
     };
-    run_jobs(vec![job], out, opts, Fences::around(source, replica, opts))
+    let fences = Fences::around(source, replica, opts);
+    run_jobs(vec![job], out, opts, fences, unlocks)
+}
+
+fn unlocks(opts: &WalkOptions<'_>) -> Unlocks {
+    if opts.unlock_replica {
+        Unlocks::default()
+    } else {
+        Unlocks::off()
+    }
 }
 
 /// Lists the folders `folders` again on both sides, and below them only
@@ -107,21 +127,18 @@ pub fn walk_folders(
     opts: &WalkOptions<'_>,
 ) -> Result<WalkResult, String> {
     let mut out = Output::default();
+    let unlocks = unlocks(opts);
     let jobs = partial::seed(
         source,
         replica,
         folders,
         replica_excluded,
-        opts.excludes,
-        opts.one_file_system,
+        opts,
+        &unlocks,
         &mut out,
     )?;
-    Ok(run_jobs(
-        jobs,
-        out,
-        opts,
-        Fences::around(source, replica, opts),
-    ))
+    let fences = Fences::around(source, replica, opts);
+    Ok(run_jobs(jobs, out, opts, fences, unlocks))
 }
 
 #[cfg(test)]
@@ -145,6 +162,8 @@ mod tests {
         hidden: Vec<RelPath>,
         delete_excluded: bool,
         stop: StopFlag,
+        /// Unlock nothing in the replica (as a dry run).
+        no_unlock: bool,
     }
 
     fn run(source: &Path, replica: Option<&Path>, o: &Opts) -> WalkResult {
@@ -154,6 +173,7 @@ mod tests {
             hidden: &o.hidden,
             delete_excluded: o.delete_excluded,
             one_file_system: false,
+            unlock_replica: !o.no_unlock,
             stop: &o.stop,
             known: None,
         };
@@ -573,6 +593,69 @@ mod tests {
         assert_eq!(r.errors, 1);
         assert_eq!(r.source.incomplete, [RelPath::from_str_lossy("locked")]);
         assert_eq!(show(&r.source), [". folder", "locked folder"]);
+    }
+
+    #[test]
+    fn locked_replica_folders_of_ours_are_listed_with_their_modes_and_get_them_back() {
+        use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            eprintln!("skipped: root is never denied (tests/unprivileged.rs runs this as a user)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, d) = (tmp.path().join("s"), tmp.path().join("d"));
+        touch(&s, "x");
+        touch(&d, "a/b/f");
+        touch(&d, "a/r/g");
+        let set = |rel: &str, mode: u32| {
+            fs::set_permissions(d.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let mode = |rel: &str| {
+            fs::symlink_metadata(d.join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        // Nothing, nothing, read without search.
+        set("a/b", 0o000);
+        set("a/r", 0o400);
+        set("a", 0o000);
+        let off = run(
+            &s,
+            Some(&d),
+            &Opts {
+                no_unlock: true,
+                ..Opts::default()
+            },
+        );
+        assert_eq!(off.errors, 1, "{:?}", off.events);
+        assert_eq!(off.replica.incomplete, [RelPath::from_str_lossy("a")]);
+        let r = run(&s, Some(&d), &Opts::default());
+        assert_eq!(r.errors, 0, "{:?}", r.events);
+        assert_eq!(
+            show(&r.replica),
+            [
+                ". folder",
+                "a folder",
+                "a/b folder",
+                "a/b/f file",
+                "a/r folder",
+                "a/r/g file"
+            ]
+        );
+        let perm = |p: &str| {
+            r.replica
+                .get(&RelPath::from_str_lossy(p))
+                .unwrap()
+                .meta
+                .perm
+        };
+        assert_eq!((perm("a"), perm("a/b"), perm("a/r")), (0o000, 0o000, 0o400));
+        assert_eq!(mode("a") & 0o7777, 0o000);
+        set("a", 0o700);
+        assert_eq!((mode("a/b") & 0o7777, mode("a/r") & 0o7777), (0o000, 0o400));
+        set("a/b", 0o700);
+        set("a/r", 0o700);
     }
 
     #[test]

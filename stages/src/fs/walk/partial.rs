@@ -8,10 +8,12 @@ use super::assemble::Output;
 use super::base::{vanished, DirHandle, Side};
 use super::listing::open_root;
 use super::queue::Job;
-use crate::contract::model::{Entry, EntryKind};
+use super::WalkOptions;
+use crate::contract::model::{Entry, EntryKind, Meta};
 use crate::contract::relpath::RelPath;
 use crate::fs::root::{meta_of, Root};
 use crate::fs::rules::{read_ignore_file, Rules};
+use crate::fs::unlock::{HeldDir, Unlocks};
 use rustix::fd::OwnedFd;
 use rustix::fs as rfs;
 use rustix::io::Errno;
@@ -23,10 +25,11 @@ pub(super) fn seed(
     replica: Option<&Root>,
     folders: &[RelPath],
     replica_excluded: &dyn Fn(&RelPath) -> bool,
-    excludes: &[String],
-    one_file_system: bool,
+    opts: &WalkOptions<'_>,
+    unlocks: &Unlocks,
     out: &mut Output,
 ) -> Result<Vec<Job>, String> {
+    let (excludes, one_file_system) = (opts.excludes, opts.one_file_system);
     // `-x`: the source root's device. A folder on another one is, if its
     // parent is not, a mount point: its entry is listed, its contents not;
     // below that, nothing is.
@@ -63,9 +66,15 @@ pub(super) fn seed(
         } else {
             let excluded = replica_excluded(rel);
             // The folder's own entry is listed again too: a change inside
-            // it moves its mtime, which no event reports to its parent.
+            // it moves its mtime, which no event reports to its parent. A
+            // replica folder of ours that denies us is unlocked, as the
+            // full walk does; its entry has the mode it had.
             let mut open = |root: &Root, side: Side| {
-                let fd = match root.open_dir(rel) {
+                let opened = match side {
+                    Side::Source => root.open_dir(rel).map(HeldDir::new),
+                    Side::Replica => root.open_dir_unlocking(rel, unlocks),
+                };
+                let fd = match opened {
                     Ok(fd) => fd,
                     Err(e) => {
                         let errno = e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error);
@@ -85,10 +94,14 @@ pub(super) fn seed(
                 if fence == Some(false) {
                     return None;
                 }
+                let meta = Meta {
+                    perm: unlocks.mode_seen(&stat),
+                    ..meta_of(&stat)
+                };
                 out.listing(side).entries.push(Entry {
                     path: rel.clone(),
                     kind: EntryKind::Dir,
-                    meta: meta_of(&stat),
+                    meta,
                     excluded: side == Side::Replica && excluded,
                 });
                 fence.is_none().then_some(DirHandle::Open(fd))

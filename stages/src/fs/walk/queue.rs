@@ -10,20 +10,24 @@ use super::base::{DirHandle, Fences, Raw, DIRENT_BUF};
 use super::{WalkOptions, WalkResult};
 use crate::contract::relpath::RelPath;
 use crate::fs::rules::Rules;
+use crate::fs::unlock::Unlocks;
 use std::mem::MaybeUninit;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Runs the walk from `jobs` to its end; `out` already holds what seeding
-/// them listed (the roots' own entries, say).
+/// them listed (the roots' own entries, say), `unlocks` the replica
+/// folders unlocked to seed them.
 pub(super) fn run_jobs(
     jobs: Vec<Job>,
     mut out: Output,
     opts: &WalkOptions<'_>,
     fences: Fences,
+    unlocks: Unlocks,
 ) -> WalkResult {
     let walker = Walker {
         opts,
         fences,
+        unlocks,
         queue: Mutex::new(Queue {
             jobs,
             busy: 0,
@@ -64,6 +68,8 @@ struct Queue {
 pub(super) struct Walker<'a> {
     opts: &'a WalkOptions<'a>,
     pub(super) fences: Fences,
+    /// Replica folders of ours unlocked to be listed (`unlock.rs`).
+    pub(super) unlocks: Unlocks,
     queue: Mutex<Queue>,
     ready: Condvar,
 }

@@ -232,6 +232,7 @@ fn walk_options<'a>(
         hidden: &opts.hidden,
         delete_excluded: opts.delete_excluded,
         one_file_system: opts.one_file_system,
+        unlock_replica: !opts.dry_run,
         stop,
         known,
     }
