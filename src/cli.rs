@@ -129,7 +129,7 @@ pub struct Cli {
 
     /// Keep the old version of each file or link that a sync replaces or
     /// deletes, moved to DIR/<sync start, UTC: 2026-05-04T093000.123Z>/<path>.
-    /// DIR must be outside SOURCE and REPLICA and on the replica's
+    /// DIR must be outside SOURCE and REPLICA, hold neither, and be on the replica's
     /// filesystem (nothing is copied); it is created if missing.
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,

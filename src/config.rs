@@ -64,6 +64,14 @@ pub enum ConfigError {
         which: &'static str,
         root: PathBuf,
     },
+    /// `--backup-keep` prunes old folders in DIR: a root below it could
+    /// be pruned, and a root's files are never DIR's to remove.
+    #[error("the {which} {root} is inside backup folder {path}; put the backup folder outside both roots")]
+    RootInBackup {
+        path: PathBuf,
+        which: &'static str,
+        root: PathBuf,
+    },
     #[error("backup folder {path} is not on the filesystem of replica {replica}: old versions are moved there, never copied; choose a folder on the replica's filesystem")]
     BackupOtherFs { path: PathBuf, replica: PathBuf },
     #[error("backup folder {path} cannot keep old versions: its filesystem makes no hard links ({source})")]
@@ -316,6 +324,13 @@ fn backup_dir(
     for (which, root) in [("source", source), ("replica", replica)] {
         if is_inside(&canon, root) {
             return Err(ConfigError::BackupInRoot {
+                path: path.to_path_buf(),
+                which,
+                root: root.to_path_buf(),
+            });
+        }
+        if is_inside(root, &canon) {
+            return Err(ConfigError::RootInBackup {
                 path: path.to_path_buf(),
                 which,
                 root: root.to_path_buf(),
@@ -577,6 +592,10 @@ mod tests {
             assert_eq!(err.exit_code(), 1);
         }
         assert!(!r.join("new").exists());
+        // A folder holding a root: its pruning could take the root.
+        let err = with(tmp.path()).unwrap_err();
+        assert!(matches!(err, ConfigError::RootInBackup { .. }), "{err}");
+        assert_eq!(err.exit_code(), 1);
         let err = with(&tmp.path().join("no/such")).unwrap_err();
         assert!(matches!(err, ConfigError::BackupDir { .. }), "{err}");
         // Beside the roots: made when missing.

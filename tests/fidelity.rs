@@ -115,6 +115,18 @@ fn hard_links_in_the_source_are_hard_links_in_the_replica() {
     sb.assert_mirror();
     sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
 
+    // A name of a group gone, and a copy of the file made under a new
+    // name: not a move of the old name (it would stay linked).
+    remove(&sb.s("h"));
+    let t = mtime_of(&sb.s("a/f"));
+    file(&sb.src, "h2", "shared\n");
+    set_mtime(&sb.s("h2"), t);
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    assert!(run.entries("move").is_empty(), "{}", run.dump());
+    assert_ne!(ino(&sb.d("h2")), ino(&sb.d("a/f")));
+    sb.assert_mirror();
+
     // Off: every name is a file of its own.
     let other = sb.path("flat");
     let run = sb.run(&[
@@ -125,8 +137,28 @@ fn hard_links_in_the_source_are_hard_links_in_the_replica() {
     ]);
     run.expect_code(0).no_errors();
     assert!(run.entries("link").is_empty(), "{}", run.dump());
-    assert_ne!(ino(&other.join("h")), ino(&other.join("a/f")));
-    assert_eq!(read(&other.join("h")), b"shared\n");
+    assert_ne!(ino(&other.join("solo2")), ino(&other.join("solo")));
+    assert_eq!(read(&other.join("solo2")), b"alone\n");
+    // A replica made with links, synced without: names that are files of
+    // their own in the source part, once, and then stay as they are.
+    let run = sb.sync(&["--no-hard-links"]);
+    run.expect_code(0).no_errors();
+    assert!(run.entries("link").is_empty(), "{}", run.dump());
+    assert_eq!(ino(&sb.d("solo2")), ino(&sb.d("solo")));
+    let t = mtime_of(&sb.s("solo2"));
+    remove(&sb.s("solo2"));
+    file(&sb.src, "solo2", "alone\n");
+    set_mtime(&sb.s("solo2"), t);
+    set_mode(&sb.s("solo2"), 0o600);
+    let run = sb.sync(&["--no-hard-links"]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("update", "solo2")]);
+    assert_ne!(ino(&sb.d("solo2")), ino(&sb.d("solo")));
+    assert_eq!(mode_of(&sb.d("solo")) & 0o777, 0o644);
+    sb.sync(&["--no-hard-links"])
+        .expect_code(0)
+        .no_errors()
+        .assert_changes(&[]);
 }
 
 #[test]
@@ -375,4 +407,104 @@ fn a_source_whose_changes_events_miss_is_walked_fully_every_tick() {
         run.dump()
     );
     sb.assert_mirror();
+}
+
+#[test]
+fn attributes_follow_a_rename_and_a_folder_changed_with_its_contents() {
+    let sb = Sandbox::new();
+    if !attrs_supported(&sb) {
+        return;
+    }
+    file(&sb.src, "f", "one\n");
+    dir(&sb.src, "d");
+    sb.sync(&[]).expect_code(0).no_errors();
+    // A rename moves the ctime; the attribute set with it is not lost.
+    set_attr(&sb.s("f"), "user.k", b"1");
+    sb.mv("f", "d/g");
+    // A folder whose attributes change as files come into it.
+    set_attr(&sb.s("d"), "user.n", b"2");
+    file(&sb.src, "d/new", "x\n");
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("copy", "d/new"), ("meta", "d"), ("move", "d/g")]);
+    assert_eq!(attrs(&sb.d("d/g")), attrs(&sb.s("d/g")));
+    assert_eq!(attrs(&sb.d("d")), attrs(&sb.s("d")));
+    sb.sync(&[]).expect_code(0).no_errors().assert_changes(&[]);
+}
+
+/// As an ordinary user, a read-only file or folder of ours takes its
+/// attributes all the same (they are set before its mode).
+#[test]
+fn read_only_entries_get_their_attributes_as_an_ordinary_user() {
+    let sb = Sandbox::new();
+    if !attrs_supported(&sb) {
+        return;
+    }
+    let ro = file(&sb.src, "d/ro", "read only\n");
+    set_attr(&ro, "user.a", b"1");
+    set_mode(&ro, 0o444);
+    set_attr(&sb.s("d"), "user.k", b"2");
+    set_mode(&sb.s("d"), 0o555);
+    let Some(run) = sb.sync_as_user(&[]) else {
+        eprintln!("skipped: no ordinary user to run as");
+        return;
+    };
+    run.expect_code(0).no_errors();
+    assert_eq!(attrs(&sb.d("d/ro")), attrs(&ro));
+    assert_eq!(attrs(&sb.d("d")), attrs(&sb.s("d")));
+    // An attribute-only change of the read-only file (the trees are the
+    // user's already: handing them over again would move their ctimes).
+    set_mode(&sb.s("d"), 0o755);
+    set_attr(&ro, "user.a", b"changed");
+    set_mode(&sb.s("d"), 0o555);
+    let as_user = |sb: &Sandbox| {
+        let args = ["--once".as_ref(), sb.src.as_os_str(), sb.dst.as_os_str()];
+        sb.run_with_prefix(&user_prefix().unwrap(), &args)
+    };
+    let run = as_user(&sb);
+    run.expect_code(0).no_errors();
+    assert!(run.has("meta", "d/ro"), "{}", run.dump());
+    assert_eq!(attrs(&sb.d("d/ro")), attrs(&ro));
+    assert_eq!(mode_of(&sb.d("d/ro")) & 0o7777, 0o444);
+    assert_eq!(mode_of(&sb.d("d")) & 0o7777, 0o555);
+    as_user(&sb).expect_code(0).assert_changes(&[]);
+}
+
+/// An attribute the replica refuses is an error, and the next run
+/// compares every entry's again (a partial update may have moved the
+/// entry's ctime past the source's).
+#[test]
+fn an_attribute_the_replica_refused_is_tried_again_by_the_next_run() {
+    let sb = Sandbox::new();
+    if !attrs_supported(&sb) {
+        return;
+    }
+    let f = file(&sb.src, "f", "x\n");
+    sb.sync(&[]).expect_code(0).no_errors();
+    let marker = sb.d(".treesync/attrs");
+    assert!(exists(&marker));
+    // An immutable replica file takes no attribute.
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(sb.d("f"))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i (root, and a filesystem with the flag)");
+        return;
+    }
+    set_attr(&f, "user.k", b"v");
+    let run = sb.sync(&[]);
+    chattr("-i");
+    run.expect_code(3);
+    assert_eq!(run.errors().len(), 1, "{}", run.dump());
+    assert_eq!(run.errors()[0].str("op"), Some("meta"), "{}", run.dump());
+    assert!(!exists(&marker), "{}", run.dump());
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    run.assert_changes(&[("meta", "f")]);
+    assert_eq!(attrs(&sb.d("f")), attrs(&f));
+    assert!(exists(&marker));
 }

@@ -50,14 +50,21 @@ impl Roles {
 
 /// Finds the roles. `replica_of(i)`: the replica entry (index in
 /// `replica`) that the source file at `i` is compared with, if any;
-/// `unchanged(i, j)`: that replica file needs no new content.
+/// `unchanged(i, j)`: that replica file needs no new content. `join`:
+/// the source's groups are mirrored; without (`--no-hard-links`), no
+/// name is linked, and only the parting of replica names that are
+/// different files in the source is found.
 pub fn roles(
     source: &Listing,
     replica: &Listing,
     replica_of: impl Fn(usize) -> Option<usize>,
     unchanged: impl Fn(usize, usize) -> bool,
+    join: bool,
 ) -> Roles {
-    let groups = shared(source);
+    let groups = match join {
+        true => shared(source),
+        false => HashMap::new(),
+    };
     let names = shared(replica);
     if groups.is_empty() && names.is_empty() {
         return Roles::default();
@@ -71,12 +78,14 @@ pub fn roles(
             .filter(|&i| source.entries[i].kind == EntryKind::File)
     };
     // Each shared replica inode belongs to the source file of its first
-    // name that the source has.
+    // name that the source has: names of one source file may share it
+    // (also without joining: they are that file's content either way).
+    let identity = |i: usize| source.entries[i].meta.id;
     let owner: HashMap<FileId, FileId> = names
         .iter()
         .filter_map(|(id, js)| {
             let first = js.iter().find_map(|&j| source_of(j))?;
-            Some((*id, source.entries[first].meta.id))
+            Some((*id, identity(first)))
         })
         .collect();
     let file_at = |j: usize| Some(&replica.entries[j]).filter(|r| r.kind == EntryKind::File);
@@ -86,7 +95,7 @@ pub fn roles(
         replica_of(i)
             .and_then(file_at)
             .and_then(|r| owner.get(&r.meta.id))
-            .is_some_and(|o| *o != source.entries[i].meta.id)
+            .is_some_and(|o| *o != identity(i))
     };
     let mut roles = HashMap::new();
     for members in groups.values() {
@@ -94,7 +103,12 @@ pub fn roles(
             replica_of(i).is_some_and(|j| file_at(j).is_some() && unchanged(i, j)) && !entangled(i)
         };
         let found = members.iter().copied().find(good);
-        let leader = found.unwrap_or(members[0]);
+        // Else a name the replica has nothing else at (a folder there may
+        // be one the plan cannot remove): the others wait for the leader.
+        let free = |&i: &usize| replica_of(i).is_none_or(|j| file_at(j).is_some());
+        let leader = found
+            .or_else(|| members.iter().copied().find(free))
+            .unwrap_or(members[0]);
         if found.is_none() && entangled(leader) {
             roles.insert(leader, Role::Part);
         }
@@ -170,7 +184,7 @@ mod tests {
         };
         let unchanged =
             |i: usize, _| !changed.contains(&source.entries[i].path.to_string().as_str());
-        let roles = roles(source, replica, replica_of, unchanged);
+        let roles = roles(source, replica, replica_of, unchanged, true);
         let mut out: Vec<String> = (0..source.entries.len())
             .filter_map(|i| {
                 let p = &source.entries[i].path;
@@ -244,6 +258,37 @@ mod tests {
             roles_of(&s, &r, &[]),
             ["b -> a linked=true", "c part", "d -> c linked=false"]
         );
+    }
+
+    #[test]
+    fn a_name_where_the_replica_has_a_folder_does_not_lead() {
+        let s = listing(&[("a", 1), ("b", 1)]);
+        let mut r = listing(&[]);
+        r.entries.push(Entry {
+            path: RelPath::from_str_lossy("a"),
+            kind: EntryKind::Dir,
+            meta: Meta::default(),
+            excluded: false,
+        });
+        assert_eq!(roles_of(&s, &r, &[]), ["a -> b linked=false"]);
+    }
+
+    #[test]
+    fn without_joining_only_names_of_different_files_part() {
+        let s = listing(&[("a", 1), ("b", 1), ("c", 2)]);
+        let r = listing(&[("a", 7), ("b", 7), ("c", 7)]);
+        let replica_of = |i: usize| {
+            let p = &s.entries[i].path;
+            r.entries.binary_search_by(|e| e.path.cmp(p)).ok()
+        };
+        let got = roles(&s, &r, replica_of, |_, _| true, false);
+        let c = s
+            .entries
+            .iter()
+            .position(|e| e.path.as_bytes() == b"c")
+            .unwrap();
+        assert_eq!(got.0.len(), 1);
+        assert_eq!(got.get(c), Some(Role::Part));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum Op {
         path: RelPath,
         meta: Meta,
         changed: bool,
+        /// Made by this plan: its attributes are set as part of making it,
+        /// never logged as a change.
+        created: bool,
     },
 }
 

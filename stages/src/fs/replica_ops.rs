@@ -204,6 +204,10 @@ pub struct ReplicaOps {
     fs: FsCaps,
     /// Which extended attributes and ACLs are mirrored.
     attrs: Policy,
+    /// Setting an entry's attributes failed at this tick (after some of
+    /// it may have moved the entry's ctime, which hides it from the next
+    /// comparison): see `attrs_failed`.
+    attrs_failed: std::sync::atomic::AtomicBool,
     /// Permissions or owners this tick could not keep.
     unkept: Unkept,
     /// The token is in `.treesync/temps` (checked once, at the first
@@ -263,6 +267,7 @@ impl ReplicaOps {
             temp_seq: AtomicU64::new(0),
             fs: opts.replica_fs.caps,
             attrs: opts.attrs_policy(),
+            attrs_failed: Default::default(),
             unkept: Unkept::default(),
             recorded: OnceLock::new(),
             hooks: opts.hooks.clone(),
@@ -328,6 +333,9 @@ impl ReplicaOps {
     /// times are still set. Not as root, only the group is set, where it
     /// is one of ours (`keeps_group`). `ours`: whether the entry belongs
     /// to us; `dir`: whether it is a folder.
+    // The four calls are what differs between an open handle and an
+    // `O_PATH` one (`set_fd_meta`, `set_meta_by_handle`).
+    #[allow(clippy::too_many_arguments)]
     fn set_owner_and_mode(
         &self,
         meta: &Meta,
@@ -336,6 +344,7 @@ impl ReplicaOps {
         chown: impl FnOnce(Option<Uid>, Option<Gid>) -> Result<(), Errno>,
         chmod: impl FnOnce(Mode) -> Result<(), Errno>,
         ours: impl Fn() -> bool,
+        attrs: impl FnOnce() -> Result<(), OpError>,
     ) -> Result<(), OpError> {
         if self.preserve_owner {
             let (uid, gid) = Self::owner(meta);
@@ -350,6 +359,11 @@ impl ReplicaOps {
         } else if self.fs.owners_lost {
             self.unkept.note(UNKEPT_OWNER);
         }
+        // After the owner, which clears some (`security.capability`), and
+        // before the mode, which may take away the write permission that
+        // setting them needs. An ACL sets the group bits from its mask,
+        // which the mode set next agrees with.
+        attrs()?;
         if self.fs.keeps_perms {
             self.unkept
                 .tolerate(UNKEPT_PERMS, chmod(self.mode(meta, dir)), &ours)
@@ -524,6 +538,7 @@ impl ReplicaOps {
                 expect_type(&st, FileType::RegularFile, path)?;
                 let attrs = self.source_attrs(path, FileType::RegularFile)?;
                 self.set_fd_meta(fd.as_fd(), meta, attrs.as_ref(), path, false)
+                    .map(drop)
             }
             Err(Errno::LOOP) => Err(OpError::Kind {
                 path: path.clone(),
@@ -542,6 +557,7 @@ impl ReplicaOps {
                     attrs.as_ref(),
                     path,
                 )
+                .map(drop)
             }
             Err(e) => Err(io_err("open the replica file", path)(e)),
         }
@@ -606,7 +622,9 @@ impl ReplicaOps {
             Err(e) => return Err(io_err("move", path)(e)),
         }
         self.sync_dir(new, path)?;
-        if let Some(meta) = meta.filter(|m| !self.meta_matches(&st, m)) {
+        // Attributes may have changed with the name (a rename moves the
+        // ctime, so that change would not be seen later).
+        if let Some(meta) = meta.filter(|m| !self.meta_matches(&st, m) || !self.attrs.is_none()) {
             self.set_meta(path, false, meta)?;
         }
         self.sync_dir(old, from)
@@ -642,7 +660,8 @@ impl ReplicaOps {
     }
 
     /// Sets a folder's owner, permissions and times (the root's too).
-    pub fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<(), OpError> {
+    /// True if its attributes were set (the rest is set whatever it was).
+    pub fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<bool, OpError> {
         let attrs = self.source_attrs(path, FileType::Directory)?;
         match self.replica.open_dir_unlocking(path, &self.unlocks) {
             Ok(dir) => self.set_fd_meta(dir.as_fd(), meta, attrs.as_ref(), path, true),
@@ -719,13 +738,22 @@ impl ReplicaOps {
         };
         let (handle, _parent) = self.replica_handle(path, kind)?;
         let proc = format!("/proc/self/fd/{}", handle.as_raw_fd());
-        let changed = self.put_attrs(On::Proc(&proc), &want, path)?;
-        if !changed && source_ctime == meta.ctime {
-            if let Ok(st) = rfs::fstat(&handle) {
-                let _ = rfs::chmod(proc.as_str(), Mode::from_raw_mode(st.st_mode & 0o7777));
-            }
+        let st = rfs::fstat(&handle).map_err(io_err("stat the replica entry", path))?;
+        let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+        let chmod = |m| rfs::chmod(proc.as_str(), m);
+        let unlocked = std::cell::Cell::new(false);
+        let result = self.put_attrs_writable(On::Proc(&proc), &want, path, || {
+            unlocked.set(add_owner_write(handle.as_fd(), chmod));
+            unlocked.get()
+        });
+        // The mode it had, whether or not it was unlocked for writing: a
+        // chmod to it also moves the ctime, so that an entry found equal
+        // is not compared again at every sync (unless the source changed
+        // meanwhile: then the next sync compares it).
+        if unlocked.get() || matches!(result, Ok(false)) && source_ctime == meta.ctime {
+            let _ = chmod(mode);
         }
-        Ok(changed)
+        result
     }
 
     /// Whether the attributes of the replica's file or folder at `path`
@@ -821,12 +849,29 @@ impl ReplicaOps {
 
     /// Gives the replica entry `on` the attributes `want` (the source's);
     /// true if it changed any. What the replica cannot store is noted for
-    /// the run's one `warn`.
-    fn put_attrs(&self, on: On<'_>, want: &Attrs, path: &RelPath) -> Result<bool, OpError> {
+    /// the run's one `warn`. A refusal for want of write permission (a
+    /// read-only entry of ours, and we are not root) is met by
+    /// `make_writable` and one more try (the caller sets the mode after).
+    fn put_attrs_writable(
+        &self,
+        on: On<'_>,
+        want: &Attrs,
+        path: &RelPath,
+        make_writable: impl FnOnce() -> bool,
+    ) -> Result<bool, OpError> {
         if self.attrs.is_none() {
             return Ok(false);
         }
-        let done = xattrs::apply(on, want, self.attrs).map_err(|e| OpError::Io {
+        let done = match xattrs::apply(on, want, self.attrs) {
+            Err(e) if e.errno == Errno::ACCESS && make_writable() => {
+                xattrs::apply(on, want, self.attrs)
+            }
+            other => other,
+        };
+        if done.is_err() {
+            self.attrs_failed.store(true, Ordering::Relaxed);
+        }
+        let done = done.map_err(|e| OpError::Io {
             step: "set the extended attributes",
             path: path.clone(),
             source: io::Error::other(format!(
@@ -848,6 +893,16 @@ impl ReplicaOps {
     /// this run's policy (`xattrs::record_marker`).
     pub fn record_attrs_sweep(&self) -> io::Result<()> {
         xattrs::record_marker(&self.replica, self.attrs)
+    }
+
+    /// When setting some entry's attributes failed at this tick, removes
+    /// the record of a full comparison: the next run compares every
+    /// entry's again, the failed one too (its ctime may say otherwise).
+    pub fn forget_attrs_sweep_if_failed(&self) -> io::Result<()> {
+        if !self.attrs_failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        xattrs::clear_marker(&self.replica)
     }
 
     /// Records the racy copies of a tick for a recheck, and forgets the
@@ -1064,12 +1119,11 @@ impl ReplicaOps {
         )
     }
 
-    /// Owner first (changing it clears setuid and setgid), then mode, then
-    /// times, then durability, all on an open handle. A folder's mode is
-    /// the one it keeps when it was unlocked for an operation. Attributes
-    /// (`attrs`, the source's) come after the owner, which clears some
-    /// (`security.capability`), and after the mode: an ACL sets the group
-    /// bits from its mask, which the source's mode agrees with.
+    /// Owner first (changing it clears setuid and setgid), then the
+    /// attributes (`attrs`, the source's), then mode, then times, then
+    /// durability, all on an open handle (see `set_owner_and_mode`). A
+    /// folder's mode is the one it keeps when it was unlocked for an
+    /// operation. True if an attribute was set or removed.
     fn set_fd_meta(
         &self,
         fd: BorrowedFd<'_>,
@@ -1077,7 +1131,8 @@ impl ReplicaOps {
         attrs: Option<&Attrs>,
         path: &RelPath,
         dir: bool,
-    ) -> Result<(), OpError> {
+    ) -> Result<bool, OpError> {
+        let changed = std::cell::Cell::new(false);
         self.set_owner_and_mode(
             meta,
             path,
@@ -1091,15 +1146,20 @@ impl ReplicaOps {
                 }
             },
             || rfs::fstat(fd).is_ok_and(|st| st.st_uid == rustix::process::geteuid().as_raw()),
+            || match attrs {
+                Some(attrs) => self
+                    .put_attrs_writable(On::Fd(fd), attrs, path, || {
+                        add_owner_write(fd, |m| rfs::fchmod(fd, m))
+                    })
+                    .map(|c| changed.set(c)),
+                None => Ok(()),
+            },
         )?;
-        if let Some(attrs) = attrs {
-            self.put_attrs(On::Fd(fd.as_fd()), attrs, path)?;
-        }
         rfs::futimens(fd, &timestamps(meta.mtime)).map_err(io_err("set the times", path))?;
         if self.fsync {
             rfs::fsync(fd).map_err(io_err("fsync", path))?;
         }
-        Ok(())
+        Ok(changed.get())
     }
 
     /// Times and owner of a link itself; links have no mode of their own.
@@ -1149,7 +1209,8 @@ impl ReplicaOps {
         meta: &Meta,
         attrs: Option<&Attrs>,
         path: &RelPath,
-    ) -> Result<(), OpError> {
+    ) -> Result<bool, OpError> {
+        let changed = std::cell::Cell::new(false);
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rfs::openat(dir, name, flags, Mode::empty())
             .map_err(io_err("open the replica entry", path))?;
@@ -1171,17 +1232,23 @@ impl ReplicaOps {
                 }
             },
             || st.st_uid == rustix::process::geteuid().as_raw(),
+            || match attrs {
+                Some(attrs) => self
+                    .put_attrs_writable(On::Proc(&proc), attrs, path, || {
+                        add_owner_write(fd.as_fd(), |m| rfs::chmod(proc.as_str(), m))
+                    })
+                    .map(|c| changed.set(c)),
+                None => Ok(()),
+            },
         )?;
-        if let Some(attrs) = attrs {
-            self.put_attrs(On::Proc(&proc), attrs, path)?;
-        }
         rfs::utimensat(
             rfs::CWD,
             proc.as_str(),
             &timestamps(meta.mtime),
             AtFlags::empty(),
         )
-        .map_err(io_err("set the times", path))
+        .map_err(io_err("set the times", path))?;
+        Ok(changed.get())
     }
 }
 
@@ -1411,6 +1478,19 @@ fn timestamps(mtime: Timestamp) -> Timestamps {
 fn root_stat(dir: BorrowedFd<'_>, name: &[u8], path: &RelPath) -> Result<Stat, OpError> {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(io_err("stat the replica entry", path))
+}
+
+/// Gives the owner write permission on an entry we own that lacks it,
+/// through `chmod` (on `fd`'s inode); true if it did.
+fn add_owner_write(fd: BorrowedFd<'_>, chmod: impl FnOnce(Mode) -> Result<(), Errno>) -> bool {
+    let Ok(st) = rfs::fstat(fd) else {
+        return false;
+    };
+    let ours = st.st_uid == rustix::process::geteuid().as_raw();
+    if !ours || st.st_mode & 0o200 != 0 {
+        return false;
+    }
+    chmod(Mode::from_raw_mode((st.st_mode | 0o200) & 0o7777)).is_ok()
 }
 
 fn expect_type(st: &Stat, expected: FileType, path: &RelPath) -> Result<(), OpError> {

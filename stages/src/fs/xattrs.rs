@@ -23,6 +23,10 @@ use std::path::Path;
 pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
+/// How XFS shows a file's ACLs to root, besides the `system.*` names;
+/// setting or removing these sets or removes the ACLs themselves.
+const XFS_ACLS: [&[u8]; 2] = [b"trusted.SGI_ACL_FILE", b"trusted.SGI_ACL_DEFAULT"];
+
 /// The probe's attribute name; never left behind.
 const PROBE_NAME: &str = "user.treesync-probe";
 
@@ -54,7 +58,11 @@ impl Policy {
     }
 
     pub fn wants(self, name: &[u8]) -> bool {
-        if name.starts_with(b"user.") {
+        if XFS_ACLS.contains(&name) {
+            // XFS's own form of the ACLs, shown to root: the ACLs are
+            // mirrored as ACLs (or not at all, with `--no-acls`).
+            false
+        } else if name.starts_with(b"user.") {
             self.user
         } else if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
             self.privileged
@@ -115,6 +123,15 @@ pub fn settle_marker(replica: &Path, policy: Policy, dry_run: bool) -> bool {
 pub fn record_marker(replica: &Root, policy: Policy) -> std::io::Result<()> {
     let dir = state::open_dir(replica)?;
     state::write_bytes(&dir, MARKER, policy.describe().as_bytes())
+}
+
+/// Removes the record of a full comparison (see `settle_marker`).
+pub fn clear_marker(replica: &Root) -> std::io::Result<()> {
+    let dir = state::open_dir(replica)?;
+    match rfs::unlinkat(&dir, MARKER, rfs::AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where attributes are read or set.
@@ -354,6 +371,7 @@ mod tests {
         let root = Policy::new(true, true, true);
         assert!(root.wants(b"security.selinux") && root.wants(ACL_DEFAULT));
         assert!(!root.wants(b"system.nfs4_acl"));
+        assert!(!root.wants(b"trusted.SGI_ACL_FILE") && root.wants(b"trusted.overlay.x"));
         assert_eq!(root.describe(), "user,privileged,acls");
         assert!(Policy::new(false, false, true).is_none());
     }

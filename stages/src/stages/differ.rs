@@ -217,6 +217,11 @@ impl<'a> Moves<'a> {
             if source.get(at).is_some() || view.get(&s.path).is_some() {
                 continue;
             }
+            // A replica file with other names moves only to be a file with
+            // other names: else the moved name would stay linked to them.
+            if view.entries[j].meta.nlink > 1 && s.meta.nlink <= 1 {
+                continue;
+            }
             if pairs.failed.contains(&(at.clone(), s.path.clone())) {
                 continue;
             }
@@ -417,9 +422,7 @@ impl<'a> Planner<'a> {
 
     fn plan(mut self) -> Outcome {
         self.block_kept_entries();
-        if self.opts.hard_links {
-            self.roles = self.link_roles();
-        }
+        self.roles = self.link_roles();
         let (src, rep) = (&self.source.entries, &self.replica.entries);
         let (mut i, mut j) = (0, 0);
         while i < src.len() || j < rep.len() {
@@ -541,7 +544,10 @@ impl<'a> Planner<'a> {
         let unchanged = |i: usize, j: usize| {
             !self.content_differs(&self.source.entries[i], &view.entries[j], i)
         };
-        hard_links::roles(self.source, view, replica_of, unchanged)
+        // Without hard links, names the replica has linked are still
+        // parted when they are different files in the source.
+        let join = self.opts.hard_links;
+        hard_links::roles(self.source, view, replica_of, unchanged, join)
     }
 
     /// Makes `s` a name of the source file at `leader`'s replica file.
@@ -750,7 +756,13 @@ impl<'a> Planner<'a> {
     /// of it changed: at a sweep, or when the source's ctime is newer than
     /// the replica's (every write of ours moves the replica's to now).
     fn attrs_due(&self, s: &Meta, r: &Meta) -> bool {
-        self.opts.attrs && (self.opts.attrs_sweep || s.ctime > r.ctime)
+        // Timestamps are taken from a coarse clock (a few milliseconds):
+        // an equal ctime may be a change made just after the replica's
+        // write, and a source that keeps whole seconds cannot tell a change
+        // later in that second. Both count as newer (a check that finds the
+        // attributes equal moves the replica's ctime on, so it is once).
+        let coarse = s.ctime.nanos == 0 && s.ctime.secs == r.ctime.secs;
+        self.opts.attrs && (self.opts.attrs_sweep || s.ctime >= r.ctime || coarse)
     }
 
     /// The path changed type: remove the replica's entry, create the new.
@@ -878,6 +890,7 @@ impl<'a> Planner<'a> {
                     path: d.path,
                     meta: d.meta,
                     changed,
+                    created: d.created,
                 });
             } else if d.attrs {
                 attrs.push(Op::Attrs {
@@ -1075,7 +1088,8 @@ mod tests {
             temps: TempTokens::parse(b"0000000000000099\n"),
             renames: true,
             hard_links: true,
-            attrs: true,
+            // On in `attributes_are_compared_where_the_source_ctime_is_newer`.
+            attrs: false,
             attrs_sweep: false,
             groups: Groups::default(),
         }
@@ -1696,29 +1710,63 @@ mod tests {
 
     #[test]
     fn attributes_are_compared_where_the_source_ctime_is_newer() {
-        let mut f = file("f", 5, 10);
-        f.meta.ctime = Timestamp::new(50, 0);
-        let mut d = dir("d");
-        d.meta.ctime = Timestamp::new(50, 0);
-        let s = listing(vec![d.clone(), f.clone(), file("g", 1, 10)]);
-        let mut older = f.clone();
-        older.meta.ctime = Timestamp::new(40, 0);
-        let mut older_d = d.clone();
-        older_d.meta.ctime = Timestamp::new(40, 0);
-        let r = listing(vec![older_d, older, file("g", 1, 10)]);
-        insta::assert_snapshot!(render(&plan(&s, &r)), @r"
+        let with_attrs = |s: &Listing, r: &Listing| {
+            let o = DiffOptions {
+                attrs: true,
+                ..opts()
+            };
+            diff(s, r, &SameContent::default(), o)
+        };
+        let at = |mut e: Entry, ctime: Timestamp| {
+            e.meta.ctime = ctime;
+            e
+        };
+        let (old, mid, new) = (
+            Timestamp::new(40, 5),
+            Timestamp::new(50, 5),
+            Timestamp::new(60, 5),
+        );
+        // The root's ctime, as the listing helper makes it: the same on
+        // both sides, so it is compared too (an equal ctime may hide a
+        // change, see below).
+        let s = listing(vec![
+            at(dir("d"), mid),
+            at(file("f", 5, 10), mid),
+            at(file("g", 1, 10), old),
+        ]);
+        let r = listing(vec![
+            at(dir("d"), old),
+            at(file("f", 5, 10), old),
+            at(file("g", 1, 10), new),
+        ]);
+        insta::assert_snapshot!(render(&with_attrs(&s, &r)), @r"
         attrs f dir=false
         attrs d dir=true
+        attrs . dir=true
         ");
-        // Equal ctimes: nothing, unless every entry is compared (a sweep).
-        let same = listing(vec![d, f, file("g", 1, 10)]);
-        insta::assert_snapshot!(render(&plan(&s, &same)), @"");
+        // Replica ctimes newer (written after the source's last change):
+        // nothing, unless every entry is compared (a sweep).
+        let later = listing(vec![
+            at(dir("d"), new),
+            at(file("f", 5, 10), new),
+            at(file("g", 1, 10), new),
+        ]);
+        let s_later = listing(vec![
+            at(dir("d"), mid),
+            at(file("f", 5, 10), mid),
+            at(file("g", 1, 10), old),
+        ]);
+        let mut s_later = s_later;
+        s_later.entries[0].meta.ctime = old;
+        let mut later = later;
+        later.entries[0].meta.ctime = new;
+        insta::assert_snapshot!(render(&with_attrs(&s_later, &later)), @"");
         let sweep = DiffOptions {
+            attrs: true,
             attrs_sweep: true,
             ..opts()
         };
-        let none = SameContent::default();
-        let p = diff(&s, &same, &none, sweep);
+        let p = diff(&s_later, &later, &SameContent::default(), sweep);
         assert!(p.attrs_sweep);
         insta::assert_snapshot!(render(&p), @r"
         attrs f dir=false
@@ -1726,6 +1774,19 @@ mod tests {
         attrs d dir=true
         attrs . dir=true
         ");
+        // The clock's step, or a source keeping whole seconds: an equal
+        // ctime, or a whole second equal to the replica's, may hide a
+        // change made just after the replica's write.
+        let equal = with_attrs(
+            &listing(vec![at(file("f", 5, 10), mid)]),
+            &listing(vec![at(file("f", 5, 10), mid)]),
+        );
+        assert!(render(&equal).contains("attrs f dir=false"));
+        let whole = with_attrs(
+            &listing(vec![at(file("f", 5, 10), Timestamp::new(60, 0))]),
+            &listing(vec![at(file("f", 5, 10), Timestamp::new(60, 300))]),
+        );
+        assert!(render(&whole).contains("attrs f dir=false"));
     }
 
     #[test]
