@@ -12,7 +12,7 @@
 use fail::FailScenario;
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -24,18 +24,19 @@ use treesync_stages::contract::relpath::RelPath;
 use treesync_stages::contract::stop::StopFlag;
 use treesync_stages::fs::hash_cache::HashCache;
 use treesync_stages::fs::racy;
-use treesync_stages::fs::root::{meta_of, Root};
+use treesync_stages::fs::root::Root;
 use treesync_stages::stages::applier::apply;
 use treesync_stages::stages::differ::{diff, DiffOptions};
 use treesync_stages::stages::hasher::{candidates, compare_all, racy_pairs, recheck, Sides};
 use treesync_stages::stages::scanner::scan;
-use treesync_stages::testing::{meta, rel, trees, Trees};
+use treesync_stages::testing::{meta, rel, trees};
 
 fn plan(ops: Vec<Op>) -> Plan {
     Plan {
         ops,
         guard: None,
         roots: None,
+        attrs_sweep: false,
     }
 }
 

@@ -200,6 +200,11 @@ pub struct SameContent {
     /// Files compared although their metadata agree: racy copies of an
     /// earlier tick (`racy.rs`). For these the verdict decides too.
     rechecked: Vec<u64>,
+    /// Files and folders whose extended attributes or ACLs the replica
+    /// must be given (found different), or whose check must be settled
+    /// (found equal though the source's ctime says changed): an
+    /// `Op::Attrs` each.
+    attrs: Vec<u64>,
 }
 
 fn set_bit(bits: &mut Vec<u64>, index: usize) {
@@ -233,11 +238,21 @@ impl SameContent {
         has_bit(&self.rechecked, index)
     }
 
+    /// The source entry at `index` needs an `Op::Attrs`.
+    pub fn mark_attrs(&mut self, index: usize) {
+        set_bit(&mut self.attrs, index);
+    }
+
+    pub fn attrs(&self, index: usize) -> bool {
+        has_bit(&self.attrs, index)
+    }
+
     /// Adds the verdicts of `other`.
     pub fn merge(&mut self, other: &SameContent) {
         for (bits, more) in [
             (&mut self.bits, &other.bits),
             (&mut self.rechecked, &other.rechecked),
+            (&mut self.attrs, &other.attrs),
         ] {
             if bits.len() < more.len() {
                 bits.resize(more.len(), 0);

@@ -562,7 +562,7 @@ mod tests {
     fn opts(fs: &FsCaps, temps: &TempTokens) -> SearchOptions<'static> {
         // Leaked: the tests' options live as long as the test.
         let fs: &'static FsCaps = Box::leak(Box::new(*fs));
-        let temps: &'static TempTokens = Box::leak(Box::new(temps.clone()));
+        let temps: &'static TempTokens = Box::leak(Box::new(*temps));
         SearchOptions {
             fs,
             temps,

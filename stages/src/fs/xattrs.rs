@@ -12,6 +12,7 @@
 //! `/proc/self/fd` name of an `O_PATH` handle for an entry we may not
 //! open (that name reaches that very inode, whatever is renamed).
 
+use crate::contract::model::Meta;
 use crate::fs::root::Root;
 use crate::fs::state;
 use rustix::fd::{AsFd, BorrowedFd};
@@ -134,6 +135,18 @@ pub fn clear_marker(replica: &Root) -> std::io::Result<()> {
     }
 }
 
+/// Whether an entry's attributes are to be compared: at a sweep, or when
+/// the source's ctime may be newer than the replica's (an attribute change
+/// moves the ctime, not the mtime; every write of ours moves the
+/// replica's to now). Timestamps come from a clock of a few milliseconds'
+/// step, so an equal ctime may be a change made just after the replica's
+/// write; and a source that keeps whole-second ctimes cannot tell a change
+/// later in that second. Both count as newer.
+pub fn due(source: &Meta, replica: &Meta, sweep: bool) -> bool {
+    let coarse = source.ctime.nanos == 0 && source.ctime.secs == replica.ctime.secs;
+    sweep || source.ctime >= replica.ctime || coarse
+}
+
 /// Where attributes are read or set.
 #[derive(Clone, Copy)]
 pub enum On<'a> {
@@ -141,6 +154,10 @@ pub enum On<'a> {
     Fd(BorrowedFd<'a>),
     /// The `/proc/self/fd/N` name of an `O_PATH` handle.
     Proc(&'a str),
+    /// A path, its last component not followed: for reading only, where
+    /// a link swapped into the path can at worst mislead a comparison
+    /// (what is then set goes through handles).
+    Below(&'a Path),
 }
 
 /// Attributes by name, sorted by name.
@@ -285,10 +302,12 @@ fn list(on: On<'_>) -> Result<Vec<u8>, Errno> {
         |buf| match on {
             On::Fd(fd) => rfs::flistxattr(fd, buf),
             On::Proc(p) => rfs::listxattr(p, buf),
+            On::Below(p) => rfs::llistxattr(p, buf),
         },
         || match on {
             On::Fd(fd) => rfs::flistxattr_query(fd),
             On::Proc(p) => rfs::listxattr_query(p),
+            On::Below(p) => rfs::llistxattr_query(p),
         },
     )
 }
@@ -299,10 +318,12 @@ fn get(on: On<'_>, name: &[u8]) -> Result<Vec<u8>, Errno> {
         |buf| match on {
             On::Fd(fd) => rfs::fgetxattr(fd, name, buf),
             On::Proc(p) => rfs::getxattr(p, name, buf),
+            On::Below(p) => rfs::lgetxattr(p, name, buf),
         },
         || match on {
             On::Fd(fd) => rfs::fgetxattr_query(fd, name),
             On::Proc(p) => rfs::getxattr_query(p, name),
+            On::Below(p) => rfs::lgetxattr_query(p, name),
         },
     )
 }
@@ -334,6 +355,8 @@ fn set(on: On<'_>, name: &[u8], value: &[u8]) -> Result<(), Errno> {
     match on {
         On::Fd(fd) => rfs::fsetxattr(fd, name, value, XattrFlags::empty()),
         On::Proc(p) => rfs::setxattr(p, name, value, XattrFlags::empty()),
+        // Never written by path.
+        On::Below(_) => Err(Errno::PERM),
     }
 }
 
@@ -341,6 +364,7 @@ fn remove(on: On<'_>, name: &[u8]) -> Result<(), Errno> {
     match on {
         On::Fd(fd) => rfs::fremovexattr(fd, name),
         On::Proc(p) => rfs::removexattr(p, name),
+        On::Below(_) => Err(Errno::PERM),
     }
 }
 
@@ -374,6 +398,23 @@ mod tests {
         assert!(!root.wants(b"trusted.SGI_ACL_FILE") && root.wants(b"trusted.overlay.x"));
         assert_eq!(root.describe(), "user,privileged,acls");
         assert!(Policy::new(false, false, true).is_none());
+    }
+
+    #[test]
+    fn due_where_the_source_ctime_may_be_newer() {
+        use crate::contract::model::Timestamp;
+        let at = |secs, nanos| Meta {
+            ctime: Timestamp::new(secs, nanos),
+            ..Meta::default()
+        };
+        assert!(due(&at(50, 5), &at(40, 5), false));
+        assert!(!due(&at(40, 5), &at(50, 5), false));
+        assert!(due(&at(40, 5), &at(50, 5), true));
+        // The clock's step: equal may be later.
+        assert!(due(&at(50, 5), &at(50, 5), false));
+        // Whole seconds: the replica's second may hold a later change.
+        assert!(due(&at(60, 0), &at(60, 300), false));
+        assert!(!due(&at(59, 0), &at(60, 300), false));
     }
 
     #[test]

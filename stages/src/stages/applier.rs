@@ -748,13 +748,12 @@ mod tests {
     use crate::contract::model::{Meta, TEMP_PREFIX};
     use crate::contract::options::MaxDelete;
     use crate::contract::relpath::RelPath;
-    use crate::fs::root::meta_of;
     use crate::testing::{meta, rel, trees, wait_until, Collector};
     use actix::Actor;
     use filetime::FileTime;
     use std::fs;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::sync::Mutex;
 
     /// A source file with content, mode and a nanosecond mtime.

@@ -42,9 +42,10 @@
 //!
 //! Hard links (`contract::hard_links`): source files that are one inode
 //! are one in the replica; each group's leader is planned as any file,
-//! the other names as `Link`s to it. Attributes and ACLs: an entry whose
-//! source ctime is newer than its replica's, and nothing else of it
-//! changed, gets an `Attrs` check (every entry at a sweep).
+//! the other names as `Link`s to it. Attributes and ACLs: an entry the
+//! Hasher marked (`SameContent::attrs`: its source ctime may be newer
+//! than its replica's, or a sweep found them different), and nothing else
+//! of which changed, gets an `Attrs` check.
 
 use crate::contract::hard_links::{self, Role, Roles};
 use crate::contract::messages::{Fact, LogEvent, PlanMade, TickCx, TreesHashed};
@@ -693,7 +694,7 @@ impl<'a> Planner<'a> {
                 let fresh = s.path.is_root() && self.opts.fresh_root;
                 let other_changed = !fresh && self.perm_or_owner_differs(&s.meta, &r.meta);
                 let mtime_changed = !fresh && !self.opts.fs.same_mtime(s.meta.mtime, r.meta.mtime);
-                let attrs = self.attrs_due(&s.meta, &r.meta);
+                let attrs = self.opts.attrs && self.contents.attrs(index);
                 self.dirs.push(DirState {
                     path: path(),
                     meta: s.meta,
@@ -743,26 +744,13 @@ impl<'a> Planner<'a> {
                 link: false,
                 meta: s.meta,
             });
-        } else if self.attrs_due(&s.meta, &r.meta) {
+        } else if self.opts.attrs && self.contents.attrs(index) {
             self.files.push(Op::Attrs {
                 path: s.path.clone(),
                 dir: false,
                 meta: s.meta,
             });
         }
-    }
-
-    /// Whether an entry's attributes are compared although nothing else
-    /// of it changed: at a sweep, or when the source's ctime is newer than
-    /// the replica's (every write of ours moves the replica's to now).
-    fn attrs_due(&self, s: &Meta, r: &Meta) -> bool {
-        // Timestamps are taken from a coarse clock (a few milliseconds):
-        // an equal ctime may be a change made just after the replica's
-        // write, and a source that keeps whole seconds cannot tell a change
-        // later in that second. Both count as newer (a check that finds the
-        // attributes equal moves the replica's ctime on, so it is once).
-        let coarse = s.ctime.nanos == 0 && s.ctime.secs == r.ctime.secs;
-        self.opts.attrs && (self.opts.attrs_sweep || s.ctime >= r.ctime || coarse)
     }
 
     /// The path changed type: remove the replica's entry, create the new.
@@ -1709,84 +1697,51 @@ mod tests {
     }
 
     #[test]
-    fn attributes_are_compared_where_the_source_ctime_is_newer() {
-        let with_attrs = |s: &Listing, r: &Listing| {
+    fn attributes_marked_by_the_hasher_are_checked_where_nothing_else_is_done() {
+        let with_attrs = |s: &Listing, r: &Listing, marked: &[&str], sweep: bool| {
             let o = DiffOptions {
                 attrs: true,
+                attrs_sweep: sweep,
                 ..opts()
             };
-            diff(s, r, &SameContent::default(), o)
+            let mut contents = SameContent::default();
+            for p in marked {
+                let i = s
+                    .entries
+                    .iter()
+                    .position(|e| e.path.to_string() == *p)
+                    .unwrap();
+                contents.mark_attrs(i);
+            }
+            diff(s, r, &contents, o)
         };
-        let at = |mut e: Entry, ctime: Timestamp| {
-            e.meta.ctime = ctime;
-            e
-        };
-        let (old, mid, new) = (
-            Timestamp::new(40, 5),
-            Timestamp::new(50, 5),
-            Timestamp::new(60, 5),
-        );
-        // The root's ctime, as the listing helper makes it: the same on
-        // both sides, so it is compared too (an equal ctime may hide a
-        // change, see below).
         let s = listing(vec![
-            at(dir("d"), mid),
-            at(file("f", 5, 10), mid),
-            at(file("g", 1, 10), old),
+            dir("d"),
+            file("f", 5, 10),
+            file("g", 1, 10),
+            file("h", 2, 10),
         ]);
         let r = listing(vec![
-            at(dir("d"), old),
-            at(file("f", 5, 10), old),
-            at(file("g", 1, 10), new),
+            dir("d"),
+            file("f", 5, 10),
+            file("g", 1, 10),
+            file("h", 2, 20),
         ]);
-        insta::assert_snapshot!(render(&with_attrs(&s, &r)), @r"
+        // `h` gets `meta` anyway, which sets its attributes too.
+        insta::assert_snapshot!(render(&with_attrs(&s, &r, &["d", "f", "h"], false)), @r"
         attrs f dir=false
+        update h 2
         attrs d dir=true
-        attrs . dir=true
+        finish . changed=false
         ");
-        // Replica ctimes newer (written after the source's last change):
-        // nothing, unless every entry is compared (a sweep).
-        let later = listing(vec![
-            at(dir("d"), new),
-            at(file("f", 5, 10), new),
-            at(file("g", 1, 10), new),
-        ]);
-        let s_later = listing(vec![
-            at(dir("d"), mid),
-            at(file("f", 5, 10), mid),
-            at(file("g", 1, 10), old),
-        ]);
-        let mut s_later = s_later;
-        s_later.entries[0].meta.ctime = old;
-        let mut later = later;
-        later.entries[0].meta.ctime = new;
-        insta::assert_snapshot!(render(&with_attrs(&s_later, &later)), @"");
-        let sweep = DiffOptions {
-            attrs: true,
-            attrs_sweep: true,
-            ..opts()
-        };
-        let p = diff(&s_later, &later, &SameContent::default(), sweep);
+        insta::assert_snapshot!(render(&with_attrs(&s, &r, &[], false)), @r"
+        update h 2
+        finish . changed=false
+        ");
+        let p = with_attrs(&s, &r, &[], true);
         assert!(p.attrs_sweep);
-        insta::assert_snapshot!(render(&p), @r"
-        attrs f dir=false
-        attrs g dir=false
-        attrs d dir=true
-        attrs . dir=true
-        ");
-        // The clock's step, or a source keeping whole seconds: an equal
-        // ctime, or a whole second equal to the replica's, may hide a
-        // change made just after the replica's write.
-        let equal = with_attrs(
-            &listing(vec![at(file("f", 5, 10), mid)]),
-            &listing(vec![at(file("f", 5, 10), mid)]),
-        );
-        assert!(render(&equal).contains("attrs f dir=false"));
-        let whole = with_attrs(
-            &listing(vec![at(file("f", 5, 10), Timestamp::new(60, 0))]),
-            &listing(vec![at(file("f", 5, 10), Timestamp::new(60, 300))]),
-        );
-        assert!(render(&whole).contains("attrs f dir=false"));
+        let off = diff(&s, &r, &SameContent::default(), opts());
+        assert!(!off.attrs_sweep);
     }
 
     #[test]
