@@ -63,7 +63,7 @@ pub fn roles(
 ) -> Roles {
     let groups = match join {
         true => shared(source),
-        false => HashMap::new(),
+        false => Vec::new(),
     };
     let names = shared(replica);
     if groups.is_empty() && names.is_empty() {
@@ -98,7 +98,7 @@ pub fn roles(
             .is_some_and(|o| *o != identity(i))
     };
     let mut roles = HashMap::new();
-    for members in groups.values() {
+    for (_, members) in &groups {
         let good = |&i: &usize| {
             replica_of(i).is_some_and(|j| file_at(j).is_some() && unchanged(i, j)) && !entangled(i)
         };
@@ -123,7 +123,7 @@ pub fn roles(
         }
     }
     // Files alone in the source whose replica file has names of others.
-    for js in names.values() {
+    for (_, js) in &names {
         for i in js.iter().filter_map(|&j| source_of(j)) {
             if !roles.contains_key(&i) && entangled(i) {
                 roles.insert(i, Role::Part);
@@ -133,17 +133,24 @@ pub fn roles(
     Roles(roles)
 }
 
-/// The files of `listing` sharing an inode, by inode, each group in
-/// listing order; inodes with one name in the listing are left out.
-fn shared(listing: &Listing) -> HashMap<FileId, Vec<usize>> {
-    let mut by_inode: HashMap<FileId, Vec<usize>> = HashMap::new();
-    for (i, e) in listing.entries.iter().enumerate() {
-        if e.meta.nlink > 1 && e.kind == EntryKind::File {
-            by_inode.entry(e.meta.id).or_default().push(i);
-        }
-    }
-    by_inode.retain(|_, names| names.len() > 1);
-    by_inode
+/// The files of `listing` sharing an inode, with the inode, each group in
+/// listing order; inodes with one name in the listing are left out. By
+/// sorting, not a map of groups: a tree whose files all have other names
+/// outside it (`cp -al` snapshots) makes no group, and costs a sort.
+fn shared(listing: &Listing) -> Vec<(FileId, Vec<usize>)> {
+    let mut named: Vec<(FileId, usize)> = listing
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.meta.nlink > 1 && e.kind == EntryKind::File)
+        .map(|(i, e)| (e.meta.id, i))
+        .collect();
+    named.sort_unstable();
+    named
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|run| run.len() > 1)
+        .map(|run| (run[0].0, run.iter().map(|&(_, i)| i).collect()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl EntryKind {
 }
 
 /// A file's identity on its filesystem.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,

@@ -15,11 +15,13 @@
 use crate::contract::model::Meta;
 use crate::fs::root::Root;
 use crate::fs::state;
-use rustix::fd::{AsFd, BorrowedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd};
 use rustix::fs::{self as rfs, XattrFlags};
 use rustix::io::Errno;
 use std::fmt::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
@@ -132,6 +134,75 @@ pub fn clear_marker(replica: &Root) -> std::io::Result<()> {
     match rfs::unlinkat(&dir, MARKER, rfs::AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the entries `name` of the folders `a` and `b` have the same
+/// attributes under `policy`: the common case, neither has any that it
+/// mirrors, costs one `listxattrat` each; the rest are read in full
+/// through the folders' `/proc/self/fd` names. An entry that cannot be
+/// read counts as different (the Applier then finds out).
+pub fn same_at(a: BorrowedFd<'_>, b: BorrowedFd<'_>, name: &[u8], policy: Policy) -> bool {
+    let wanted = |dir: BorrowedFd<'_>| {
+        names_at(dir, name).map(|names| {
+            names.map(|list| {
+                list.split(|&c| c == 0)
+                    .any(|n| !n.is_empty() && policy.wants(n))
+            })
+        })
+    };
+    if let (Some(Ok(false)), Some(Ok(false))) = (wanted(a), wanted(b)) {
+        return true;
+    }
+    let below = |dir: BorrowedFd<'_>| {
+        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        std::path::PathBuf::from(std::ffi::OsString::from_vec(p))
+    };
+    let (pa, pb) = (below(a), below(b));
+    matches!(
+        (read(On::Below(&pa), policy), read(On::Below(&pb), policy)),
+        (Ok(x), Ok(y)) if x == y
+    )
+}
+
+/// The kernel has no `listxattrat` (before Linux 6.13): paths then.
+static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
+
+/// The attribute names of `dir`'s entry `name`, its link not followed, by
+/// `listxattrat(2)`; `None` where the kernel lacks it.
+fn names_at(dir: BorrowedFd<'_>, name: &[u8]) -> Option<Result<Vec<u8>, Errno>> {
+    const SYS_LISTXATTRAT: libc::c_long = 465;
+    if NO_LISTXATTRAT.load(Ordering::Relaxed) || !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: the name is NUL-terminated and outlives the call; the
+        // kernel writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Some(Ok(buf));
+        }
+        match Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error()?) {
+            Errno::NOSYS => {
+                NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Errno::RANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 8, 0),
+            e => return Some(Err(e)),
+        }
     }
 }
 

@@ -36,13 +36,12 @@ use crate::fs::replica_fs::FsCaps;
 use crate::fs::root::Root;
 use crate::fs::xattrs;
 use actix::Recipient;
-use rustix::fd::AsRawFd;
+use rustix::fd::{AsFd, AsRawFd};
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -612,31 +611,27 @@ fn attrs_to_set(
             }
         }
     }
-    let below = |root: &Root, rel: &RelPath| {
-        let mut p = format!("/proc/self/fd/{}", root.fd().as_raw_fd()).into_bytes();
-        if !rel.is_root() {
-            p.push(b'/');
-            p.extend_from_slice(rel.as_bytes());
+    // Runs of one folder's entries, each folder opened once per side.
+    let mut runs: Vec<&[(usize, usize)]> = Vec::new();
+    let mut start = 0;
+    for k in 1..=to_read.len() {
+        let parent = |k: usize| src[to_read[k].0].path.parent();
+        if k == to_read.len() || k - start >= 256 || parent(k) != parent(start) {
+            runs.push(&to_read[start..k]);
+            start = k;
         }
-        std::path::PathBuf::from(std::ffi::OsString::from_vec(p))
-    };
+    }
     let next = AtomicUsize::new(0);
     let differ = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, to_read.len().max(1)))
+        let workers: Vec<_> = (0..jobs.clamp(1, runs.len().max(1)))
             .map(|_| {
                 scope.spawn(|| {
                     let mut found = Vec::new();
-                    while let Some(&(i, j)) = to_read.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    while let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
                         if stop.is_requested() {
                             break;
                         }
-                        let s = below(sides.source_root, &src[i].path);
-                        let r = below(sides.replica_root, &rep[j].path);
-                        let read = |p: &std::path::Path| xattrs::read(xattrs::On::Below(p), policy);
-                        match (read(&s), read(&r)) {
-                            (Ok(a), Ok(b)) if a == b => {}
-                            _ => found.push(i),
-                        }
+                        found.extend(attrs_differ_in(sides, run, policy));
                     }
                     found
                 })
@@ -649,6 +644,42 @@ fn attrs_to_set(
     });
     marked.extend(differ);
     marked
+}
+
+/// The source entries of `run` (pairs in one folder) whose attributes
+/// differ from their replica's, or cannot be read.
+fn attrs_differ_in(sides: &Sides, run: &[(usize, usize)], policy: xattrs::Policy) -> Vec<usize> {
+    // Paired by path: the replica entry has the source entry's path.
+    let src = &sides.source.entries;
+    let Some(&(first, _)) = run.first() else {
+        return Vec::new();
+    };
+    let Some(parent) = src[first].path.parent() else {
+        // The root: through its handles' names.
+        let below = |root: &Root| {
+            std::path::PathBuf::from(format!("/proc/self/fd/{}", root.fd().as_raw_fd()))
+        };
+        let (s, r) = (below(sides.source_root), below(sides.replica_root));
+        let read = |p: &std::path::Path| xattrs::read(xattrs::On::Below(p), policy);
+        return match (read(&s), read(&r)) {
+            (Ok(a), Ok(b)) if a == b => Vec::new(),
+            _ => vec![first],
+        };
+    };
+    let dirs = (
+        sides.source_root.open_dir(&parent),
+        sides.replica_root.open_dir(&parent),
+    );
+    let (Ok(s), Ok(r)) = dirs else {
+        return run.iter().map(|&(i, _)| i).collect();
+    };
+    run.iter()
+        .filter(|&&(i, _)| {
+            let name = src[i].path.name();
+            !xattrs::same_at(s.as_fd(), r.as_fd(), name, policy)
+        })
+        .map(|&(i, _)| i)
+        .collect()
 }
 
 /// Settles the doubtful move pairs by content: each file in one is
