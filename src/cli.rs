@@ -49,6 +49,13 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", default_value = "treesync.log")]
     pub log_file: PathBuf,
 
+    /// Rotate the log file once it would pass SIZE (64MiB, 500K, 2G; 0
+    /// never): it is renamed to PATH.1 (PATH.1 to PATH.2, and so on up to
+    /// PATH.5; the oldest is dropped) and a new one begun. SIGHUP makes
+    /// treesync open PATH again (logrotate's convention).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub log_max_size: u64,
+
     /// Format of the log file: text lines or JSON lines.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormatArg::Text)]
     pub log_format: LogFormatArg,
@@ -194,6 +201,24 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `64MiB`, `500K`, `2G`, `1048576`: a size in bytes, the units binary
+/// (K, M, G, with or without `iB` or `B`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("expected a size such as 64MiB, 500K or 1048576, got {s:?}");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 /// `7d`, `12h`, `90m`: how long old versions are kept, at least 1 s.
 pub fn parse_keep(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
@@ -266,5 +291,22 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_in_bytes_and_binary_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("500K"), Ok(500 << 10));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "MiB", "12 parsecs", "-1", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

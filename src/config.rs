@@ -184,6 +184,7 @@ impl Config {
             },
             // `-q` keeps the terminal for errors and summaries.
             progress: !cli.quiet,
+            max_size: (cli.log_max_size > 0).then_some(cli.log_max_size),
         };
         Ok(Config {
             sync,

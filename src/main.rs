@@ -45,6 +45,7 @@ fn run(cli: Cli) -> i32 {
         format: config::log_format(cli.log_format),
         terminal: Verbosity::Quiet,
         progress: false,
+        max_size: None,
     };
     let mut config = match Config::from_cli(cli) {
         Ok(c) => c,
@@ -96,7 +97,7 @@ fn run(cli: Cli) -> i32 {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
-                "treesync: cannot open log file {}: {e}",
+                "treesync: cannot open log file {}: {e}; choose another with --log-file PATH",
                 config.log.file.display()
             );
             return pipeline::exit::FATAL;

@@ -49,7 +49,9 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
         .end(scheduler.clone().recipient());
     let (done_tx, done_rx) = oneshot::channel();
     let coordinator =
-        ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx, terminal).start();
+        ShutdownCoordinator::new(stop, scheduler.clone().recipient(), done_tx, terminal)
+            .reopening(log.clone().recipient())
+            .start();
     let mut schedule = Scheduler::new(
         config.interval,
         opts.dry_run,

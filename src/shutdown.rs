@@ -5,7 +5,8 @@
 //! flight and start nothing new) and the Scheduler is told to start no new
 //! tick; once it answers `TicksOver`, the run ends. Second signal: exit at
 //! once with 130 (temporaries left behind are removed by the next run).
-//! A hang-up (SIGHUP: a closed terminal) does not stop the run.
+//! A hang-up (SIGHUP: a closed terminal, or logrotate) does not stop the
+//! run: the Logger opens its file again by path.
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
 use std::io::Write as _;
@@ -13,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 use treesync_stages::contract::messages::{StopTicks, TickOutcome, TicksOver};
 use treesync_stages::contract::stop::StopFlag;
+use treesync_stages::log::logger::ReopenLog;
 use treesync_stages::log::progress::Above;
 
 /// How the run ended.
@@ -34,6 +36,8 @@ pub struct ShutdownCoordinator {
     signals: u32,
     /// The signal notices share standard error with the progress bar.
     terminal: Above,
+    /// Told to open the log file again at a hang-up.
+    reopen: Option<Recipient<ReopenLog>>,
 }
 
 impl ShutdownCoordinator {
@@ -49,7 +53,14 @@ impl ShutdownCoordinator {
             done: Some(done),
             signals: 0,
             terminal,
+            reopen: None,
         }
+    }
+
+    /// At each hang-up, `logger` opens its file again.
+    pub fn reopening(mut self, logger: Recipient<ReopenLog>) -> Self {
+        self.reopen = Some(logger);
+        self
     }
 }
 
@@ -80,13 +91,18 @@ impl Actor for ShutdownCoordinator {
         }
         // A hang-up (a closed terminal or ssh session) must not end a
         // mirror in the middle of a file: it is noted and the run goes on.
+        // logrotate sends it after renaming the log: lines go to a new one.
         let terminal = self.terminal.clone();
+        let reopen = self.reopen.clone();
         match signal(SignalKind::hangup()) {
             Ok(mut stream) => {
                 actix::spawn(async move {
                     while stream.recv().await.is_some() {
+                        if let Some(logger) = &reopen {
+                            logger.do_send(ReopenLog);
+                        }
                         terminal.say(format_args!(
-                            "treesync: hang-up signal: the run goes on (Ctrl+C or SIGTERM stops it)"
+                            "treesync: hang-up signal: log file opened again, the run goes on (Ctrl+C or SIGTERM stops it)"
                         ));
                     }
                 });

@@ -113,12 +113,16 @@ fn sigterm_stops_an_interval_run_with_status_zero() {
     sb.assert_mirror();
 }
 
+/// A hang-up never ends the run; it opens the log file again by path, as
+/// logrotate expects after renaming it.
 #[test]
-fn a_hang_up_does_not_end_an_interval_run() {
+fn a_hang_up_does_not_end_an_interval_run_and_opens_the_log_again() {
     let sb = Sandbox::new();
     small_tree(&sb);
     let mut r = sb.spawn_interval("1", &[]);
     r.wait_ticks(1);
+    let rotated = r.log_path.with_extension("rotated");
+    std::fs::rename(&r.log_path, &rotated).unwrap();
     r.signal("HUP");
     file(&sb.src, "after-hangup.txt", "still mirrored\n");
     r.wait_fresh_tick();
@@ -126,7 +130,42 @@ fn a_hang_up_does_not_end_an_interval_run() {
     let run = r.stop("TERM");
     run.expect_code(0);
     assert!(run.stderr.contains("hang-up signal"), "{}", run.dump());
+    // The lines after the hang-up are in a new file at the path.
+    assert!(run.has("copy", "after-hangup.txt"), "{}", run.dump());
+    let old = read_log(&rotated);
+    assert!(old.iter().any(|e| e.msg == "tick"));
+    assert!(!old
+        .iter()
+        .any(|e| e.path.as_deref() == Some("after-hangup.txt")));
     sb.assert_mirror();
+}
+
+#[test]
+fn the_log_file_is_rotated_past_its_size() {
+    let sb = Sandbox::new();
+    for i in 0..60 {
+        file(&sb.src, format!("f{i:02}"), "x\n");
+    }
+    let run = sb.sync(&["--log-max-size", "1K"]);
+    run.expect_code(0).no_errors();
+    // 62 lines of about 60 bytes: rotated at each KiB, five kept.
+    let path = run.log_path.clone().unwrap();
+    let numbered = |n: u32| {
+        let mut p = path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    for n in 1..=5 {
+        let len = std::fs::metadata(numbered(n)).map(|m| m.len());
+        assert!(
+            len.as_ref().is_ok_and(|&l| l <= 1024 && l > 0),
+            ".{n}: {len:?}"
+        );
+    }
+    assert!(!numbered(6).exists());
+    assert_eq!(run.log.last().map(|e| e.msg.as_str()), Some("tick"));
+    let bad = sb.sync(&["--log-max-size", "lots"]);
+    bad.expect_code(2);
 }
 
 #[test]

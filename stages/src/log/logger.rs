@@ -53,7 +53,23 @@ pub struct LogConfig {
     pub terminal: Verbosity,
     /// A progress bar for long syncs, if standard error is a terminal.
     pub progress: bool,
+    /// `--log-max-size`: past this many bytes the file is rotated to
+    /// `.1` (and `.1` to `.2`, up to `.5`, the oldest dropped); `None`
+    /// never. Only a regular file is rotated.
+    pub max_size: Option<u64>,
 }
+
+/// How many rotated files are kept beside the log file (`.1` to `.5`).
+pub const KEPT_ROTATIONS: u32 = 5;
+
+/// The default of `--log-max-size`: 64 MiB.
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 20;
+
+/// Asks the Logger to open its file again by path: after a rename by
+/// logrotate (`SIGHUP`), lines go to the new file, not the renamed one.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct ReopenLog;
 
 /// Opens the log file for appending, creating it if missing. It must be a
 /// regular file or a character device (`/dev/null`, a terminal): a fifo
@@ -127,7 +143,12 @@ impl Logger {
     pub fn open(cfg: &LogConfig) -> io::Result<Logger> {
         let progress = Progress::on_stderr(cfg.progress);
         let file = open_log_file(&cfg.file)?;
-        let file = Arc::new(FileDrain::new(file, progress.above()));
+        let file = Arc::new(FileDrain::new(
+            file,
+            cfg.file.clone(),
+            cfg.max_size,
+            progress.above(),
+        ));
         Ok(Logger {
             format: cfg.format,
             terminal: cfg.terminal,
@@ -208,6 +229,14 @@ impl Handler<LogEvent> for Logger {
         // Before the line is queued: the summary's line finds the bar gone.
         self.follow(&msg, ctx);
         self.log(&msg);
+    }
+}
+
+impl Handler<ReopenLog> for Logger {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ReopenLog, _: &mut Context<Self>) {
+        self.file.reopen();
     }
 }
 
@@ -351,7 +380,9 @@ impl KV for TermFields<'_> {
 /// buffered tail could sit unwritten between ticks, and an `O_APPEND` write
 /// per line keeps lines whole.
 struct FileDrain {
-    file: File,
+    file: Mutex<Open>,
+    path: PathBuf,
+    max_size: Option<u64>,
     /// Set at a write error and cleared by the next line written, so that
     /// a run of failures is reported once.
     failed: AtomicBool,
@@ -363,10 +394,25 @@ struct FileDrain {
     above: Above,
 }
 
+/// The log file as open now, and its size as far as we wrote it.
+struct Open {
+    file: File,
+    size: u64,
+}
+
+impl Open {
+    fn new(file: File) -> Open {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Open { file, size }
+    }
+}
+
 impl FileDrain {
-    fn new(file: File, above: Above) -> FileDrain {
+    fn new(file: File, path: PathBuf, max_size: Option<u64>, above: Above) -> FileDrain {
         FileDrain {
-            file,
+            file: Mutex::new(Open::new(file)),
+            path,
+            max_size,
             failed: AtomicBool::new(false),
             lost: AtomicU64::new(0),
             torn: AtomicBool::new(false),
@@ -411,14 +457,75 @@ impl Drain for FileDrain {
 }
 
 impl FileDrain {
-    /// `write_all`, noting a line left half written.
+    /// Opens the file again by its path (`ReopenLog`); on failure lines go
+    /// on to the file open now, and the failure is reported.
+    fn reopen(&self) {
+        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match open_log_file(&self.path) {
+            Ok(file) => *open = Open::new(file),
+            Err(e) => self.above.say(format_args!(
+                "treesync: cannot open the log file {} again: {e}; lines go on to the file open before",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// Moves the full file to `.1` (the older ones one number up, the
+    /// oldest dropped) and opens a new one. A character device or a file
+    /// that cannot be renamed is written on as it is.
+    fn rotate(&self, open: &mut Open) {
+        let is_file = open.file.metadata().is_ok_and(|m| m.is_file());
+        if !is_file {
+            open.size = 0;
+            return;
+        }
+        let numbered = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        for n in (1..KEPT_ROTATIONS).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if let Err(e) = std::fs::rename(&self.path, numbered(1)) {
+            self.above.say(format_args!(
+                "treesync: cannot rotate the log file {}: {e}; it grows on",
+                self.path.display()
+            ));
+            open.size = 0;
+            return;
+        }
+        match open_log_file(&self.path) {
+            Ok(file) => *open = Open::new(file),
+            Err(e) => {
+                // Lines go on to the renamed file rather than nowhere.
+                self.above.say(format_args!(
+                    "treesync: cannot open a new log file {}: {e}",
+                    self.path.display()
+                ));
+                open.size = 0;
+            }
+        }
+    }
+
+    /// `write_all`, noting a line left half written; rotates first when
+    /// the line would take the file past its limit.
     fn write_line(&self, mut bytes: &[u8]) -> io::Result<()> {
+        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let full = |open: &Open| {
+            self.max_size
+                .is_some_and(|max| open.size > 0 && open.size + bytes.len() as u64 > max)
+        };
+        if full(&open) {
+            self.rotate(&mut open);
+        }
         let mut started = false;
         while !bytes.is_empty() {
-            match (&self.file).write(bytes) {
+            match (&open.file).write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     started = true;
+                    open.size += n as u64;
                     bytes = &bytes[n..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -475,6 +582,7 @@ mod tests {
             format,
             terminal: Verbosity::Quiet,
             progress: false,
+            max_size: None,
         }
     }
 
@@ -508,6 +616,58 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_full_log_file_is_rotated_and_at_most_five_old_ones_are_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = LogConfig {
+            max_size: Some(2000),
+            ..config(&dir, LogFormat::Json)
+        };
+        let addr = Logger::open(&cfg).expect("open log").start();
+        for i in 0..400 {
+            addr.do_send(numbered(i));
+        }
+        addr.send(FlushLog).await.expect("flush");
+        let numbered_file = |n: u32| dir.path().join(format!("treesync.log.{n}"));
+        for n in 1..=KEPT_ROTATIONS {
+            let len = std::fs::metadata(numbered_file(n))
+                .expect("rotated file")
+                .len();
+            assert!(len <= 2000 && len > 1000, ".{n}: {len} bytes");
+        }
+        assert!(!numbered_file(KEPT_ROTATIONS + 1).exists());
+        // Lines stay whole and in order: the newest file ends with the
+        // last line, and `.1` ends just before the current file starts.
+        let bytes_of = |line: &str| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            v["bytes"].as_u64().expect("bytes")
+        };
+        let current = read_lines(&cfg);
+        assert_eq!(current.last().map(|l| bytes_of(l)), Some(399));
+        let older = std::fs::read_to_string(numbered_file(1)).expect("read .1");
+        let last_older = older.lines().last().map(bytes_of).expect("a line");
+        assert_eq!(last_older + 1, bytes_of(&current[0]));
+    }
+
+    #[actix_rt::test]
+    async fn reopen_writes_to_a_new_file_after_the_old_one_was_renamed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = config(&dir, LogFormat::Json);
+        let addr = Logger::open(&cfg).expect("open log").start();
+        addr.do_send(numbered(1));
+        addr.send(FlushLog).await.expect("flush");
+        // logrotate: rename, then SIGHUP (here the message it leads to).
+        let moved = dir.path().join("treesync.log.old");
+        std::fs::rename(&cfg.file, &moved).expect("rename");
+        addr.send(ReopenLog).await.expect("reopen");
+        addr.do_send(numbered(2));
+        addr.send(FlushLog).await.expect("flush");
+        assert_eq!(read_lines(&cfg).len(), 1);
+        assert!(read_lines(&cfg)[0].contains("\"bytes\":2"));
+        let old = std::fs::read_to_string(&moved).expect("read old");
+        assert_eq!(old.lines().count(), 1);
+    }
+
+    #[actix_rt::test]
     async fn lines_that_cannot_be_written_are_counted() {
         // `/dev/full` takes the open and fails every write with ENOSPC, as
         // a full log filesystem does.
@@ -516,6 +676,8 @@ mod tests {
             format: LogFormat::Text,
             terminal: Verbosity::Quiet,
             progress: false,
+            // A character device is never rotated.
+            max_size: Some(10),
         };
         let addr = Logger::open(&cfg).expect("open /dev/full").start();
         for i in 0..3 {
@@ -567,6 +729,7 @@ mod tests {
             format: LogFormat::Text,
             terminal: Verbosity::Normal,
             progress: false,
+            max_size: None,
         };
         let err = Logger::open(&cfg).err().map(|e| e.kind());
         assert_eq!(err, Some(io::ErrorKind::NotFound));
