@@ -308,3 +308,42 @@ fn dry_run_creates_no_state_in_an_existing_replica() {
     assert!(run.get("copy", "a.txt").dry_run());
     assert!(run.get("delete", "old.txt").dry_run());
 }
+
+/// Under systemd with its output in the journal (`JOURNAL_STREAM` names
+/// standard error), terminal lines carry no time of their own: the
+/// journal stamps them. Elsewhere they start with the time.
+#[test]
+fn terminal_lines_in_the_journal_carry_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    file(&sb.src, "a.txt", "a\n");
+    let run_with = |journal: bool| {
+        let err_path = sb.path(format!("stderr-{journal}"));
+        let err = std::fs::File::create(&err_path).unwrap();
+        let meta = err.metadata().unwrap();
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["--once", "--log-file"])
+            .arg(sb.next_log())
+            .arg(&sb.src)
+            .arg(sb.path(format!("dst-{journal}")))
+            .stderr(err);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
+        assert!(cmd.status().unwrap().success());
+        std::fs::read_to_string(err_path).unwrap()
+    };
+    let plain = run_with(false);
+    let journal = run_with(true);
+    let copy_line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("copy"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(copy_line(&journal).trim_start().starts_with("INFO copy"), "{journal}");
+    assert!(!copy_line(&plain).starts_with("INFO"), "{plain}");
+    assert!(copy_line(&plain).contains("INFO copy"), "{plain}");
+}

@@ -314,8 +314,30 @@ where
 /// `ignore_res`.
 fn terminal_drain(above: Above) -> impl Drain<Ok = (), Err = Never> + Send + 'static {
     let decorator = TermDecorator::new().stderr().build();
-    let format = FullFormat::new(decorator).use_local_timestamp().build();
-    AboveBar::new(above, format).ignore_res()
+    let format = FullFormat::new(decorator);
+    let format = match stderr_is_journal() {
+        // The journal stamps every line itself.
+        true => format.use_custom_timestamp(|_: &mut dyn Write| Ok(())),
+        false => format.use_local_timestamp(),
+    };
+    AboveBar::new(above, format.build()).ignore_res()
+}
+
+/// Standard error is the systemd journal: `JOURNAL_STREAM` (which systemd
+/// sets for a service whose output goes there) names its device and inode.
+fn stderr_is_journal() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    rustix::fs::fstat(std::io::stderr()).is_ok_and(|st| names_stream(&value, st.st_dev, st.st_ino))
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` names this stream.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
 }
 
 /// Location of every record: our records do not come from `slog::info!`
@@ -646,6 +668,14 @@ mod tests {
         let older = std::fs::read_to_string(numbered_file(1)).expect("read .1");
         let last_older = older.lines().last().map(bytes_of).expect("a line");
         assert_eq!(last_older + 1, bytes_of(&current[0]));
+    }
+
+    #[test]
+    fn the_journal_is_known_by_its_device_and_inode() {
+        assert!(names_stream("64769:1234", 64769, 1234));
+        assert!(!names_stream("64769:1234", 64769, 1235));
+        assert!(!names_stream("", 0, 0));
+        assert!(!names_stream("x:y", 0, 0));
     }
 
     #[actix_rt::test]
