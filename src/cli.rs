@@ -1,7 +1,8 @@
 //! The command line: clap's derive struct, its doc comments are the help.
 
-use clap::{Parser, ValueEnum};
-use std::path::PathBuf;
+use clap::{CommandFactory, Parser, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use treesync_stages::contract::options::MaxDelete;
 
@@ -30,11 +31,15 @@ Exit status: 0 success (and a stop by Ctrl+C or SIGTERM in interval mode),
 #[derive(Parser, Debug)]
 #[command(name = "treesync", version, about, after_help = EXAMPLES)]
 pub struct Cli {
+    // SOURCE and REPLICA are required, except by --generate, which is
+    // exclusive: clap waives required arguments for an exclusive one.
     /// The folder to mirror (must exist).
-    pub source: PathBuf,
+    #[arg(required = true)]
+    pub source: Option<PathBuf>,
 
     /// The mirror; created if missing (its parent must exist).
-    pub replica: PathBuf,
+    #[arg(required = true)]
+    pub replica: Option<PathBuf>,
 
     /// Time between syncs: seconds (60) or a duration (5m, 1h30m), at least
     /// 1 s. Omitted: sync once and exit.
@@ -178,6 +183,49 @@ pub struct Cli {
     /// Terminal: also show what was compared and why.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Print the man page (roff, treesync.1) or a shell's completion script
+    /// on standard output and exit. It takes no other argument.
+    #[arg(long, value_enum, value_name = "KIND", exclusive = true)]
+    pub generate: Option<Generate>,
+}
+
+impl Cli {
+    /// SOURCE and REPLICA: clap requires both unless `--generate` is given.
+    pub fn roots(&self) -> Option<(&Path, &Path)> {
+        Some((self.source.as_deref()?, self.replica.as_deref()?))
+    }
+}
+
+/// What `--generate` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// The man page, roff (treesync.1).
+    Man,
+    /// The bash completion script.
+    CompleteBash,
+    /// The zsh completion script.
+    CompleteZsh,
+    /// The fish completion script.
+    CompleteFish,
+}
+
+/// Writes what `kind` names, from the same command as `--help`.
+pub fn generate(kind: Generate, out: &mut dyn Write) -> std::io::Result<()> {
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let name = cmd.get_name().to_string();
+    let shell = match kind {
+        Generate::Man => return clap_mangen::Man::new(cmd).render(out),
+        Generate::CompleteBash => Shell::Bash,
+        Generate::CompleteZsh => Shell::Zsh,
+        Generate::CompleteFish => Shell::Fish,
+    };
+    // clap_complete panics on a failed write (a closed pipe): it writes to
+    // memory, and the caller sees the error of the one write that matters.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    out.write_all(&script)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -255,7 +303,6 @@ pub fn parse_modify_window(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn intervals_people_write() {
@@ -291,6 +338,36 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generate_needs_no_roots_and_the_rest_still_does() {
+        let cli = Cli::try_parse_from(["treesync", "--generate", "man"]).expect("parses");
+        assert_eq!(cli.generate, Some(Generate::Man));
+        assert_eq!(cli.roots(), None);
+        let cli = Cli::try_parse_from(["treesync", "a", "b"]).expect("parses");
+        assert_eq!(cli.roots(), Some((Path::new("a"), Path::new("b"))));
+        for argv in [
+            &["treesync"][..],
+            &["treesync", "a"],
+            &["treesync", "--once"],
+        ] {
+            let e = Cli::try_parse_from(argv).expect_err("roots are required");
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+        let e = Cli::try_parse_from(["treesync", "--generate", "man", "a", "b"])
+            .expect_err("--generate is alone");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn every_kind_generates_something() {
+        for kind in Generate::value_variants() {
+            let mut out = Vec::new();
+            generate(*kind, &mut out).expect("writes to memory");
+            let text = String::from_utf8(out).expect("utf-8");
+            assert!(text.contains("treesync"), "{kind:?}");
+        }
     }
 }
 

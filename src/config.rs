@@ -80,13 +80,16 @@ pub enum ConfigError {
     Cwd(io::Error),
     #[error("{0}")]
     BadExclude(String),
+    /// Never seen from the command line: clap asks for both first.
+    #[error("SOURCE and REPLICA are required")]
+    NoRoots,
 }
 
 impl ConfigError {
     /// Bad patterns are usage errors; everything else is fatal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::BadExclude(_) => 2,
+            ConfigError::BadExclude(_) | ConfigError::NoRoots => 2,
             _ => 1,
         }
     }
@@ -98,9 +101,10 @@ impl Config {
         if let Some(e) = bad.first() {
             return Err(ConfigError::BadExclude(e.to_string()));
         }
+        let (source, replica) = cli.roots().ok_or(ConfigError::NoRoots)?;
         let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
-        let source = canonical_source(&cwd.join(&cli.source))?;
-        let (replica, replica_missing) = canonical_replica(&cwd.join(&cli.replica))?;
+        let source = canonical_source(&cwd.join(source))?;
+        let (replica, replica_missing) = canonical_replica(&cwd.join(replica))?;
         check_not_nested(&source, &replica, replica_missing)?;
         let log_file = canonical_log_path(&cwd.join(&cli.log_file))?;
         if is_inside(&log_file, &replica) {

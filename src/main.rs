@@ -18,7 +18,27 @@ use treesync_stages::log::logger::{LogConfig, Verbosity};
 fn main() {
     fix_mmap_threshold();
     let cli = Cli::parse();
+    // Before anything else: no log file, no root is touched.
+    if let Some(kind) = cli.generate {
+        std::process::exit(generate(kind));
+    }
     std::process::exit(run(cli));
+}
+
+/// `--generate KIND` on standard output: 0, or 1 if it cannot be written
+/// (a closed pipe, as in `| head`, is no failure).
+fn generate(kind: cli::Generate) -> i32 {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = cli::generate(kind, &mut out).and_then(|()| std::io::Write::flush(&mut out));
+    match written {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("treesync: cannot write to standard output: {e}");
+            pipeline::exit::FATAL
+        }
+    }
 }
 
 /// Keeps peak memory flat from tick to tick. glibc raises its mmap
@@ -52,7 +72,10 @@ fn run(cli: Cli) -> i32 {
         Err(e) => {
             // Never write a log the mirror would delete or into a folder
             // that does not exist.
-            if !matches!(e, ConfigError::LogInReplica(_) | ConfigError::LogDir { .. }) {
+            if !matches!(
+                e,
+                ConfigError::LogInReplica(_) | ConfigError::LogDir { .. } | ConfigError::NoRoots
+            ) {
                 log_fatal(&fallback_log, &e);
             }
             eprintln!("treesync: {e}");

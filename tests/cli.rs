@@ -80,6 +80,7 @@ fn help_mentions_every_option() {
             "--jobs",
             "--quiet",
             "--verbose",
+            "--generate",
             "SOURCE",
             "REPLICA",
             "INTERVAL",
@@ -343,7 +344,110 @@ fn terminal_lines_in_the_journal_carry_no_timestamp() {
             .unwrap_or_default()
             .to_string()
     };
-    assert!(copy_line(&journal).trim_start().starts_with("INFO copy"), "{journal}");
+    assert!(
+        copy_line(&journal).trim_start().starts_with("INFO copy"),
+        "{journal}"
+    );
     assert!(!copy_line(&plain).starts_with("INFO"), "{plain}");
     assert!(copy_line(&plain).contains("INFO copy"), "{plain}");
+}
+
+/// Every `--[a-z-]+` in `text`.
+fn long_options(text: &str) -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("--") {
+        let name: String = rest[at + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+            .collect();
+        if !name.is_empty() {
+            found.insert(format!("--{name}"));
+        }
+        rest = &rest[at + 2 + name.len()..];
+    }
+    found
+}
+
+#[test]
+fn man_page_lists_every_option_of_help() {
+    let sb = Sandbox::new();
+    let help = sb.run_raw(&["--help"]);
+    help.expect_code(0);
+    let options = long_options(&help.stdout);
+    assert!(options.len() > 20, "too few options in --help: {options:?}");
+    let run = sb.run_raw(&["--generate", "man"]);
+    run.expect_code(0);
+    assert!(run.stderr.is_empty(), "{}", run.dump());
+    assert!(
+        run.stdout.contains(".TH"),
+        "not a man page:\n{}",
+        run.stdout
+    );
+    // roff writes a minus sign as `\-`.
+    let man = run.stdout.replace("\\-", "-");
+    for opt in &options {
+        assert!(man.contains(opt.as_str()), "the man page lacks {opt}");
+    }
+}
+
+#[test]
+fn bash_completion_loads() {
+    let sb = Sandbox::new();
+    let script = format!(
+        "source <('{}' --generate complete-bash) && complete -p treesync",
+        bin()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(sb.root())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("complete ") && l.ends_with(" treesync")),
+        "no complete line: {stdout}"
+    );
+}
+
+#[test]
+fn zsh_and_fish_completions_name_treesync() {
+    let sb = Sandbox::new();
+    for kind in ["complete-zsh", "complete-fish"] {
+        let run = sb.run_raw(&["--generate", kind]);
+        run.expect_code(0);
+        assert!(run.stdout.contains("treesync"), "{kind}: {}", run.dump());
+        assert!(run.stdout.contains("--dry-run") || run.stdout.contains("dry-run"));
+    }
+}
+
+#[test]
+fn generate_touches_nothing_and_refuses_unknown_kinds() {
+    let sb = Sandbox::new();
+    let run = sb.run_raw(&["--generate", "man"]);
+    run.expect_code(0);
+    assert!(!exists(&sb.path("treesync.log")), "--generate wrote a log");
+    assert!(!exists(&sb.dst));
+    for bad in [&["--generate", "pdf"][..], &["--generate"]] {
+        let run = sb.run_raw(bad);
+        assert_eq!(run.code, Some(2), "{bad:?}\n{}", run.dump());
+        assert!(run.stdout.is_empty(), "{bad:?} printed {}", run.stdout);
+    }
+    // Alone: it does not run a sync beside its output.
+    let run = sb.run_raw(&[
+        "--generate".as_ref(),
+        "man".as_ref(),
+        sb.src.as_os_str(),
+        sb.dst.as_os_str(),
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.dump());
+    assert!(!exists(&sb.dst));
+    assert!(!exists(&sb.path("treesync.log")));
 }
