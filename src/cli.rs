@@ -84,6 +84,15 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Check the replica against the source and change nothing: read both
+    /// trees in full (SHA-1 of every file, trusting no cached digest),
+    /// compare metadata, links and attributes, and report every difference
+    /// as an error (`op=verify`). Exit 0 when the replica is the source's,
+    /// 3 when not. One sync, whatever the INTERVAL. The answer to "has my
+    /// backup rotted?"
+    #[arg(long)]
+    pub verify: bool,
+
     /// Sync into a REPLICA that is not empty and was never synced by
     /// treesync (a copy made with `cp -a`, say): its files that the source
     /// lacks will be deleted. Without it such a replica is refused.

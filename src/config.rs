@@ -129,7 +129,8 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         // A dry run changes nothing, so each tick must plan everything again:
         // narrowing ticks to what changed would hide what is still to do.
-        let watch = cli.interval.is_some() && !cli.once && !cli.no_watch && !cli.dry_run;
+        let watch =
+            cli.interval.is_some() && !cli.once && !cli.no_watch && !cli.dry_run && !cli.verify;
         let backup = match &cli.backup_dir {
             Some(dir) => Some(backup_dir(
                 &cwd.join(dir),
@@ -144,11 +145,16 @@ impl Config {
         let mut sync = SyncOptions {
             source,
             replica,
-            checksum: cli.checksum,
-            dry_run: cli.dry_run,
+            checksum: cli.checksum || cli.verify,
+            dry_run: cli.dry_run || cli.verify,
+            verify: cli.verify,
             delete_excluded: cli.delete_excluded,
             one_file_system: cli.one_file_system,
-            max_delete: cli.max_delete,
+            // Every replica-only entry is a difference to report: no guard.
+            max_delete: match cli.verify {
+                true => treesync_stages::contract::options::MaxDelete::Percent(100),
+                false => cli.max_delete,
+            },
             renames: !cli.no_renames,
             hard_links: !cli.no_hard_links,
             xattrs: !cli.no_xattrs,
@@ -193,7 +199,11 @@ impl Config {
         Ok(Config {
             sync,
             log,
-            interval: if cli.once { None } else { cli.interval },
+            interval: if cli.once || cli.verify {
+                None
+            } else {
+                cli.interval
+            },
             rescan: cli.rescan,
             on_tick: cli.on_tick.map(|cmd| (cmd, cli.on_tick_timeout)),
             replica_missing,

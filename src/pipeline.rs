@@ -54,7 +54,8 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
             .start();
     let mut schedule = Scheduler::new(
         config.interval,
-        opts.dry_run,
+        // `--verify` writes nothing, yet its sync is no dry run of one.
+        opts.dry_run && !opts.verify,
         first,
         coordinator.recipient(),
         log.clone().recipient(),

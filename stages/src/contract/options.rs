@@ -22,6 +22,10 @@ pub struct SyncOptions {
     pub checksum: bool,
     /// Plan and log only; write nothing under the replica.
     pub dry_run: bool,
+    /// `--verify`: a dry run (with `checksum`) whose every planned change
+    /// is an `error` (`op=verify`): the replica differs from the source
+    /// there. Digests proved are saved to the cache.
+    pub verify: bool,
     /// Also delete replica entries that the rules exclude.
     pub delete_excluded: bool,
     /// `-x`: a folder of the source on another filesystem (a mount point)
@@ -125,6 +129,7 @@ impl SyncOptions {
             replica,
             checksum: false,
             dry_run: false,
+            verify: false,
             delete_excluded: false,
             one_file_system: false,
             max_delete: MaxDelete::default(),

@@ -428,6 +428,12 @@ impl Run<'_> {
         // The hooks' events, logged before the operation's own line.
         let mut before = Vec::new();
         let result = match &self.target {
+            Target::DryRun { reader, .. } if self.opts.verify => {
+                match verify_event(op, reader.as_ref()) {
+                    Some(event) => Ok(Some(event)),
+                    None => return,
+                }
+            }
             // Reported only where the attributes differ, as when applied.
             Target::DryRun { reader, .. } if matches!(op, Op::Attrs { .. }) => {
                 let Op::Attrs { path, dir, .. } = op else {
@@ -447,9 +453,10 @@ impl Run<'_> {
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
             Target::Unavailable => return,
         };
+        let dry = self.opts.dry_run && !self.opts.verify;
         for event in before {
             tally.count(&event);
-            (self.log)(event.dry_run(self.opts.dry_run));
+            (self.log)(event.dry_run(dry));
         }
         let event = match result {
             Ok(Some(event)) => event,
@@ -470,8 +477,41 @@ impl Run<'_> {
             }
         }
         tally.count(&event);
-        (self.log)(event.dry_run(self.opts.dry_run));
+        (self.log)(event.dry_run(dry));
     }
+}
+
+/// What `--verify` reports for `op`: the difference it stands for, as an
+/// `error` with `op=verify`; `None` where it stands for none (a folder's
+/// times put back after its contents, a temporary of ours).
+fn verify_event(op: &Op, reader: Option<&ReplicaOps>) -> Option<LogEvent> {
+    let what: std::borrow::Cow<'static, str> = match op {
+        Op::Skip { .. } | Op::Warn { .. } | Op::Refuse { .. } => return done_event(op, None),
+        Op::RemoveStale { .. } | Op::FinishDir { changed: false, .. } => return None,
+        Op::Delete { .. } => "in the replica only".into(),
+        Op::Rmdir { .. } => "folder in the replica only".into(),
+        Op::Mkdir { .. } => "folder missing in the replica".into(),
+        Op::Copy { .. } => "missing in the replica".into(),
+        Op::Update { .. } => "content differs".into(),
+        Op::Move { from, .. } => format!("missing in the replica, which has it at {from}").into(),
+        Op::MoveDir { from, .. } => {
+            format!("folder missing in the replica, which has it at {from}").into()
+        }
+        Op::Symlink { .. } => "symlink missing or pointing elsewhere".into(),
+        Op::Link { to, .. } => format!("not a hard link of {to}, as in the source").into(),
+        Op::SetMeta { .. } => "times, permissions or owner differ".into(),
+        Op::FinishDir { changed: true, .. } => "folder's times, permissions or owner differ".into(),
+        Op::Attrs { path, dir, .. } => match reader.map(|r| r.attrs_differ(path, *dir)) {
+            Some(Ok(true)) => "extended attributes or ACLs differ".into(),
+            _ => return None,
+        },
+    };
+    let done = OpDone {
+        verb: Verb::Error,
+        write: false,
+        bytes: 0,
+    };
+    Some(LogEvent::error(Some(op.path()), "verify", what).with_fact(Fact::OpDone(done)))
 }
 
 impl Run<'_> {

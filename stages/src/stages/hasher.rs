@@ -522,7 +522,10 @@ impl Stage for Hasher {
             if msg.managed.is_none() {
                 cache.prune(tick);
             }
-            if let (false, true, Ok((_, replica))) = (opts.dry_run, cache.is_dirty(), &roots) {
+            // A dry run saves nothing; `--verify` saves the digests it
+            // proved, every one read anew (a dry run loads no cache).
+            let saves = !opts.dry_run || opts.verify;
+            if let (true, true, Ok((_, replica))) = (saves, cache.is_dirty(), &roots) {
                 // The cache only saves work: failing to save it is no error.
                 if let Err(e) = cache.save(replica) {
                     log.do_send(
