@@ -423,6 +423,75 @@ fn odd_names_are_mirrored_and_logged_one_entry_each() {
     assert!(run.has("copy", "dir\nwith newline/inner"), "{}", run.dump());
 }
 
+/// A name holding the byte 0xFF and one holding the four characters `\xFF`
+/// read the same in `path`; `path_b64` (and `target_b64` for a link's
+/// target) tells them apart, and valid names get no such key.
+#[test]
+fn json_log_keeps_an_invalid_byte_apart_from_its_escape() {
+    let sb = Sandbox::new();
+    let (invalid, literal) = (&b"n\xff.txt"[..], &b"n\\xFF.txt"[..]);
+    file(&sb.src, bpath(invalid), "byte\n");
+    file(&sb.src, bpath(literal), "four characters\n");
+    symlink(&sb.src, "to-invalid", bpath(invalid));
+    symlink(&sb.src, "to-literal", bpath(literal));
+    let run = sb.sync(&[]);
+    run.expect_code(0).no_errors();
+    sb.assert_mirror();
+
+    let copies: Vec<&Entry> = run
+        .log
+        .iter()
+        .filter(|e| e.is("copy", "n\\xFF.txt"))
+        .collect();
+    assert_eq!(copies.len(), 2, "{}", run.dump());
+    let mut raw: Vec<Vec<u8>> = copies.iter().map(|e| e.raw("path").unwrap()).collect();
+    raw.sort();
+    assert_eq!(raw, [literal.to_vec(), invalid.to_vec()]);
+    let lines: Vec<String> = fs::read_to_string(run.log_path.as_ref().unwrap())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(r#""msg":"copy""#))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_ne!(lines[0], lines[1]);
+    // Only the name that is not UTF-8 carries its bytes.
+    let b64: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split(r#""path_b64":""#).nth(1))
+        .collect();
+    assert_eq!(b64.len(), 1, "{lines:?}");
+    assert!(b64[0].starts_with("bv8udHh0\""), "{lines:?}");
+
+    let to_invalid = run.get("symlink", "to-invalid");
+    assert_eq!(to_invalid.str("target"), Some("n\\xFF.txt"));
+    assert_eq!(to_invalid.raw("target").unwrap(), invalid);
+    let to_literal = run.get("symlink", "to-literal");
+    assert_eq!(to_literal.str("target"), Some("n\\xFF.txt"));
+    assert_eq!(to_literal.str("target_b64"), None);
+    assert_eq!(to_literal.raw("target").unwrap(), literal);
+
+    // The text format escapes the backslash itself: `\xFF` is the byte,
+    // `\\xFF` the four characters.
+    let text_log = sb.path("text.log");
+    let dst2 = sb.path("dst2");
+    sb.run_raw(&[
+        "--once".as_ref(),
+        "--log-file".as_ref(),
+        text_log.as_os_str(),
+        "--log-format".as_ref(),
+        "text".as_ref(),
+        sb.src.as_os_str(),
+        dst2.as_os_str(),
+    ])
+    .expect_code(0);
+    let text = fs::read_to_string(&text_log).unwrap();
+    assert!(text.contains(r"copy path=n\xFF.txt "), "{text}");
+    assert!(text.contains(r"copy path=n\\xFF.txt "), "{text}");
+    assert!(text.contains(r"target=n\xFF.txt"), "{text}");
+    assert!(text.contains(r"target=n\\xFF.txt"), "{text}");
+}
+
 #[test]
 fn text_log_has_one_line_per_operation_even_with_odd_names() {
     let sb = Sandbox::new();

@@ -709,6 +709,44 @@ impl Entry {
     pub fn is(&self, msg: &str, path: &str) -> bool {
         self.msg == msg && self.path.as_deref() == Some(path)
     }
+
+    /// The exact bytes of `path` or of a byte-valued field (`from`, `to`,
+    /// `target`), as a consumer reads them: from `KEY_b64` when the line
+    /// has it (the name is not UTF-8), else from `KEY` itself.
+    pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(b64) = self.str(&format!("{key}_b64")) {
+            return Some(decode_b64(b64).expect("checked by parse_line"));
+        }
+        let text = if key == "path" {
+            self.path.as_deref()
+        } else {
+            self.str(key)
+        };
+        text.map(|t| t.as_bytes().to_vec())
+    }
+}
+
+/// Standard base64 (RFC 4648) with padding; `None` if `text` is not that.
+pub fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let data = text.trim_end_matches('=');
+    if text.len() - data.len() > 2 {
+        return None;
+    }
+    let (mut bits, mut held, mut out) = (0u32, 0, Vec::new());
+    for c in data.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)?;
+        bits = bits << 6 | v as u32;
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            out.push((bits >> held) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn is_rfc3339_utc_ms(ts: &str) -> bool {
@@ -768,6 +806,32 @@ fn check_contract(e: &Entry, line: &str) {
         other => panic!("unknown verb `{other}` in the log file: {line}"),
     };
     assert_eq!(e.level, want_level, "level of {line}");
+    // `KEY_b64` spells the exact bytes of a `KEY` that is not UTF-8: `KEY`
+    // is there too, lossy, and the bytes are not UTF-8.
+    for (key, value) in &e.fields {
+        let Some(of) = key.strip_suffix("_b64") else {
+            continue;
+        };
+        let lossy = if of == "path" {
+            e.path.as_deref()
+        } else {
+            e.str(of)
+        };
+        assert!(lossy.is_some(), "`{key}` without `{of}`: {line}");
+        let bytes = value
+            .as_str()
+            .and_then(decode_b64)
+            .unwrap_or_else(|| panic!("`{key}` is not base64: {line}"));
+        assert!(
+            std::str::from_utf8(&bytes).is_err(),
+            "`{key}` for a UTF-8 value: {line}"
+        );
+        assert_eq!(
+            log_path(&bytes),
+            lossy.unwrap(),
+            "`{key}` and `{of}` differ: {line}"
+        );
+    }
     match e.msg.as_str() {
         "tick" => {
             assert!(e.path.is_none(), "a tick has no path: {line}");

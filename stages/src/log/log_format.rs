@@ -9,7 +9,11 @@
 //! Escaping is what keeps one event on one line and keeps file names from
 //! driving a terminal: in `text`, control characters, `"` and `\` are
 //! escaped and invalid UTF-8 bytes are written `\xNN`; in `json`, strings
-//! follow JSON's rules and paths are `RelPath::escaped()`.
+//! follow JSON's rules and paths are `RelPath::escaped()`. That lossy form
+//! cannot tell the byte 0xFF from the four characters `\xFF`, so a JSON
+//! path or byte-valued field that is not valid UTF-8 also gets a `KEY_b64`
+//! key right after it, the raw bytes in standard base64; a valid name (the
+//! common case) has no such key.
 
 use crate::contract::messages::{LogEvent, LogValue, Verb};
 use crate::contract::relpath::{escape_bytes, RelPath};
@@ -73,12 +77,16 @@ pub fn json_line(ts: SystemTime, ev: &LogEvent) -> String {
     if let Some(path) = &ev.path {
         out.push_str(",\"path\":");
         push_json_str(&mut out, &path.escaped());
+        push_json_b64(&mut out, "path", path.as_bytes());
     }
     for (key, value) in &ev.fields {
         out.push(',');
         push_json_str(&mut out, key);
         out.push(':');
         push_json_value(&mut out, value);
+        if let LogValue::Bytes(b) = value {
+            push_json_b64(&mut out, key, b);
+        }
     }
     if ev.dry_run {
         out.push_str(",\"dry_run\":true");
@@ -89,27 +97,30 @@ pub fn json_line(ts: SystemTime, ev: &LogEvent) -> String {
 
 /// The terminal's line for a `tick` entry: what was done, how much, how
 /// fast, e.g. `sync 3: 2 copied, 1 deleted; 5.2 MB in 0.31 s (16.8 MB/s)`.
+/// Counts of things take the noun's number (`1 folder made`, `2 errors`);
+/// a dry run copied nothing, so it shows no rate.
 pub fn tick_summary(ev: &LogEvent) -> String {
     let n = |key: &str| match ev.field(key) {
         Some(LogValue::U64(v)) => *v,
         _ => 0,
     };
+    // Key, then the words for one and for more.
     let mut done: Vec<String> = [
-        ("copy", "copied"),
-        ("update", "updated"),
-        ("meta", "metadata set"),
-        ("symlink", "links set"),
-        ("move", "moved"),
-        ("link", "hard-linked"),
-        ("mkdir", "folders made"),
-        ("delete", "deleted"),
-        ("rmdir", "folders removed"),
-        ("skip", "skipped"),
-        ("warn", "warnings"),
+        ("copy", "copied", "copied"),
+        ("update", "updated", "updated"),
+        ("meta", "metadata set", "metadata set"),
+        ("symlink", "link set", "links set"),
+        ("move", "moved", "moved"),
+        ("link", "hard-linked", "hard-linked"),
+        ("mkdir", "folder made", "folders made"),
+        ("delete", "deleted", "deleted"),
+        ("rmdir", "folder removed", "folders removed"),
+        ("skip", "skipped", "skipped"),
+        ("warn", "warning", "warnings"),
     ]
     .iter()
-    .filter(|(key, _)| n(key) > 0)
-    .map(|(key, word)| format!("{} {word}", n(key)))
+    .filter(|(key, ..)| n(key) > 0)
+    .map(|&(key, one, many)| counted(n(key), one, many))
     .collect();
     // The stages' own counts (`TickCx::count`), by their keys.
     let known = |key: &str| {
@@ -122,8 +133,9 @@ pub fn tick_summary(ev: &LogEvent) -> String {
             _ => {}
         }
     }
+    // Failures are something the sync met: never "nothing to do".
     if n("errors") > 0 {
-        done.push(format!("{} errors", n("errors")));
+        done.push(counted(n("errors"), "error", "errors"));
     }
     if done.is_empty() {
         done.push("nothing to do".into());
@@ -131,20 +143,23 @@ pub fn tick_summary(ev: &LogEvent) -> String {
     let secs = n("elapsed_ms") as f64 / 1000.0;
     let bytes = n("bytes");
     let mut line = format!("sync {}: {}", n("seq"), done.join(", "));
-    if bytes > 0 && secs > 0.0 {
+    if bytes > 0 && secs > 0.0 && !ev.dry_run {
         line.push_str(&format!(
             "; {} in {secs:.2} s ({}/s)",
             human_bytes(bytes as f64),
             human_bytes(bytes as f64 / secs)
         ));
     } else if bytes > 0 {
-        // Under a millisecond (a sparse file's few blocks): no rate to say.
+        // Under a millisecond (a sparse file's few blocks), or a dry run
+        // (the bytes it would copy): no rate to say.
         line.push_str(&format!("; {} in {secs:.2} s", human_bytes(bytes as f64)));
     } else {
         line.push_str(&format!(" in {secs:.2} s"));
     }
     if let Some(LogValue::Str(mode)) = ev.field("mode") {
-        line.push_str(&format!(" [{mode}, {} folders listed]", n("rescanned")));
+        let listed = n("rescanned");
+        let folders = counted(listed, "folder", "folders");
+        line.push_str(&format!(" [{mode}, {folders} listed]"));
     }
     for flag in ["guard", "interrupted"] {
         if ev.field(flag).is_some() {
@@ -155,6 +170,11 @@ pub fn tick_summary(ev: &LogEvent) -> String {
         line.push_str(" [dry run]");
     }
     line
+}
+
+/// `1 folder made`, `0 folders made`, `2 folders made`.
+fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 /// `512 B`, `5.2 MB`: decimal units, as the summary and the progress bar
@@ -256,6 +276,40 @@ fn push_json_value(out: &mut String, value: &LogValue) {
         LogValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         LogValue::Str(s) => push_json_str(out, s),
         LogValue::Bytes(b) => push_json_str(out, &escape_bytes(b)),
+    }
+}
+
+/// `,"KEY_b64":"…"` when `bytes` are not valid UTF-8: `KEY`'s own value is
+/// then lossy (`\xNN` for each invalid byte, and a literal `\xNN` reads
+/// the same), this one is exact.
+fn push_json_b64(out: &mut String, key: &str, bytes: &[u8]) {
+    if std::str::from_utf8(bytes).is_ok() {
+        return;
+    }
+    out.push(',');
+    push_json_str(out, &format!("{key}_b64"));
+    out.push_str(":\"");
+    push_base64(out, bytes);
+    out.push('"');
+}
+
+/// Standard base64 (RFC 4648, section 4) with `=` padding.
+fn push_base64(out: &mut String, bytes: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
     }
 }
 
@@ -435,10 +489,22 @@ mod tests {
                     LogValue::Bytes(b) => assert_eq!(got.as_str(), Some(escape_bytes(b).as_str())),
                 }
             }
-            let mut keys = vec!["ts", "level", "msg"];
-            keys.extend(ev.path.as_ref().map(|_| "path"));
-            keys.extend(ev.fields.iter().map(|(k, _)| *k));
-            keys.extend(ev.dry_run.then_some("dry_run"));
+            let b64 = |key: &str, bytes: &[u8]| {
+                let b64 = std::str::from_utf8(bytes)
+                    .is_err()
+                    .then(|| format!("{key}_b64"));
+                std::iter::once(key.to_string()).chain(b64)
+            };
+            let mut keys: Vec<String> = ["ts", "level", "msg"].map(String::from).into();
+            keys.extend(ev.path.iter().flat_map(|p| b64("path", p.as_bytes())));
+            for (key, value) in &ev.fields {
+                match value {
+                    LogValue::Bytes(b) => keys.extend(b64(key, b)),
+                    _ => keys.push(key.to_string()),
+                }
+            }
+            keys.extend(ev.dry_run.then(|| "dry_run".to_string()));
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             assert!(key_order(&line, &keys), "{line}");
             assert_eq!(obj.len(), keys.len(), "{line}");
         }
@@ -475,7 +541,7 @@ mod tests {
             .with_u64("elapsed_ms", 310);
         assert_eq!(
             tick_summary(&tick),
-            "sync 3: 2 copied, 1 deleted, 4 backup, 1 errors; 5.2 MB in 0.31 s (16.8 MB/s)"
+            "sync 3: 2 copied, 1 deleted, 4 backup, 1 error; 5.2 MB in 0.31 s (16.8 MB/s)"
         );
         let idle = LogEvent::new(Verb::Tick, None)
             .with_u64("seq", 9)
@@ -493,5 +559,171 @@ mod tests {
             .with_u64("bytes", 1 << 30)
             .with_u64("elapsed_ms", 0);
         assert_eq!(tick_summary(&sparse), "sync 1: 1 copied; 1.1 GB in 0.00 s");
+    }
+
+    fn tick(seq: u64, counts: &[(&'static str, u64)]) -> LogEvent {
+        let ev = LogEvent::new(Verb::Tick, None).with_u64("seq", seq);
+        counts.iter().fold(ev, |ev, &(key, n)| ev.with_u64(key, n))
+    }
+
+    #[test]
+    fn tick_summary_says_one_thing_in_the_singular() {
+        let one = tick(
+            4,
+            &[
+                ("symlink", 1),
+                ("mkdir", 1),
+                ("rmdir", 1),
+                ("warn", 1),
+                ("errors", 1),
+                ("elapsed_ms", 20),
+            ],
+        );
+        assert_eq!(
+            tick_summary(&one),
+            "sync 4: 1 link set, 1 folder made, 1 folder removed, 1 warning, 1 error in 0.02 s"
+        );
+        let many = tick(
+            5,
+            &[
+                ("symlink", 2),
+                ("mkdir", 3),
+                ("rmdir", 4),
+                ("warn", 5),
+                ("errors", 6),
+                ("elapsed_ms", 20),
+            ],
+        );
+        assert_eq!(
+            tick_summary(&many),
+            "sync 5: 2 links set, 3 folders made, 4 folders removed, 5 warnings, 6 errors in 0.02 s"
+        );
+        let listed = |n| {
+            tick(6, &[("elapsed_ms", 1)])
+                .with_str("mode", "incremental")
+                .with_u64("rescanned", n)
+        };
+        assert_eq!(
+            tick_summary(&listed(1)),
+            "sync 6: nothing to do in 0.00 s [incremental, 1 folder listed]"
+        );
+        assert_eq!(
+            tick_summary(&listed(2)),
+            "sync 6: nothing to do in 0.00 s [incremental, 2 folders listed]"
+        );
+    }
+
+    #[test]
+    fn tick_summary_of_a_dry_run_has_no_rate() {
+        let dry = tick(
+            2,
+            &[("copy", 3), ("bytes", 12_300_000), ("elapsed_ms", 1000)],
+        )
+        .dry_run(true);
+        assert_eq!(
+            tick_summary(&dry),
+            "sync 2: 3 copied; 12.3 MB in 1.00 s [dry run]"
+        );
+        let applied = dry.dry_run(false);
+        assert_eq!(
+            tick_summary(&applied),
+            "sync 2: 3 copied; 12.3 MB in 1.00 s (12.3 MB/s)"
+        );
+    }
+
+    #[test]
+    fn tick_summary_with_only_errors_is_not_nothing_to_do() {
+        let failed = tick(3, &[("errors", 2), ("bytes", 0), ("elapsed_ms", 10)]);
+        assert_eq!(tick_summary(&failed), "sync 3: 2 errors in 0.01 s");
+        let failed_watching = tick(3, &[("errors", 1), ("elapsed_ms", 10)])
+            .with_str("mode", "full")
+            .with_u64("rescanned", 7);
+        assert_eq!(
+            tick_summary(&failed_watching),
+            "sync 3: 1 error in 0.01 s [full, 7 folders listed]"
+        );
+    }
+
+    /// Standard base64, decoded here rather than by the code under test.
+    fn decode_b64(text: &str) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        assert_eq!(text.len() % 4, 0, "unpadded base64: {text}");
+        let mut bits = 0u32;
+        let mut held = 0;
+        let mut out = Vec::new();
+        for c in text.bytes().filter(|&c| c != b'=') {
+            let v = ALPHABET.iter().position(|&a| a == c);
+            let v = v.unwrap_or_else(|| panic!("not base64: {text}"));
+            bits = bits << 6 | v as u32;
+            held += 6;
+            if held >= 8 {
+                held -= 8;
+                out.push((bits >> held) as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn base64_is_the_standard_one() {
+        // RFC 4648, section 10.
+        for (raw, want) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+            (b"\xff\xfe\xfd", "//79"),
+            (b"\xfb\xff", "+/8="),
+        ] {
+            let mut got = String::new();
+            push_base64(&mut got, raw);
+            assert_eq!(got, want);
+            assert_eq!(decode_b64(&got), raw);
+        }
+    }
+
+    #[test]
+    fn json_tells_an_invalid_byte_from_its_escape() {
+        let invalid = op(Verb::Copy, b"a\xff.txt").with_u64("bytes", 1);
+        let literal = op(Verb::Copy, b"a\\xFF.txt").with_u64("bytes", 1);
+        let (invalid, literal) = (
+            json_line(fixed_time(), &invalid),
+            json_line(fixed_time(), &literal),
+        );
+        assert_ne!(invalid, literal);
+        let (invalid, literal) = (parse(&invalid), parse(&literal));
+        // The readable key is the same lossy text for both ...
+        assert_eq!(invalid["path"], "a\\xFF.txt");
+        assert_eq!(literal["path"], "a\\xFF.txt");
+        // ... and only the name that is not UTF-8 carries its exact bytes.
+        let b64 = invalid["path_b64"].as_str().expect("path_b64");
+        assert_eq!(decode_b64(b64), b"a\xff.txt");
+        assert_eq!(literal.get("path_b64"), None);
+    }
+
+    #[test]
+    fn json_byte_fields_carry_their_bytes_when_not_utf8() {
+        for key in ["from", "to", "target"] {
+            let ev =
+                op(Verb::Move, b"new\xff").with(key, LogValue::Bytes((*b"old\xfe/\\xFE").into()));
+            let line = json_line(fixed_time(), &ev);
+            let obj = parse(&line);
+            assert_eq!(obj[key], "old\\xFE/\\xFE", "{line}");
+            let b64 = obj[&format!("{key}_b64")].as_str().expect("b64 key");
+            assert_eq!(decode_b64(b64), b"old\xfe/\\xFE", "{line}");
+            assert_eq!(decode_b64(obj["path_b64"].as_str().unwrap()), b"new\xff");
+            // Each `_b64` key follows the key it spells.
+            assert!(key_order(
+                &line,
+                &["path", "path_b64", key, &format!("{key}_b64")]
+            ));
+        }
+        let valid = op(Verb::Symlink, "été/\\x".as_bytes())
+            .with("target", LogValue::Bytes("../é".as_bytes().into()));
+        let line = json_line(fixed_time(), &valid);
+        assert!(!line.contains("_b64"), "{line}");
     }
 }
