@@ -68,6 +68,17 @@ impl Actor for ShutdownCoordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Under systemd (`Type=notify`): running from now on, and alive
+        // while this loop turns (`WatchdogSec`). Nothing without
+        // NOTIFY_SOCKET.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+            let every = std::time::Duration::from_micros(usec / 2);
+            ctx.run_interval(every, |_, _| {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            });
+        }
         for (kind, name) in [
             (SignalKind::interrupt(), "interrupt"),
             (SignalKind::terminate(), "terminate"),
@@ -122,6 +133,7 @@ impl Handler<SignalReceived> for ShutdownCoordinator {
 
     fn handle(&mut self, msg: SignalReceived, _: &mut Context<Self>) {
         self.signals += 1;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         if self.signals > 1 {
             self.terminal.erase();
             let _ = writeln!(
