@@ -40,7 +40,7 @@ fn systemd_hears_ready_the_watchdog_and_stopping() {
     .stderr(Stdio::null());
     let mut r = Running::start(cmd, log);
     let mut heard = Vec::new();
-    let mut listen_until = |want: &str, heard: &mut Vec<String>| {
+    let listen_until = |want: &str, heard: &mut Vec<String>| {
         let start = Instant::now();
         let mut buf = [0u8; 512];
         while start.elapsed() < DEADLINE {
