@@ -542,7 +542,7 @@ mod tests {
         touch(s, "b/sub/y");
         symlink("elsewhere", s.join("b/.syncignore")).unwrap();
         touch(s, "c/secret.key");
-        fs::write(s.join("c/.syncignore"), "*.key\n[z-a]\n").unwrap();
+        fs::write(s.join("c/.syncignore"), b"*.key\n\xff\n").unwrap();
         touch(s, "d/x");
         fs::write(s.join("d/.syncignore"), "*.key\n").unwrap();
         let r = run(s, None, &Opts::default());
