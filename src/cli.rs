@@ -32,13 +32,14 @@ Exit status: 0 success (and a stop by Ctrl+C or SIGTERM in interval mode),
 #[command(name = "treesync", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     // SOURCE and REPLICA are required, except by --generate, which is
-    // exclusive: clap waives required arguments for an exclusive one.
+    // exclusive: clap waives required arguments for an exclusive one; and
+    // by --config, whose file names the pairs.
     /// The folder to mirror (must exist).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "config")]
     pub source: Option<PathBuf>,
 
     /// The mirror; created if missing (its parent must exist).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "config")]
     pub replica: Option<PathBuf>,
 
     /// Time between syncs: seconds (60) or a duration (5m, 1h30m), at least
@@ -192,6 +193,14 @@ pub struct Cli {
     /// Terminal: also show what was compared and why.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Run every folder pair of FILE (TOML) in one process: `[[sync]]`
+    /// tables with `source`, `replica`, an optional `interval` and `name`,
+    /// and any option of this command line by its long name (`checksum =
+    /// true`, `exclude = ["*.tmp"]`); options before the first table apply
+    /// to every pair. Options given here apply to every pair too.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["source", "replica", "interval"])]
+    pub config: Option<PathBuf>,
 
     /// Print the man page (roff, treesync.1) or a shell's completion script
     /// on standard output and exit. It takes no other argument.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod config_file;
 mod lock;
 mod pipeline;
 mod shutdown;
@@ -22,7 +23,64 @@ fn main() {
     if let Some(kind) = cli.generate {
         std::process::exit(generate(kind));
     }
+    if let Some(file) = cli.config.clone() {
+        std::process::exit(run_pairs(&file));
+    }
     std::process::exit(run(cli));
+}
+
+/// `--config FILE`: every pair of the file in one process, one log.
+fn run_pairs(file: &std::path::Path) -> i32 {
+    // The rest of the command line applies to every pair.
+    let mut given: Vec<std::ffi::OsString> = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            args.next();
+        } else if !a.to_string_lossy().starts_with("--config=") {
+            given.push(a);
+        }
+    }
+    let pairs = match config_file::read(file, &given) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("treesync: {e}");
+            return 2;
+        }
+    };
+    let mut configs = Vec::new();
+    for pair in pairs {
+        match Config::from_cli(pair.cli) {
+            Ok(c) => configs.push((pair.name, c)),
+            Err(e) => {
+                eprintln!("treesync: [[sync]] {}: {e}", pair.name);
+                return e.exit_code();
+            }
+        }
+    }
+    let roots: Vec<_> = configs
+        .iter()
+        .map(|(n, c)| (n.clone(), c.sync.source.clone(), c.sync.replica.clone()))
+        .collect();
+    if let Err(e) = config_file::check_overlaps(&roots) {
+        eprintln!("treesync: {e}");
+        return 2;
+    }
+    let log = configs[0].1.log.clone();
+    let mut prepared = Vec::new();
+    let mut locks = Vec::new();
+    for (name, config) in configs {
+        match prepare(config) {
+            Ok((config, lock)) => {
+                prepared.push((Some(name), config));
+                locks.push(lock);
+            }
+            Err(status) => return status,
+        }
+    }
+    let status = start(prepared, &log);
+    drop(locks);
+    status
 }
 
 /// `--generate KIND` on standard output: 0, or 1 if it cannot be written
@@ -67,7 +125,7 @@ fn run(cli: Cli) -> i32 {
         progress: false,
         max_size: None,
     };
-    let mut config = match Config::from_cli(cli) {
+    let config = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             // Never write a log the mirror would delete or into a folder
@@ -82,7 +140,22 @@ fn run(cli: Cli) -> i32 {
             return e.exit_code();
         }
     };
-    let fatal = |msg: &dyn std::fmt::Display| {
+    let log = config.log.clone();
+    match prepare(config) {
+        Ok((config, lock)) => {
+            let status = start(vec![(None, config)], &log);
+            // Held until the run is over.
+            drop(lock);
+            status
+        }
+        Err(status) => status,
+    }
+}
+
+/// Makes the replica (unless a dry run), takes its lock and records the
+/// roots' identity; the status to exit with if that fails.
+fn prepare(mut config: Config) -> Result<(Config, Option<lock::ReplicaLock>), i32> {
+    let fatal = |config: &Config, msg: &dyn std::fmt::Display| {
         log_fatal(&config.log, msg);
         eprintln!("treesync: {msg}");
         pipeline::exit::FATAL
@@ -93,15 +166,16 @@ fn run(cli: Cli) -> i32 {
     } else {
         if config.replica_missing {
             if let Err(e) = std::fs::create_dir(&config.sync.replica) {
-                return fatal(&format!(
+                let msg = format!(
                     "cannot create replica {}: {e}",
                     config.sync.replica.display()
-                ));
+                );
+                return Err(fatal(&config, &msg));
             }
         }
         match lock::acquire(&config.sync.replica) {
             Ok(l) => Some(l),
-            Err(e) => return fatal(&e),
+            Err(e) => return Err(fatal(&config, &e)),
         }
     };
     // Making the state folder moved the root's mtime: the first sync sets
@@ -114,22 +188,24 @@ fn run(cli: Cli) -> i32 {
     let sync = &config.sync;
     match RootIdentity::record(&sync.source, &sync.replica, sync.dry_run) {
         Ok(identity) => config.sync.identity = Some(identity),
-        Err(e) => return fatal(&e),
+        Err(e) => return Err(fatal(&config, &e)),
     }
-    let logger = match Logger::open(&config.log) {
+    Ok((config, lock))
+}
+
+/// Opens the one log and runs the pairs' pipelines to their end.
+fn start(pairs: Vec<(Option<String>, Config)>, log: &LogConfig) -> i32 {
+    let logger = match Logger::open(log) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
                 "treesync: cannot open log file {}: {e}; choose another with --log-file PATH",
-                config.log.file.display()
+                log.file.display()
             );
             return pipeline::exit::FATAL;
         }
     };
-    let status = actix::System::new().block_on(pipeline::run(config, logger));
-    // Held until the run is over.
-    drop(lock);
-    status
+    actix::System::new().block_on(pipeline::run_all(pairs, logger))
 }
 
 /// Appends a fatal error to the log file, if it can be opened; the error is

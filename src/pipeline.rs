@@ -4,13 +4,14 @@
 
 use crate::config::Config;
 use crate::shutdown::{RunEnd, ShutdownCoordinator};
-use actix::{Actor, AsyncContext, Context};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use treesync_stages::contract::messages::{FlushLog, LogEvent, LogHealth, Verb};
 use treesync_stages::contract::stage::Pipeline;
 use treesync_stages::contract::stop::StopFlag;
-use treesync_stages::log::logger::Logger;
+use treesync_stages::log::logger::{Logger, ReopenLog};
+use treesync_stages::log::progress::Above;
 use treesync_stages::stages::applier::Applier;
 use treesync_stages::stages::differ::Differ;
 use treesync_stages::stages::hasher::Hasher;
@@ -21,15 +22,98 @@ use treesync_stages::stages::watcher::Watcher;
 
 pub use treesync_stages::contract::messages::exit;
 
-/// Runs the pipeline until the sync (or the stop) is over; returns the
-/// exit status.
-pub async fn run(mut config: Config, logger: Logger) -> i32 {
+/// Runs one pipeline per pair, side by side on the same threads, until
+/// every sync (or the stop) is over; returns the exit status: the first
+/// of the contract's order (1, 130, 4, 3, 0) among the pairs'. A pair
+/// with a name (`--config`) has it on each of its log entries (`pair`).
+pub async fn run_all(pairs: Vec<(Option<String>, Config)>, logger: Logger) -> i32 {
+    let terminal = logger.above();
+    let log = logger.start();
+    let runs: Vec<_> = pairs
+        .into_iter()
+        .map(|(name, config)| {
+            let pair_log = PairLog {
+                name,
+                logger: log.clone(),
+            }
+            .start();
+            actix::spawn(run(config, pair_log, terminal.clone()))
+        })
+        .collect();
+    let mut status = exit::OK;
+    for run in runs {
+        status = first_in_order(status, run.await.unwrap_or(exit::FATAL));
+    }
+    // Every entry sent so far is written before the process ends.
+    // A Logger that cannot answer may have lost lines: the log is no full
+    // record then either.
+    let health = log.send(FlushLog).await.unwrap_or(LogHealth { lost: 1 });
+    with_log_health(status, health)
+}
+
+/// Of two exit statuses, the one the contract puts first (1, 2, 130, 4,
+/// 3, 0).
+fn first_in_order(a: i32, b: i32) -> i32 {
+    let rank = |s: i32| match s {
+        exit::OK => 0,
+        exit::FAILED_OPS => 1,
+        exit::GUARD => 2,
+        exit::INTERRUPTED => 3,
+        _ => 4,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// One pipeline's way to the Logger: adds the pair's name, if any.
+struct PairLog {
+    name: Option<String>,
+    logger: Addr<Logger>,
+}
+
+impl Actor for PairLog {
+    type Context = Context<Self>;
+}
+
+impl Handler<LogEvent> for PairLog {
+    type Result = ();
+
+    fn handle(&mut self, ev: LogEvent, _: &mut Context<Self>) {
+        let ev = match &self.name {
+            Some(name) => ev.with_str("pair", name.clone()),
+            None => ev,
+        };
+        self.logger.do_send(ev);
+    }
+}
+
+impl Handler<ReopenLog> for PairLog {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReopenLog, _: &mut Context<Self>) {
+        self.logger.do_send(msg);
+    }
+}
+
+impl Handler<FlushLog> for PairLog {
+    type Result = ResponseFuture<LogHealth>;
+
+    fn handle(&mut self, msg: FlushLog, _: &mut Context<Self>) -> Self::Result {
+        let sent = self.logger.send(msg);
+        Box::pin(async move { sent.await.unwrap_or(LogHealth { lost: 1 }) })
+    }
+}
+
+/// Runs one pair's pipeline until its sync (or the stop) is over; returns
+/// its exit status.
+async fn run(mut config: Config, log: Addr<PairLog>, terminal: Above) -> i32 {
     let once = config.interval.is_none();
     let stop = StopFlag::new();
     let probe_failed = config.sync.settle_replica_fs();
     let opts = Arc::new(config.sync);
-    let terminal = logger.above();
-    let log = logger.start();
     if let Some(reason) = probe_failed {
         log.do_send(LogEvent::new(Verb::Warn, None).with_str("reason", reason));
     }
@@ -81,11 +165,7 @@ pub async fn run(mut config: Config, logger: Logger) -> i32 {
         last: None,
         signalled: false,
     });
-    // Every entry sent so far is written before the process ends.
-    // A Logger that cannot answer may have lost lines: the log is no full
-    // record then either.
-    let health = log.send(FlushLog).await.unwrap_or(LogHealth { lost: 1 });
-    with_log_health(exit_status(once, &end), health)
+    exit_status(once, &end)
 }
 
 /// A log that lost lines is no full record of the run: where nothing

@@ -142,7 +142,12 @@ pub fn tick_summary(ev: &LogEvent) -> String {
     }
     let secs = n("elapsed_ms") as f64 / 1000.0;
     let bytes = n("bytes");
-    let mut line = format!("sync {}: {}", n("seq"), done.join(", "));
+    // One pair of several (`--config`): which.
+    let pair = match ev.field("pair") {
+        Some(LogValue::Str(name)) => format!(" ({name})"),
+        _ => String::new(),
+    };
+    let mut line = format!("sync {}{pair}: {}", n("seq"), done.join(", "));
     if bytes > 0 && secs > 0.0 && !ev.dry_run {
         line.push_str(&format!(
             "; {} in {secs:.2} s ({}/s)",
