@@ -100,8 +100,14 @@ pub fn read(path: &Path, given: &[OsString]) -> Result<Vec<Pair>, FileError> {
                     Some(n) => name = n.to_string(),
                     None => return Err(at(line, "`name` must be a string".into())),
                 },
-                "source" | "replica" => {}
-                "interval" => {}
+                "source" | "replica" | "interval" => {}
+                // One process, one log and one terminal for every pair.
+                "log-file" | "log-format" | "log-max-size" | "quiet" | "verbose" | "jobs" => {
+                    return Err(at(
+                        line,
+                        format!("`{key}` applies to every pair: set it before the first [[sync]]"),
+                    ))
+                }
                 _ => args.extend(option_args(key, value).map_err(|m| at(line, m))?),
             }
         }
@@ -257,6 +263,11 @@ mod tests {
                 "[[sync]]\nsource = \"/a\"\nreplica = \"/b\"\nmax-delete = \"lots\"\n",
                 "line 1",
                 "max-delete",
+            ),
+            (
+                "[[sync]]\nsource = \"/a\"\nreplica = \"/b\"\nlog-file = \"x\"\n",
+                "line 4",
+                "every pair",
             ),
         ];
         for (text, line, what) in cases {
