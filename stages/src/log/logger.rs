@@ -496,7 +496,11 @@ impl FileDrain {
     /// oldest dropped) and opens a new one. A character device or a file
     /// that cannot be renamed is written on as it is.
     fn rotate(&self, open: &mut Open) {
-        let is_file = open.file.metadata().is_ok_and(|m| m.is_file());
+        // Only a log file named as such: not a device, and not a link
+        // (`/dev/stdout` names a shell's redirect target, which is not
+        // ours to rename).
+        let is_file = open.file.metadata().is_ok_and(|m| m.is_file())
+            && std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_file());
         if !is_file {
             open.size = 0;
             return;
