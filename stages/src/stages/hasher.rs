@@ -149,31 +149,9 @@ pub fn compare_all(
             }
         }
     }
-    let next = AtomicUsize::new(0);
-    let found = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, misses.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut found = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((p, halves)) = misses.get(i) else {
-                            break;
-                        };
-                        if stop.is_requested() {
-                            break;
-                        }
-                        let (verdict, why) = compare_pair(sides, p, *halves, cache, tick);
-                        found.push((*p, verdict, why));
-                    }
-                    found
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect::<Vec<_>>()
+    let found = on_workers(&misses, jobs, stop, |(p, halves), found| {
+        let (verdict, why) = compare_pair(sides, p, *halves, cache, tick);
+        found.push((*p, verdict, why));
     });
     for (p, verdict, why) in found {
         if verdict == Content::Same {
@@ -624,26 +602,8 @@ fn attrs_to_set(
             start = k;
         }
     }
-    let next = AtomicUsize::new(0);
-    let differ = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, runs.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut found = Vec::new();
-                    while let Some(run) = runs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        if stop.is_requested() {
-                            break;
-                        }
-                        found.extend(attrs_differ_in(sides, run, policy));
-                    }
-                    found
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect::<Vec<_>>()
+    let differ = on_workers(&runs, jobs, stop, |run, found| {
+        found.extend(attrs_differ_in(sides, run, policy));
     });
     marked.extend(differ);
     marked
@@ -685,6 +645,38 @@ fn attrs_differ_in(sides: &Sides, run: &[(usize, usize)], policy: xattrs::Policy
         .collect()
 }
 
+/// Runs `each` over `items` on `jobs` threads, each taking the next item
+/// not yet taken, until all are done or a stop is asked; what they found,
+/// in no particular order.
+fn on_workers<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    stop: &StopFlag,
+    each: impl Fn(&T, &mut Vec<R>) + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.clamp(1, items.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut found = Vec::new();
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if stop.is_requested() {
+                            break;
+                        }
+                        each(item, &mut found);
+                    }
+                    found
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 /// Settles the doubtful move pairs by content: each file in one is
 /// hashed once (or its digest taken from the cache), on `jobs` threads, and
 /// a pair counts where both digests are known and equal.
@@ -706,46 +698,28 @@ fn confirm_moves(
         ctime_moves_on_write(sides.source_root),
         ctime_moves_on_write(sides.replica_root),
     );
-    let next = AtomicUsize::new(0);
-    let digests: HashMap<(bool, usize), Digest> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.clamp(1, wanted.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut found = Vec::new();
-                    while let Some(&(is_source, i)) =
-                        wanted.get(next.fetch_add(1, Ordering::Relaxed))
-                    {
-                        if stop.is_requested() {
-                            break;
-                        }
-                        let (root, listing, trust) = match is_source {
-                            true => (sides.source_root, sides.source, trusted.0),
-                            false => (sides.replica_root, sides.replica, trusted.1),
-                        };
-                        let e = &listing.entries[i];
-                        let cached = trust
-                            .then(|| {
-                                cache
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get(&CacheKey::from(&e.meta), tick)
-                            })
-                            .flatten();
-                        // An unreadable file pairs with nothing: a copy then.
-                        if let Some(d) = cached.or_else(|| digest_cached(root, e, cache, tick).ok())
-                        {
-                            found.push(((is_source, i), d));
-                        }
-                    }
-                    found
+    let digests: HashMap<(bool, usize), Digest> =
+        on_workers(&wanted, jobs, stop, |&(is_source, i), found| {
+            let (root, listing, trust) = match is_source {
+                true => (sides.source_root, sides.source, trusted.0),
+                false => (sides.replica_root, sides.replica, trusted.1),
+            };
+            let e = &listing.entries[i];
+            let cached = trust
+                .then(|| {
+                    cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&CacheKey::from(&e.meta), tick)
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
+                .flatten();
+            // An unreadable file pairs with nothing: a copy then.
+            if let Some(d) = cached.or_else(|| digest_cached(root, e, cache, tick).ok()) {
+                found.push(((is_source, i), d));
+            }
+        })
+        .into_iter()
+        .collect();
     search.resolve(|p| {
         matches!(
             (digests.get(&(true, p.source)), digests.get(&(false, p.replica))),
