@@ -38,7 +38,8 @@ pub struct Cli {
     #[arg(required_unless_present = "config")]
     pub source: Option<PathBuf>,
 
-    /// The mirror; created if missing (its parent must exist).
+    /// The mirror; created if missing (its parent must exist). Or a
+    /// bucket of an S3-compatible store: s3://BUCKET[/PREFIX].
     #[arg(required_unless_present = "config")]
     pub replica: Option<PathBuf>,
 
@@ -160,6 +161,17 @@ pub struct Cli {
     /// older than DURATION (7d, 12h). By default they are all kept.
     #[arg(long, value_name = "DURATION", requires = "backup_dir", value_parser = parse_keep)]
     pub backup_keep: Option<Duration>,
+
+    /// With an s3:// REPLICA: the store's URL (MinIO, Ceph RGW, Garage,
+    /// R2, B2...); without it, AWS S3. Credentials come from the AWS
+    /// environment variables or profile files, never from the command line.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// With an s3:// REPLICA: the region [default: AWS_REGION, else
+    /// us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
 
     /// With an INTERVAL: do not watch for filesystem events; every sync
     /// walks both trees completely.

@@ -14,6 +14,8 @@ use treesync_stages::contract::relpath::RelPath;
 use treesync_stages::fs::backup::BackupDir;
 use treesync_stages::fs::rules::Rules;
 use treesync_stages::log::logger::{LogConfig, LogFormat, Verbosity};
+use treesync_stages::remote::address::ReplicaUrl;
+use treesync_stages::remote::{Remote, RemoteError, RemoteOptions};
 
 /// Everything the pipeline needs, checked.
 #[derive(Debug)]
@@ -80,6 +82,14 @@ pub enum ConfigError {
     Cwd(io::Error),
     #[error("{0}")]
     BadExclude(String),
+    /// A remote replica's address or options that cannot be used.
+    #[error("{0}")]
+    RemoteUsage(String),
+    /// A remote replica that cannot be reached or used.
+    #[error("{0}")]
+    Remote(String),
+    #[error("replica {0} is not empty and was never synced by treesync from this machine; pass --adopt to sync into it (its objects that the source lacks will be deleted)")]
+    RemoteNotAdopted(String),
     /// Never seen from the command line: clap asks for both first.
     #[error("SOURCE and REPLICA are required")]
     NoRoots,
@@ -89,7 +99,7 @@ impl ConfigError {
     /// Bad patterns are usage errors; everything else is fatal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ConfigError::BadExclude(_) | ConfigError::NoRoots => 2,
+            ConfigError::BadExclude(_) | ConfigError::NoRoots | ConfigError::RemoteUsage(_) => 2,
             _ => 1,
         }
     }
@@ -104,24 +114,46 @@ impl Config {
         let (source, replica) = cli.roots().ok_or(ConfigError::NoRoots)?;
         let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
         let source = canonical_source(&cwd.join(source))?;
-        let (replica, replica_missing) = canonical_replica(&cwd.join(replica))?;
-        check_not_nested(&source, &replica, replica_missing)?;
+        let remote = match ReplicaUrl::parse(&replica.to_string_lossy()) {
+            Some(url) => Some(connect(&cli, url.map_err(ConfigError::RemoteUsage)?)?),
+            None if cli.s3_endpoint.is_some() || cli.s3_region.is_some() => {
+                return Err(ConfigError::RemoteUsage(
+                    "--s3-endpoint and --s3-region are for an s3:// REPLICA".into(),
+                ))
+            }
+            None => None,
+        };
         let log_file = canonical_log_path(&cwd.join(&cli.log_file))?;
-        if is_inside(&log_file, &replica) {
-            return Err(ConfigError::LogInReplica(log_file));
-        }
-        // A folder treesync never synced into may be the wrong one: its
-        // files would be overwritten and deleted. A dry run shows a plan
-        // only for what a real run would do, so it is refused alike.
-        if !replica_missing && !cli.adopt && never_synced(&replica) {
-            return Err(ConfigError::NotAdopted(replica));
-        }
+        let (replica, replica_missing) = match &remote {
+            Some(remote) => (PathBuf::from(&remote.address), false),
+            None => {
+                let (replica, missing) = canonical_replica(&cwd.join(replica))?;
+                check_not_nested(&source, &replica, missing)?;
+                if is_inside(&log_file, &replica) {
+                    return Err(ConfigError::LogInReplica(log_file));
+                }
+                // A folder treesync never synced into may be the wrong
+                // one: its files would be overwritten and deleted. A dry
+                // run shows a plan only for what a real run would do, so
+                // it is refused alike.
+                if !missing && !cli.adopt && never_synced(&replica) {
+                    return Err(ConfigError::NotAdopted(replica));
+                }
+                (replica, missing)
+            }
+        };
+        // What a store cannot do: renames are not server-side, links and
+        // attributes are not stored, and each tick lists it whole (its
+        // changes are not watched, and the source's alone would not do).
+        let remote_off = remote.is_some();
         // A log inside the source changes every tick: leave it out.
-        let hidden = log_file
-            .strip_prefix(&source)
-            .ok()
-            .and_then(|rel| RelPath::new(rel.as_os_str().as_bytes()))
+        // A remote replica's local state too, when it lies in the source.
+        let state_dir = remote.as_ref().map(|r| r.state_dir.clone());
+        let hidden = [Some(&log_file), state_dir.as_ref()]
             .into_iter()
+            .flatten()
+            .filter_map(|p| p.strip_prefix(&source).ok())
+            .filter_map(|rel| RelPath::new(rel.as_os_str().as_bytes()))
             .collect();
         let jobs = cli
             .jobs
@@ -129,8 +161,12 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         // A dry run changes nothing, so each tick must plan everything again:
         // narrowing ticks to what changed would hide what is still to do.
-        let watch =
-            cli.interval.is_some() && !cli.once && !cli.no_watch && !cli.dry_run && !cli.verify;
+        let watch = cli.interval.is_some()
+            && !cli.once
+            && !cli.no_watch
+            && !cli.dry_run
+            && !cli.verify
+            && !remote_off;
         let backup = match &cli.backup_dir {
             Some(dir) => Some(backup_dir(
                 &cwd.join(dir),
@@ -155,15 +191,15 @@ impl Config {
                 true => treesync_stages::contract::options::MaxDelete::Percent(100),
                 false => cli.max_delete,
             },
-            renames: !cli.no_renames,
-            hard_links: !cli.no_hard_links,
-            xattrs: !cli.no_xattrs,
-            acls: !cli.no_acls,
+            renames: !cli.no_renames && !remote_off,
+            hard_links: !cli.no_hard_links && !remote_off,
+            xattrs: !cli.no_xattrs && !remote_off,
+            acls: !cli.no_acls && !remote_off,
             attrs_sweep: false,
             jobs,
             excludes: cli.exclude,
             hidden,
-            preserve_owner: as_root,
+            preserve_owner: as_root && !remote_off,
             groups: if as_root {
                 Groups::default()
             } else {
@@ -178,6 +214,7 @@ impl Config {
             modify_window: cli.modify_window,
             replica_fs: Default::default(),
             hooks: Default::default(),
+            remote: remote.map(Arc::new),
         };
         if let Some(backup) = backup {
             sync.hooks.push(Arc::new(backup));
@@ -209,6 +246,33 @@ impl Config {
             replica_missing,
         })
     }
+}
+
+/// The client of a remote replica, checked: usable options, and a store
+/// with objects that this machine never synced into is adopted only with
+/// `--adopt` (adopting deletes what the source lacks).
+fn connect(cli: &Cli, url: ReplicaUrl) -> Result<Remote, ConfigError> {
+    if cli.backup_dir.is_some() {
+        return Err(ConfigError::RemoteUsage(format!(
+            "--backup-dir keeps old versions on the replica's filesystem: it cannot be used with replica {url}"
+        )));
+    }
+    let options = RemoteOptions {
+        s3_endpoint: cli.s3_endpoint.clone(),
+        s3_region: cli.s3_region.clone(),
+    };
+    let remote = Remote::connect(url, &options).map_err(|e| match e {
+        RemoteError::Config(m) => ConfigError::RemoteUsage(m),
+        e => ConfigError::Remote(e.to_string()),
+    })?;
+    if !cli.adopt && !remote.has_records() {
+        match remote.is_empty() {
+            Ok(true) => {}
+            Ok(false) => return Err(ConfigError::RemoteNotAdopted(remote.address.clone())),
+            Err(e) => return Err(ConfigError::Remote(e.to_string())),
+        }
+    }
+    Ok(remote)
 }
 
 /// The replica holds entries but no state folder: treesync never synced

@@ -154,12 +154,33 @@ fn run(cli: Cli) -> i32 {
 
 /// Makes the replica (unless a dry run), takes its lock and records the
 /// roots' identity; the status to exit with if that fails.
-fn prepare(mut config: Config) -> Result<(Config, Option<lock::ReplicaLock>), i32> {
+fn prepare(mut config: Config) -> Result<(Config, Held), i32> {
     let fatal = |config: &Config, msg: &dyn std::fmt::Display| {
         log_fatal(&config.log, msg);
         eprintln!("treesync: {msg}");
         pipeline::exit::FATAL
     };
+    if let Some(remote) = config.sync.remote.clone() {
+        // The local lock (in the replica's state folder) keeps a second
+        // process of this machine out before it touches the store; the
+        // lock object keeps out other machines. A dry run takes neither.
+        let held = match config.sync.dry_run {
+            true => Held::default(),
+            false => {
+                let local = lock::acquire(&remote.state_dir).map_err(|e| fatal(&config, &e))?;
+                let object = remote.lock().map_err(|e| fatal(&config, &e))?;
+                Held {
+                    _local: Some(local),
+                    _remote: Some(object),
+                }
+            }
+        };
+        match RootIdentity::source_only(&config.sync.source) {
+            Ok(identity) => config.sync.identity = Some(identity),
+            Err(e) => return Err(fatal(&config, &e)),
+        }
+        return Ok((config, held));
+    }
     // A dry run writes nothing under the replica: no folder, no lock.
     let lock = if config.sync.dry_run {
         None
@@ -190,7 +211,20 @@ fn prepare(mut config: Config) -> Result<(Config, Option<lock::ReplicaLock>), i3
         Ok(identity) => config.sync.identity = Some(identity),
         Err(e) => return Err(fatal(&config, &e)),
     }
-    Ok((config, lock))
+    Ok((
+        config,
+        Held {
+            _local: lock,
+            _remote: None,
+        },
+    ))
+}
+
+/// The locks of one replica, held until the run is over.
+#[derive(Default)]
+struct Held {
+    _local: Option<lock::ReplicaLock>,
+    _remote: Option<treesync_stages::remote::RemoteLock>,
 }
 
 /// Opens the one log and runs the pairs' pipelines to their end.

@@ -16,6 +16,7 @@
 pub mod contract;
 pub mod fs;
 pub mod log;
+pub mod remote;
 pub mod stages;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mounts;
+pub mod servers;
 
 use filetime::FileTime;
 use serde_json::{Map, Value};

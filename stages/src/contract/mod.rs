@@ -10,5 +10,6 @@ pub mod moves;
 pub mod options;
 pub mod plan;
 pub mod relpath;
+pub mod replica;
 pub mod stage;
 pub mod stop;

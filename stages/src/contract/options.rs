@@ -5,8 +5,9 @@ use crate::contract::relpath::RelPath;
 use crate::fs::identity::RootIdentity;
 use crate::fs::replica_fs::{self, FsCaps, ReplicaFs};
 use crate::fs::xattrs::{self, Policy};
+use crate::remote::Remote;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use crate::contract::plan::MaxDelete;
@@ -84,6 +85,9 @@ pub struct SyncOptions {
     /// Called before each replacement or deletion in the replica
     /// (`hooks.rs`; `--backup-dir`).
     pub hooks: Hooks,
+    /// A remote replica (`s3://...`): `replica` is then its address, not
+    /// a folder, and every replica operation goes to the store.
+    pub remote: Option<Arc<Remote>>,
 }
 
 impl SyncOptions {
@@ -93,6 +97,12 @@ impl SyncOptions {
     /// be kept. Returns the reason for a `warn` when the probe could not
     /// run.
     pub fn settle_replica_fs(&mut self) -> Option<String> {
+        if let Some(remote) = &self.remote {
+            // Nothing to probe: an object store's rules are known.
+            self.replica_fs = ReplicaFs::new(remote.caps());
+            self.preserve_owner = false;
+            return None;
+        }
         let as_root = self.preserve_owner;
         let (caps, failed) = if self.dry_run {
             (
@@ -151,6 +161,7 @@ impl SyncOptions {
             modify_window: None,
             replica_fs: ReplicaFs::default(),
             hooks: Hooks::default(),
+            remote: None,
         }
     }
 }

@@ -103,6 +103,19 @@ impl RootIdentity {
     }
 }
 
+impl RootIdentity {
+    /// The source root alone, for a replica that is no local folder (a
+    /// remote store): the scan opens no replica root.
+    pub fn source_only(source: &Path) -> Result<RootIdentity, String> {
+        let source = open_root(source, "source", None).map_err(|e| e.message)?;
+        Ok(RootIdentity {
+            source: id_of(&source).map_err(|e| e.message)?,
+            replica: None,
+            marker: None,
+        })
+    }
+}
+
 /// The marker in the replica's state folder: `Ok(None)` when there is none.
 pub fn read_marker(replica: &Root) -> Result<Option<ReplicaId>, String> {
     let dir = match state::open_dir(replica) {

@@ -123,6 +123,14 @@ pub enum OpError {
     /// A hook withheld the operation (`hooks.rs`); the old entry stays.
     #[error("{source}")]
     Hook { path: RelPath, source: HookError },
+    /// A request to a remote replica failed (after the retries of
+    /// transient errors); `step` says which part of the operation.
+    #[error("{step}: {message}")]
+    Remote {
+        step: &'static str,
+        path: RelPath,
+        message: String,
+    },
 }
 
 impl OpError {
@@ -138,7 +146,7 @@ impl OpError {
                 Errno::from_io_error(source)
             }
             OpError::Hook { source, .. } => source.errno(),
-            OpError::Kind { .. } | OpError::Taken { .. } => None,
+            OpError::Kind { .. } | OpError::Taken { .. } | OpError::Remote { .. } => None,
         }
     }
 }
@@ -1249,6 +1257,69 @@ impl ReplicaOps {
         )
         .map_err(io_err("set the times", path))?;
         Ok(changed.get())
+    }
+}
+
+/// The local replica as the Applier's backend: each call is the method of
+/// the same name.
+impl crate::contract::replica::Replica for ReplicaOps {
+    fn copy(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        ReplicaOps::copy(self, path, meta, events)
+    }
+    fn update(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        ReplicaOps::update(self, path, meta, events)
+    }
+    fn symlink(
+        &self,
+        path: &RelPath,
+        target: &[u8],
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<(), OpError> {
+        ReplicaOps::symlink(self, path, target, meta, events)
+    }
+    fn link(
+        &self,
+        path: &RelPath,
+        to: &RelPath,
+        meta: &Meta,
+        events: &mut Vec<LogEvent>,
+    ) -> Result<Option<String>, OpError> {
+        ReplicaOps::link(self, path, to, meta, events)
+    }
+    fn set_meta(&self, path: &RelPath, link: bool, meta: &Meta) -> Result<(), OpError> {
+        ReplicaOps::set_meta(self, path, link, meta)
+    }
+    fn attrs(&self, path: &RelPath, dir: bool, meta: &Meta) -> Result<bool, OpError> {
+        ReplicaOps::attrs(self, path, dir, meta)
+    }
+    fn move_entry(&self, from: &RelPath, to: &RelPath, meta: Option<&Meta>) -> Result<(), OpError> {
+        ReplicaOps::move_entry(self, from, to, meta)
+    }
+    fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
+        ReplicaOps::mkdir(self, path)
+    }
+    fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<bool, OpError> {
+        ReplicaOps::finish_dir(self, path, meta)
+    }
+    fn delete(&self, path: &RelPath, events: &mut Vec<LogEvent>) -> Result<(), OpError> {
+        ReplicaOps::delete(self, path, events)
+    }
+    fn rmdir(&self, path: &RelPath) -> Result<(), OpError> {
+        ReplicaOps::rmdir(self, path)
+    }
+    fn remove_stale(&self, path: &RelPath) -> Result<(), OpError> {
+        ReplicaOps::remove_stale(self, path)
     }
 }
 

@@ -23,11 +23,13 @@ use crate::contract::messages::{
 use crate::contract::options::SyncOptions;
 use crate::contract::plan::{GuardTrip, Op, Phase, Plan, RootIds};
 use crate::contract::relpath::RelPath;
+use crate::contract::replica::Replica;
 use crate::contract::stage::{Flow, Stage};
 use crate::contract::stop::StopFlag;
 use crate::fs::identity::Roots;
 use crate::fs::replica_ops::{fail_point, Copied, OpError, ReplicaOps, CHANGED_WHILE_COPIED};
 use crate::fs::root::Root;
+use crate::remote::ops::RemoteOps;
 use actix::Recipient;
 use rustix::fd::AsFd;
 use rustix::io::Errno;
@@ -222,6 +224,17 @@ fn apply_at(
             log(event);
         }
     }
+    if let Target::Remote(_) = &run.target {
+        if let (Some(remote), Err(e)) = (
+            &opts.remote,
+            opts.remote.as_ref().map_or(Ok(()), |r| r.save_records()),
+        ) {
+            let reason = format!("the records of what was written to {} cannot be saved (the next sync reads the metadata of those objects again): {e}", remote.address);
+            let event = LogEvent::new(Verb::Warn, None).with_str("reason", reason);
+            tally.count(&event);
+            log(event);
+        }
+    }
     let outcome = TickOutcome {
         counts: tally.counts,
         bytes: tally.bytes,
@@ -259,6 +272,8 @@ enum Target {
         reader: Option<ReplicaOps>,
     },
     Replica(ReplicaOps),
+    /// A remote store (`s3://...`).
+    Remote(RemoteOps),
     /// A root could not be opened (already logged): only reports run.
     Unavailable,
 }
@@ -271,6 +286,9 @@ fn open_target(
     log: &(dyn Fn(LogEvent) + Sync),
     tally: &mut Tally,
 ) -> Target {
+    if let Some(remote) = &opts.remote {
+        return open_remote(remote, opts, roots, log, tally);
+    }
     if opts.dry_run {
         // The hooks read (never write) the replica the scan checked; a
         // caller without checked roots opens it by path.
@@ -309,6 +327,45 @@ fn open_target(
             Target::Unavailable
         }
     }
+}
+
+/// A remote replica: the source root is opened again for reading the
+/// files, and must be the one the scan walked.
+fn open_remote(
+    remote: &Arc<crate::remote::Remote>,
+    opts: &SyncOptions,
+    roots: Option<RootIds>,
+    log: &(dyn Fn(LogEvent) + Sync),
+    tally: &mut Tally,
+) -> Target {
+    if opts.dry_run {
+        return Target::DryRun {
+            hooks: None,
+            reader: None,
+        };
+    }
+    let source = match Root::open(&opts.source) {
+        Ok(root) => root,
+        Err(e) => {
+            log(LogEvent::error(
+                None,
+                "apply",
+                format!("open the source root: {e}"),
+            ));
+            tally.errors += 1;
+            return Target::Unavailable;
+        }
+    };
+    let same = source.stat().is_ok_and(|st| {
+        roots.is_none_or(|ids| (st.st_dev, st.st_ino) == (ids.source.dev, ids.source.ino))
+    });
+    if !same {
+        let msg = "the source root is no longer the folder that was scanned (unmounted or replaced?): nothing done";
+        log(LogEvent::error(None, "apply", msg));
+        tally.errors += 1;
+        return Target::Unavailable;
+    }
+    Target::Remote(RemoteOps::new(remote.clone(), source))
 }
 
 /// What the operations of one thread came to.
@@ -390,10 +447,15 @@ impl Run<'_> {
     /// Independent operations over `jobs` threads, each taking the next
     /// batch not yet taken (see `batches`).
     fn parallel(&self, ops: &[&Op], tally: &mut Tally) {
-        let workers = self.opts.jobs.max(1).min(ops.len());
+        let workers = match &self.target {
+            Target::Replica(r) => r.workers(self.opts.jobs),
+            Target::Remote(r) => r.workers(self.opts.jobs),
+            _ => 1,
+        };
+        let workers = workers.max(1).min(ops.len());
         // Without file-system work threads gain nothing, and one thread
         // keeps a dry run's log in plan order.
-        if workers <= 1 || !matches!(self.target, Target::Replica(_)) {
+        if workers <= 1 {
             return self.serial(ops, tally);
         }
         let batches = batches(ops);
@@ -450,6 +512,7 @@ impl Run<'_> {
                 .dry_run_hooks(hooks.as_ref(), op, &mut before)
                 .map(|()| done_event(op, planned_bytes(op))),
             Target::Replica(replica) => execute(replica, op, tally, &mut before, self.chronic),
+            Target::Remote(remote) => execute(remote, op, tally, &mut before, self.chronic),
             Target::Unavailable if op.phase() == Phase::Report => Ok(done_event(op, None)),
             Target::Unavailable => return,
         };
@@ -592,8 +655,8 @@ fn folder_of(path: &RelPath) -> &[u8] {
 
 /// Runs `op` on the replica; returns the event to log, if any. The hooks'
 /// events go to `before`.
-fn execute(
-    replica: &ReplicaOps,
+fn execute<R: Replica>(
+    replica: &R,
     op: &Op,
     tally: &mut Tally,
     before: &mut Vec<LogEvent>,

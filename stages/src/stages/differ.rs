@@ -98,6 +98,9 @@ pub struct DiffOptions {
     /// group is one of them (and the replica keeps modes), the group is
     /// compared too, and a folder's setgid bit is kept (`rsync -g`).
     pub groups: Groups,
+    /// The replica is an object store: a source link is a `skip` there
+    /// (a store has no links to make), not a failure to retry.
+    pub object_store: bool,
 }
 
 impl From<&SyncOptions> for DiffOptions {
@@ -116,6 +119,7 @@ impl From<&SyncOptions> for DiffOptions {
             attrs: !o.attrs_policy().is_none(),
             attrs_sweep: o.checksum,
             groups: o.groups,
+            object_store: o.remote.is_some(),
         }
     }
 }
@@ -834,10 +838,16 @@ impl<'a> Planner<'a> {
         if self.opts.fs.symlinks || !matches!(s.kind, EntryKind::Symlink { .. }) {
             return false;
         }
-        self.report.push(Op::Refuse {
-            path: s.path.clone(),
-            op: "symlink",
-            reason: "the replica's filesystem cannot hold symbolic links".into(),
+        self.report.push(match self.opts.object_store {
+            true => Op::Skip {
+                path: s.path.clone(),
+                reason: "a symbolic link: object stores hold none".into(),
+            },
+            false => Op::Refuse {
+                path: s.path.clone(),
+                op: "symlink",
+                reason: "the replica's filesystem cannot hold symbolic links".into(),
+            },
         });
         true
     }
@@ -1080,6 +1090,7 @@ mod tests {
             attrs: false,
             attrs_sweep: false,
             groups: Groups::default(),
+            object_store: false,
         }
     }
     fn plan(src: &Listing, rep: &Listing) -> Plan {

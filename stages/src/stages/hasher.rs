@@ -467,18 +467,35 @@ impl Stage for Hasher {
             }
         }
         let (jobs, verbose) = (opts.jobs, opts.verbose);
-        let (mut contents, mut events) = match &roots {
-            Ok((s, r)) if !pairs.is_empty() => {
-                let sides = Sides {
-                    source: &msg.source,
-                    replica: &msg.replica,
-                    source_root: s,
-                    replica_root: r,
-                };
-                compare_all(&pairs, &sides, cache, tick, jobs, verbose, stop)
+        let (mut contents, mut events) = match (&roots, &opts.remote) {
+            (_, Some(remote)) if !pairs.is_empty() => {
+                let (s, r) = (&msg.source, &msg.replica);
+                let same = compare_remote(
+                    &pairs,
+                    s,
+                    r,
+                    &msg.roots.source,
+                    remote,
+                    cache,
+                    tick,
+                    jobs,
+                    stop,
+                );
+                (same, Vec::new())
             }
-            // No replica (a dry run into a missing one), or no pairs.
-            _ => (SameContent::default(), Vec::new()),
+            (roots, _) => match roots {
+                Ok((s, r)) if !pairs.is_empty() => {
+                    let sides = Sides {
+                        source: &msg.source,
+                        replica: &msg.replica,
+                        source_root: s,
+                        replica_root: r,
+                    };
+                    compare_all(&pairs, &sides, cache, tick, jobs, verbose, stop)
+                }
+                // No replica (a dry run into a missing one), or no pairs.
+                _ => (SameContent::default(), Vec::new()),
+            },
         };
         let moves = match &roots {
             Ok((s, r)) if !search.doubtful.is_empty() => {
@@ -643,6 +660,50 @@ fn attrs_differ_in(sides: &Sides, run: &[(usize, usize)], policy: xattrs::Policy
         })
         .map(|&(i, _)| i)
         .collect()
+}
+
+/// A remote replica's files are never downloaded to be compared: the
+/// source file's SHA-1 is compared with the one stored with the object
+/// (as recorded, or read with its metadata). A pair without a stored
+/// digest is not marked: the file is uploaded again.
+#[allow(clippy::too_many_arguments)]
+fn compare_remote(
+    pairs: &[Pair],
+    source: &Listing,
+    replica: &Listing,
+    source_root: &Root,
+    remote: &crate::remote::Remote,
+    cache: &Mutex<HashCache>,
+    tick: u64,
+    jobs: usize,
+    stop: &StopFlag,
+) -> SameContent {
+    let found = on_workers(pairs, jobs, stop, |p, out| {
+        let (s, r) = (&source.entries[p.source], &replica.entries[p.replica]);
+        let Some(stored) = std::str::from_utf8(r.path.as_bytes())
+            .ok()
+            .and_then(|key| remote.stored_sha1(key))
+        else {
+            return;
+        };
+        let key = CacheKey::from(&s.meta);
+        let cached = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key, tick);
+        let digest = match cached {
+            Some(d) => Some(d),
+            None => digest_cached(source_root, s, cache, tick).ok(),
+        };
+        if digest == Some(stored) {
+            out.push(p.source);
+        }
+    });
+    let mut same = SameContent::default();
+    for i in found {
+        same.mark(i);
+    }
+    same
 }
 
 /// Runs `each` over `items` on `jobs` threads, each taking the next item

@@ -203,7 +203,13 @@ pub fn scan(
 ) -> Result<Scan, String> {
     let (roots, identity) = check_roots(opts, known)?;
     let walk_opts = walk_options(opts, stop, None);
-    let walked = walk(&roots.source, roots.replica.as_ref(), &walk_opts);
+    let mut walked = walk(&roots.source, roots.replica.as_ref(), &walk_opts);
+    // A remote replica: the source was walked alone, the store is listed.
+    if let (Some(remote), false) = (&opts.remote, walked.interrupted) {
+        walked.replica = remote
+            .list(&walked.source, &roots.source, opts, stop)
+            .map_err(|e| format!("replica {} cannot be listed: {e}", remote.address))?;
+    }
     Ok(Scan {
         walk: walked,
         roots,

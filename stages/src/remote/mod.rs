@@ -1,0 +1,462 @@
+//! Remote replicas: an S3-compatible bucket (AWS S3, MinIO, Ceph RGW,
+//! Garage, B2, R2) through OpenDAL.
+//!
+//! Everything above the plan is the same as for a local replica: the
+//! source is walked as always, and the replica's side of the scan is one
+//! recursive listing of the bucket (`listing.rs`), turned into the same
+//! `Listing` the Differ compares. The Applier carries out the plan through
+//! `ops::RemoteOps`, the remote implementation of the `Replica` trait.
+//!
+//! How a bucket holds a tree:
+//! - a file is an object; its source mtime is kept in the user metadata
+//!   `mtime`, in rclone's format (seconds, a dot and the nanoseconds with
+//!   trailing zeros cut), so a bucket written by either tool reads right
+//!   in the other; its SHA-1 in `sha1`;
+//! - folders exist by the objects below them; an empty one is a marker
+//!   object `FOLDER/`;
+//! - permissions, owners, links and attributes are not stored: the caps of
+//!   an object store say so (`caps()`), and source links are `skip`;
+//! - an upload is one PUT, or a multipart upload in parallel parts for
+//!   large files: either is visible only once complete.
+//!
+//! What treesync wrote is recorded on this machine (`state.rs`), so a tick
+//! with nothing to do costs one listing and no request per object.
+
+pub mod address;
+pub mod listing;
+pub mod ops;
+pub mod state;
+
+use crate::contract::model::{Digest, Timestamp};
+use crate::fs::replica_fs::FsCaps;
+use address::ReplicaUrl;
+use opendal::layers::RetryLayer;
+use opendal::{ErrorKind, Operator};
+use state::Records;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How to reach a remote replica, from the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// `--s3-endpoint`: the store's URL (MinIO, Ceph, ...); AWS without.
+    pub s3_endpoint: Option<String>,
+    /// `--s3-region`; else `AWS_REGION`, `AWS_DEFAULT_REGION`, the
+    /// profile's, or `us-east-1`.
+    pub s3_region: Option<String>,
+}
+
+/// The user metadata keys of an object (rclone's `mtime`).
+pub const MTIME_KEY: &str = "mtime";
+pub const SHA1_KEY: &str = "sha1";
+
+/// The folder of treesync's own objects in the replica (the lock).
+pub const STATE_PREFIX: &str = ".treesync/";
+
+/// Parts of a multipart upload: the memory of an upload is about
+/// `PART * PARTS_IN_FLIGHT`, whatever the file's size.
+pub const PART: usize = 8 << 20;
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// Requests in flight at once for uploads, deletions and metadata reads:
+/// a store across a network answers each in tens of milliseconds.
+pub const REQUESTS_IN_FLIGHT: usize = 16;
+
+/// A remote replica, connected: the store's client, the runtime it runs
+/// on, and the records of what was written.
+pub struct Remote {
+    pub url: ReplicaUrl,
+    /// The address as given, for messages and the state folder's name.
+    pub address: String,
+    op: Operator,
+    rt: tokio::runtime::Runtime,
+    records: Mutex<Records>,
+    /// Where the records and the local lock are kept.
+    pub state_dir: PathBuf,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a remote replica cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Config(String),
+    #[error("replica {address}: {message}")]
+    Store { address: String, message: String },
+}
+
+impl Remote {
+    /// Builds the client for `url`; nothing is sent yet.
+    pub fn connect(url: ReplicaUrl, opts: &RemoteOptions) -> Result<Remote, RemoteError> {
+        // The HTTP client the stores' services use (once a process).
+        opendal::install_default();
+        let address = url.to_string();
+        let config = |message: String| RemoteError::Config(format!("replica {address}: {message}"));
+        let (op, endpoint) = match &url {
+            ReplicaUrl::S3 { bucket, prefix } => s3_operator(bucket, prefix, opts).map_err(config)?,
+            ReplicaUrl::Sftp { .. } => {
+                return Err(config(
+                    "SFTP replicas are not supported by this build; use an s3:// replica or a local folder".into(),
+                ))
+            }
+        };
+        let state_dir = state::state_dir(&address, &endpoint).ok_or_else(|| {
+            config(
+                "neither XDG_STATE_HOME nor HOME is set: no place for the replica's local state"
+                    .into(),
+            )
+        })?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            config(format!(
+                "cannot create its local state folder {}: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("treesync-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| config(format!("cannot start the network runtime: {e}")))?;
+        let records = Mutex::new(Records::load(&state_dir));
+        Ok(Remote {
+            url,
+            address,
+            op,
+            rt,
+            records,
+            state_dir,
+        })
+    }
+
+    /// What an object store keeps: content and mtimes, to the nanosecond
+    /// (in metadata); no permissions, owners, links or attributes.
+    pub fn caps(&self) -> FsCaps {
+        FsCaps {
+            case_insensitive: false,
+            normalizes_unicode: false,
+            keeps_perms: false,
+            keeps_owners: false,
+            symlinks: false,
+            hard_links: false,
+            xattrs: false,
+            acls: false,
+            granularity_ns: 1,
+            mtime_window_ns: 0,
+            owners_lost: false,
+        }
+    }
+
+    /// Runs a request (or several) to completion from a stage's thread.
+    fn block_on<F: IntoFuture>(&self, f: F) -> F::Output {
+        self.rt.block_on(f.into_future())
+    }
+
+    fn records(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves the records if they changed; they only save requests, so a
+    /// failure is the caller's to report as a warning.
+    pub fn save_records(&self) -> std::io::Result<()> {
+        self.records().save(&self.state_dir)
+    }
+
+    /// Whether the replica holds no object (markers aside from our own
+    /// state): a replica never synced must be adopted explicitly.
+    pub fn is_empty(&self) -> Result<bool, RemoteError> {
+        let found = self.block_on(async {
+            let mut lister = self.op.lister_with("").recursive(true).limit(8).await?;
+            use futures::TryStreamExt as _;
+            while let Some(entry) = lister.try_next().await? {
+                let path = entry.path();
+                if !path.is_empty() && path != "/" && !path.starts_with(STATE_PREFIX) {
+                    return Ok::<_, opendal::Error>(false);
+                }
+            }
+            Ok(true)
+        });
+        found.map_err(|e| self.store_error(&e))
+    }
+
+    /// Whether records of an earlier sync from this machine exist.
+    pub fn has_records(&self) -> bool {
+        !self.records().is_empty()
+    }
+
+    /// The error as said to the user: what went wrong, with a hint for
+    /// the usual causes; never the credentials.
+    pub fn store_error(&self, e: &opendal::Error) -> RemoteError {
+        RemoteError::Store {
+            address: self.address.clone(),
+            message: describe(e),
+        }
+    }
+
+    /// Takes the lock object `.treesync/lock`: created only where none
+    /// exists (a conditional write). One left by a process of this host
+    /// that is gone is taken over.
+    pub fn lock(self: &Arc<Self>) -> Result<RemoteLock, RemoteError> {
+        let key = format!("{STATE_PREFIX}lock");
+        let host = hostname();
+        let body = format!("host={host}\npid={}\n", std::process::id());
+        for _ in 0..2 {
+            let put = self.block_on(
+                self.op
+                    .write_with(&key, body.clone().into_bytes())
+                    .if_not_exists(true),
+            );
+            match put {
+                Ok(_) => {
+                    return Ok(RemoteLock {
+                        remote: self.clone(),
+                        key,
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::ConditionNotMatch => {
+                    let held = self
+                        .block_on(self.op.read(&key))
+                        .map(|b| String::from_utf8_lossy(&b.to_vec()).into_owned())
+                        .unwrap_or_default();
+                    let field = |name: &str| {
+                        held.lines()
+                            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                            .unwrap_or("?")
+                            .to_string()
+                    };
+                    let (their_host, pid) = (field("host"), field("pid"));
+                    let gone = their_host == host
+                        && pid
+                            .parse::<u32>()
+                            .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+                    if !gone {
+                        return Err(RemoteError::Store {
+                            address: self.address.clone(),
+                            message: format!("another treesync (host {their_host}, pid {pid}) is already syncing into it (its lock object {STATE_PREFIX}lock; if none is running there, delete that object)"),
+                        });
+                    }
+                    // Left by a run of ours that ended without removing it.
+                    self.block_on(self.op.delete(&key))
+                        .map_err(|e| self.store_error(&e))?;
+                }
+                Err(e) => return Err(self.store_error(&e)),
+            }
+        }
+        Err(RemoteError::Store {
+            address: self.address.clone(),
+            message: "cannot take the lock object".into(),
+        })
+    }
+}
+
+/// The lock object, removed when dropped.
+pub struct RemoteLock {
+    remote: Arc<Remote>,
+    key: String,
+}
+
+impl Drop for RemoteLock {
+    fn drop(&mut self) {
+        let _ = self.remote.block_on(self.remote.op.delete(&self.key));
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The S3 client for a bucket and prefix; with the endpoint it talks to.
+fn s3_operator(
+    bucket: &str,
+    prefix: &str,
+    opts: &RemoteOptions,
+) -> Result<(Operator, String), String> {
+    let region = opts
+        .s3_region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = opts
+        .s3_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+        return Err(format!(
+            "--s3-endpoint {endpoint}: expected http://HOST[:PORT] or https://..."
+        ));
+    }
+    // Credentials come from the environment (AWS_ACCESS_KEY_ID, ...) and
+    // the profile files, never from the command line.
+    let builder = opendal::services::S3::default()
+        .bucket(bucket)
+        .root(&format!("/{prefix}"))
+        .region(&region)
+        .endpoint(&endpoint);
+    let op = Operator::new(builder).map_err(|e| describe(&e))?.layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(4)
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5)),
+    );
+    Ok((op, endpoint))
+}
+
+/// A store's error in a line: the kind in words, the message, and a hint
+/// where the cause is usually the same.
+pub fn describe(e: &opendal::Error) -> String {
+    let hint = match e.kind() {
+        ErrorKind::PermissionDenied => {
+            " (check the credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and its files)"
+        }
+        ErrorKind::NotFound => " (does the bucket exist?)",
+        _ => "",
+    };
+    let mut message = e.message().trim().to_string();
+    if message.is_empty() {
+        message = e.kind().to_string();
+    }
+    // S3 puts its answer in XML (or OpenDAL in its own debug form): its
+    // code and message say it best.
+    let code =
+        xml_field(&message, "<Code>", "</Code>").or_else(|| xml_field(&message, "code: \"", "\""));
+    let text = xml_field(&message, "<Message>", "</Message>")
+        .or_else(|| xml_field(&message, "message: \"", "\""));
+    if let (Some(code), Some(text)) = (code, text) {
+        message = format!("{code}: {text}");
+    }
+    if e.is_temporary() {
+        format!("{message}{hint} (after retries)")
+    } else {
+        format!("{message}{hint}")
+    }
+}
+
+/// The text between `open` and the next `close`.
+fn xml_field<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = start + text[start..].find(close)?;
+    Some(&text[start..end])
+}
+
+/// rclone's format of a time in metadata: `secs` or `secs.nanos`, the
+/// nanoseconds without trailing zeros.
+pub fn format_mtime(t: Timestamp) -> String {
+    let (secs, nanos) = (t.secs, t.nanos);
+    if nanos == 0 {
+        return secs.to_string();
+    }
+    let frac = format!("{nanos:09}");
+    format!("{secs}.{}", frac.trim_end_matches('0'))
+}
+
+/// Reads rclone's format (and plain RFC 3339, which rclone also takes).
+pub fn parse_mtime(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if let Ok(ts) = text.parse::<opendal::raw::Timestamp>() {
+        let st: std::time::SystemTime = ts.into();
+        return Some(timestamp_of(st));
+    }
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs.parse().ok()?;
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = format!("{frac:0<9}").parse().ok()?;
+    Some(Timestamp::new(secs, nanos))
+}
+
+pub fn timestamp_of(t: std::time::SystemTime) -> Timestamp {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Timestamp::new(d.as_secs() as i64, d.subsec_nanos()),
+        Err(before) => {
+            let d = before.duration();
+            let (secs, nanos) = (d.as_secs() as i64, d.subsec_nanos());
+            match nanos {
+                0 => Timestamp::new(-secs, 0),
+                n => Timestamp::new(-secs - 1, 1_000_000_000 - n),
+            }
+        }
+    }
+}
+
+/// The user metadata treesync writes with an object.
+pub fn object_metadata(mtime: Timestamp, sha1: Option<Digest>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    m.insert(MTIME_KEY.to_string(), format_mtime(mtime));
+    if let Some(d) = sha1 {
+        m.insert(SHA1_KEY.to_string(), state::hex(&d.0));
+    }
+    m
+}
+
+/// An ETag without its quotes.
+pub fn bare_etag(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtimes_are_in_rclones_format_both_ways() {
+        let cases = [
+            (Timestamp::new(1_700_000_000, 0), "1700000000"),
+            (Timestamp::new(1_700_000_000, 500_000_000), "1700000000.5"),
+            (
+                Timestamp::new(1_700_000_000, 123_456_789),
+                "1700000000.123456789",
+            ),
+            (Timestamp::new(1_700_000_000, 1), "1700000000.000000001"),
+        ];
+        for (t, text) in cases {
+            assert_eq!(format_mtime(t), text);
+            assert_eq!(parse_mtime(text), Some(t), "{text}");
+        }
+        assert_eq!(
+            parse_mtime("2023-11-14T22:13:20.25Z"),
+            Some(Timestamp::new(1_700_000_000, 250_000_000))
+        );
+        for bad in ["", "x", "1.2.3", "1.1234567890", "1.-5"] {
+            assert_eq!(parse_mtime(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_errors_say_the_code_and_message_of_the_xml() {
+        let e = opendal::Error::new(
+            ErrorKind::PermissionDenied,
+            "<?xml version=\"1.0\"?><Error><Code>InvalidAccessKeyId</Code><Message>The key is wrong</Message></Error>",
+        );
+        let text = describe(&e);
+        assert!(
+            text.starts_with("InvalidAccessKeyId: The key is wrong"),
+            "{text}"
+        );
+        assert!(text.contains("AWS_ACCESS_KEY_ID"), "{text}");
+        let e = opendal::Error::new(
+            ErrorKind::NotFound,
+            "S3Error { code: \"NoSuchBucket\", message: \"The specified bucket does not exist\", resource: \"\" }",
+        );
+        let text = describe(&e);
+        assert!(
+            text.starts_with("NoSuchBucket: The specified bucket does not exist"),
+            "{text}"
+        );
+    }
+}

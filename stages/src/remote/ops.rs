@@ -1,0 +1,371 @@
+//! The plan's operations on a remote replica (the `Replica` trait).
+//!
+//! A file is read from the source through the source root (never by a
+//! path that a rename could redirect), hashed, and uploaded with its mtime
+//! and SHA-1 in metadata: small files in one PUT from memory, large ones
+//! as a multipart upload of `PART`-sized parts, `PARTS_IN_FLIGHT` at once,
+//! so memory stays bounded whatever the size. The source is checked
+//! against the scan before and after reading: a file that changed is a
+//! `skip` and the upload is aborted, so the store never holds a torn copy.
+//! Nothing is visible in the store until its upload completes.
+
+use super::state::Record;
+use super::{bare_etag, object_metadata, Remote, PART, PARTS_IN_FLIGHT, REQUESTS_IN_FLIGHT};
+use crate::contract::messages::LogEvent;
+use crate::contract::model::{Digest, Meta, Timestamp};
+use crate::contract::relpath::RelPath;
+use crate::contract::replica::Replica;
+use crate::fs::replica_ops::{Copied, OpError, CHANGED_WHILE_COPIED};
+use crate::fs::root::{meta_of, Root};
+use rustix::fs::{Mode, OFlags};
+use sha1::{Digest as _, Sha1};
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+/// One tick's operations on a remote replica.
+pub struct RemoteOps {
+    remote: Arc<Remote>,
+    source: Root,
+    /// Folders this tick created, and folders that got an object below
+    /// them: a created folder left without one gets a marker object.
+    made: Mutex<HashSet<RelPath>>,
+    filled: Mutex<HashSet<RelPath>>,
+    /// Folders where this tick deleted an object: one left with nothing
+    /// below it would vanish from the store, so it gets a marker.
+    emptied: Mutex<HashSet<RelPath>>,
+}
+
+impl RemoteOps {
+    pub fn new(remote: Arc<Remote>, source: Root) -> Self {
+        RemoteOps {
+            remote,
+            source,
+            made: Mutex::new(HashSet::new()),
+            filled: Mutex::new(HashSet::new()),
+            emptied: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn key(path: &RelPath) -> Result<&str, OpError> {
+        std::str::from_utf8(path.as_bytes()).map_err(|_| OpError::Remote {
+            step: "name the object",
+            path: path.clone(),
+            message: "the name is not UTF-8, which object keys must be".into(),
+        })
+    }
+
+    fn fail<'p>(step: &'static str, path: &'p RelPath) -> impl Fn(opendal::Error) -> OpError + 'p {
+        move |e| OpError::Remote {
+            step,
+            path: path.clone(),
+            message: super::describe(&e),
+        }
+    }
+
+    fn io_fail<'p>(
+        step: &'static str,
+        path: &'p RelPath,
+    ) -> impl Fn(std::io::Error) -> OpError + 'p {
+        move |e| OpError::Io {
+            step,
+            path: path.clone(),
+            source: e,
+        }
+    }
+
+    /// Uploads the source file at `path`; see the module's comment.
+    fn upload(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
+        let key = Self::key(path)?;
+        let mut file = match self.open_source(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Copied::Skipped {
+                    reason: "vanished from the source".into(),
+                })
+            }
+            Err(e) => return Err(Self::io_fail("open the source file", path)(e)),
+        };
+        let same = |f: &std::fs::File| -> std::io::Result<bool> {
+            let now = meta_of(&rustix::fs::fstat(f)?);
+            Ok(now.size == meta.size && now.mtime == meta.mtime)
+        };
+        let changed = || Copied::Skipped {
+            reason: CHANGED_WHILE_COPIED.into(),
+        };
+        if !same(&file).map_err(Self::io_fail("read the source file", path))? {
+            return Ok(changed());
+        }
+        let read_err = Self::io_fail("read the source file", path);
+        let op = &self.remote.op;
+        let written = if meta.size <= PART as u64 {
+            let mut buf = Vec::with_capacity(meta.size as usize);
+            (&mut file)
+                .take(meta.size + 1)
+                .read_to_end(&mut buf)
+                .map_err(&read_err)?;
+            if buf.len() as u64 != meta.size || !same(&file).map_err(&read_err)? {
+                return Ok(changed());
+            }
+            let sha1 = Digest(Sha1::digest(&buf).into());
+            let user = object_metadata(meta.mtime, Some(sha1));
+            let put = self
+                .remote
+                .block_on(op.write_with(key, buf).user_metadata(user))
+                .map_err(Self::fail("upload", path))?;
+            (bare_etag(put.etag()), sha1)
+        } else {
+            // The digest goes in the metadata, which comes first: one
+            // pass to hash, one to upload.
+            let sha1 = match digest(&mut file).map_err(&read_err)? {
+                (d, n) if n == meta.size && same(&file).map_err(&read_err)? => d,
+                _ => return Ok(changed()),
+            };
+            let user = object_metadata(meta.mtime, Some(sha1));
+            let up = self.remote.block_on(async {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| Err(read_err(e)))?;
+                let mut w = op
+                    .writer_with(key)
+                    .chunk(PART)
+                    .concurrent(PARTS_IN_FLIGHT)
+                    .user_metadata(user)
+                    .await
+                    .map_err(|e| Err(Self::fail("start the upload", path)(e)))?;
+                let mut sent = 0u64;
+                loop {
+                    let mut part = Vec::with_capacity(PART);
+                    let n = match (&mut file).take(PART as u64).read_to_end(&mut part) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = w.abort().await;
+                            return Err(Err(read_err(e)));
+                        }
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    sent += n as u64;
+                    if let Err(e) = w.write(part).await {
+                        let _ = w.abort().await;
+                        return Err(Err(Self::fail("upload a part", path)(e)));
+                    }
+                }
+                // Changed while read: the parts are dropped, the old
+                // object stays.
+                if sent != meta.size || !same(&file).unwrap_or(false) {
+                    let _ = w.abort().await;
+                    return Err(Ok(changed()));
+                }
+                w.close()
+                    .await
+                    .map_err(|e| Err(Self::fail("complete the upload", path)(e)))
+            });
+            match up {
+                Ok(done) => (bare_etag(done.etag()), sha1),
+                Err(Ok(skip)) => return Ok(skip),
+                Err(Err(e)) => return Err(e),
+            }
+        };
+        let (etag, sha1) = written;
+        self.remote.records().insert(
+            key.to_string(),
+            Record {
+                size: meta.size,
+                etag,
+                mtime: meta.mtime,
+                sha1: Some(sha1),
+            },
+        );
+        self.note_filled(path);
+        Ok(Copied::Written {
+            bytes: meta.size,
+            racy: false,
+        })
+    }
+
+    fn open_source(&self, path: &RelPath) -> std::io::Result<std::fs::File> {
+        let (dir, name) = self.source.open_parent(path)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(std::io::Error::other("no longer a regular file"));
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    fn note_filled(&self, path: &RelPath) {
+        let mut filled = lock(&self.filled);
+        let mut at = path.parent();
+        while let Some(folder) = at {
+            if !filled.insert(folder.clone()) {
+                break;
+            }
+            at = folder.parent();
+        }
+    }
+
+    fn delete_key(&self, key: &str, path: &RelPath) -> Result<(), OpError> {
+        self.remote
+            .block_on(self.remote.op.delete(key))
+            .map_err(Self::fail("delete", path))?;
+        self.remote.records().remove(key);
+        if let Some(parent) = path.parent() {
+            lock(&self.emptied).insert(parent);
+        }
+        Ok(())
+    }
+
+    /// Whether any object is left below the folder `key/`.
+    fn holds_objects(&self, key: &str, path: &RelPath) -> Result<bool, OpError> {
+        let prefix = format!("{key}/");
+        let found = self.remote.block_on(async {
+            use futures::TryStreamExt as _;
+            let mut lister = self.remote.op.lister_with(&prefix).limit(2).await?;
+            while let Some(entry) = lister.try_next().await? {
+                if entry.path() != prefix {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        });
+        found.map_err(Self::fail("list the folder", path))
+    }
+
+    fn unsupported(path: &RelPath, what: &str) -> OpError {
+        OpError::Remote {
+            step: "plan",
+            path: path.clone(),
+            message: format!("an object store cannot hold {what}"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SHA-1 and length of what `file` holds from where it is.
+fn digest(file: &mut std::fs::File) -> std::io::Result<(Digest, u64)> {
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((Digest(h.finalize().into()), n)),
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Replica for RemoteOps {
+    fn copy(&self, path: &RelPath, meta: &Meta, _: &mut Vec<LogEvent>) -> Result<Copied, OpError> {
+        self.upload(path, meta)
+    }
+
+    fn update(
+        &self,
+        path: &RelPath,
+        meta: &Meta,
+        _: &mut Vec<LogEvent>,
+    ) -> Result<Copied, OpError> {
+        self.upload(path, meta)
+    }
+
+    fn symlink(
+        &self,
+        path: &RelPath,
+        _: &[u8],
+        _: &Meta,
+        _: &mut Vec<LogEvent>,
+    ) -> Result<(), OpError> {
+        Err(Self::unsupported(path, "symbolic links"))
+    }
+
+    fn link(
+        &self,
+        path: &RelPath,
+        _: &RelPath,
+        _: &Meta,
+        _: &mut Vec<LogEvent>,
+    ) -> Result<Option<String>, OpError> {
+        Err(Self::unsupported(path, "hard links"))
+    }
+
+    /// A new mtime is new metadata, which an object only gets with its
+    /// content: the file is uploaded again.
+    fn set_meta(&self, path: &RelPath, _link: bool, meta: &Meta) -> Result<(), OpError> {
+        match self.upload(path, meta)? {
+            Copied::Written { .. } => Ok(()),
+            Copied::Skipped { reason } => Err(OpError::Remote {
+                step: "set the mtime",
+                path: path.clone(),
+                message: reason,
+            }),
+        }
+    }
+
+    fn attrs(&self, _: &RelPath, _: bool, _: &Meta) -> Result<bool, OpError> {
+        Ok(false)
+    }
+
+    fn move_entry(&self, _: &RelPath, to: &RelPath, _: Option<&Meta>) -> Result<(), OpError> {
+        Err(Self::unsupported(to, "renames"))
+    }
+
+    fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
+        Self::key(path)?;
+        lock(&self.made).insert(path.clone());
+        Ok(())
+    }
+
+    /// A folder made by this tick with nothing written below it is kept
+    /// as a marker object; one with objects exists by them.
+    fn finish_dir(&self, path: &RelPath, _: &Meta) -> Result<bool, OpError> {
+        if path.is_root() || lock(&self.filled).contains(path) {
+            return Ok(false);
+        }
+        let key = Self::key(path)?;
+        let made = lock(&self.made).contains(path);
+        let emptied = lock(&self.emptied).contains(path);
+        if made || (emptied && !self.holds_objects(key, path)?) {
+            let marker = format!("{key}/");
+            self.remote
+                .block_on(self.remote.op.create_dir(&marker))
+                .map_err(Self::fail("create the folder marker", path))?;
+            self.note_filled(path);
+        }
+        Ok(false)
+    }
+
+    fn delete(&self, path: &RelPath, _: &mut Vec<LogEvent>) -> Result<(), OpError> {
+        let key = Self::key(path)?;
+        self.delete_key(key, path)
+    }
+
+    /// The folder's marker, if it has one; its objects are gone already.
+    fn rmdir(&self, path: &RelPath) -> Result<(), OpError> {
+        let marker = format!("{}/", Self::key(path)?);
+        self.delete_key(&marker, path)
+    }
+
+    fn remove_stale(&self, _: &RelPath) -> Result<(), OpError> {
+        Ok(())
+    }
+
+    fn workers(&self, _jobs: usize) -> usize {
+        REQUESTS_IN_FLIGHT
+    }
+}
+
+/// The mtime recorded for a key (tests).
+pub fn recorded_mtime(remote: &Remote, key: &str) -> Option<Timestamp> {
+    remote.records().get(key).map(|r| r.mtime)
+}
