@@ -39,7 +39,9 @@ pub struct Cli {
     pub source: Option<PathBuf>,
 
     /// The mirror; created if missing (its parent must exist). Or a
-    /// bucket of an S3-compatible store: s3://BUCKET[/PREFIX].
+    /// bucket of an S3-compatible store, s3://BUCKET[/PREFIX], or a folder
+    /// on an SSH server, sftp://[USER@]HOST[:PORT]/PATH (PATH relative to
+    /// the login folder; //PATH absolute).
     #[arg(required_unless_present = "config")]
     pub replica: Option<PathBuf>,
 
@@ -172,6 +174,17 @@ pub struct Cli {
     /// us-east-1].
     #[arg(long, value_name = "REGION")]
     pub s3_region: Option<String>,
+
+    /// With an sftp:// REPLICA: the private key to log in with [default:
+    /// ssh's own choice: its agent, ~/.ssh/id_*, ~/.ssh/config].
+    #[arg(long, value_name = "PATH")]
+    pub sftp_key: Option<PathBuf>,
+
+    /// With an sftp:// REPLICA: the known hosts file the server's key is
+    /// checked against [default: ssh's own, ~/.ssh/known_hosts]. An unknown
+    /// key is refused, with its fingerprint in the message.
+    #[arg(long, value_name = "FILE")]
+    pub sftp_known_hosts: Option<PathBuf>,
 
     /// With an INTERVAL: do not watch for filesystem events; every sync
     /// walks both trees completely.

@@ -15,6 +15,7 @@ use treesync_stages::fs::backup::BackupDir;
 use treesync_stages::fs::rules::Rules;
 use treesync_stages::log::logger::{LogConfig, LogFormat, Verbosity};
 use treesync_stages::remote::address::ReplicaUrl;
+use treesync_stages::remote::sftp::SftpOptionsCli;
 use treesync_stages::remote::{Remote, RemoteError, RemoteOptions};
 
 /// Everything the pipeline needs, checked.
@@ -88,7 +89,7 @@ pub enum ConfigError {
     /// A remote replica that cannot be reached or used.
     #[error("{0}")]
     Remote(String),
-    #[error("replica {0} is not empty and was never synced by treesync from this machine; pass --adopt to sync into it (its objects that the source lacks will be deleted)")]
+    #[error("replica {0} is not empty and was never synced by treesync from this machine; pass --adopt to sync into it (what the source lacks will be deleted there)")]
     RemoteNotAdopted(String),
     /// Never seen from the command line: clap asks for both first.
     #[error("SOURCE and REPLICA are required")]
@@ -119,6 +120,11 @@ impl Config {
             None if cli.s3_endpoint.is_some() || cli.s3_region.is_some() => {
                 return Err(ConfigError::RemoteUsage(
                     "--s3-endpoint and --s3-region are for an s3:// REPLICA".into(),
+                ))
+            }
+            None if cli.sftp_key.is_some() || cli.sftp_known_hosts.is_some() => {
+                return Err(ConfigError::RemoteUsage(
+                    "--sftp-key and --sftp-known-hosts are for an sftp:// REPLICA".into(),
                 ))
             }
             None => None,
@@ -260,12 +266,16 @@ fn connect(cli: &Cli, url: ReplicaUrl) -> Result<Remote, ConfigError> {
     let options = RemoteOptions {
         s3_endpoint: cli.s3_endpoint.clone(),
         s3_region: cli.s3_region.clone(),
+        sftp: SftpOptionsCli {
+            key: cli.sftp_key.clone(),
+            known_hosts: cli.sftp_known_hosts.clone(),
+        },
     };
     let remote = Remote::connect(url, &options).map_err(|e| match e {
         RemoteError::Config(m) => ConfigError::RemoteUsage(m),
         e => ConfigError::Remote(e.to_string()),
     })?;
-    if !cli.adopt && !remote.has_records() {
+    if !cli.adopt && !remote.synced_before() {
         match remote.is_empty() {
             Ok(true) => {}
             Ok(false) => return Err(ConfigError::RemoteNotAdopted(remote.address.clone())),

@@ -172,7 +172,7 @@ fn a_bucket_gets_the_tree_then_a_sync_with_nothing_to_do_costs_one_listing() {
     let skip = run.find("skip", "ln").expect("the link's skip");
     assert_eq!(
         skip.str("reason"),
-        Some("a symbolic link: object stores hold none")
+        Some("a symbolic link: remote replicas hold none")
     );
     // Objects, the empty folder's marker, the large file in parts.
     let made = kinds(&b.requests());
@@ -403,4 +403,120 @@ fn a_second_process_on_the_same_bucket_is_refused_by_the_lock_object() {
         !left.contains(".treesync"),
         "the lock object stayed: {left}"
     );
+}
+
+/// Polls `ready` (the log of a run in the background) until it holds.
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    let end = std::time::Instant::now() + common::DEADLINE * 3;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Bucket {
+    /// `treesync <args> SRC s3://...` in the background.
+    fn spawn(&self, sb: &Sandbox, args: &[&str]) -> common::Running {
+        let log = sb.next_log();
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("--log-file")
+            .arg(&log)
+            .args([
+                "--log-format",
+                "json",
+                "--s3-endpoint",
+                &self.moto.endpoint(),
+            ])
+            .args(args)
+            .arg(&sb.src)
+            .arg(&self.url)
+            .current_dir(sb.tmp.path());
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        common::Running::start(cmd, log)
+    }
+}
+
+#[test]
+fn a_store_that_stops_answering_mid_sync_fails_the_rest_fast_and_deletes_nothing() {
+    let sb = Sandbox::new();
+    let Some(b) = Bucket::new("outage", "p") else {
+        return;
+    };
+    // Few enough that the errors on the terminal fit the pipe's buffer
+    // (the harness reads the output once the process is done).
+    for i in 0..120 {
+        file(&sb.src, format!("d{}/f{i:03}", i % 10), format!("{i}"));
+    }
+    let mut run = b.spawn(&sb, &["--once", "-j", "1"]);
+    wait_for(|| run.log().iter().any(|e| e.msg == "copy"), "a first copy");
+    let Bucket { moto, state, .. } = b;
+    drop(moto);
+    let started = std::time::Instant::now();
+    let done = run.wait();
+    done.expect_code(3);
+    // Each request waits out its retries once; the store is then taken as
+    // down and the rest fail at once, not each after its own retries.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let errors = done.entries("error");
+    assert!(errors.len() > 10, "{}", done.dump());
+    assert!(
+        errors.iter().any(|e| e
+            .str("error")
+            .is_some_and(|m| m.contains("stopped answering"))),
+        "{}",
+        done.dump()
+    );
+    assert!(done.entries("delete").is_empty());
+    drop(state);
+}
+
+#[test]
+fn a_store_unreachable_at_a_tick_is_a_vanished_root_and_the_run_goes_on() {
+    let sb = Sandbox::new();
+    let Some(b) = Bucket::new("gone", "p") else {
+        return;
+    };
+    file(&sb.src, "a", "a");
+    // Interval 1 s: the positional INTERVAL comes after the roots.
+    let log = sb.next_log();
+    let mut cmd = Command::new(common::bin());
+    cmd.arg("--log-file")
+        .arg(&log)
+        .args(["--log-format", "json", "--s3-endpoint", &b.moto.endpoint()])
+        .arg(&sb.src)
+        .arg(&b.url)
+        .arg("1")
+        .current_dir(sb.tmp.path());
+    for (k, v) in b.env() {
+        cmd.env(k, v);
+    }
+    let mut run = common::Running::start(cmd, log);
+    run.wait_ticks(1);
+    let Bucket { moto, state, .. } = b;
+    drop(moto);
+    wait_for(
+        || {
+            run.log().iter().any(|e| {
+                e.msg == "error"
+                    && e.str("op") == Some("root")
+                    && e.str("error")
+                        .is_some_and(|m| m.contains("cannot be listed"))
+            })
+        },
+        "an error op=root for the unreachable store",
+    );
+    assert!(run.is_running(), "the run goes on");
+    let done = run.stop("TERM");
+    done.expect_code(0);
+    assert!(done.entries("delete").is_empty());
+    drop(state);
 }

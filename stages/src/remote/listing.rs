@@ -13,7 +13,9 @@
 //! of the source folders), as the walk marks a local replica's.
 
 use super::state::Record;
-use super::{bare_etag, parse_mtime, timestamp_of, Remote, MTIME_KEY, SHA1_KEY, STATE_PREFIX};
+use super::{
+    bare_etag, parse_mtime, timestamp_of, Remote, Store, MTIME_KEY, SHA1_KEY, STATE_PREFIX,
+};
 use crate::contract::model::{Digest, Entry, EntryKind, Listing, Meta};
 use crate::contract::options::SyncOptions;
 use crate::contract::relpath::RelPath;
@@ -46,7 +48,15 @@ impl Remote {
         opts: &SyncOptions,
         stop: &StopFlag,
     ) -> Result<Listing, String> {
-        let (objects, markers) = self.list_objects(stop)?;
+        let op = match &self.store {
+            Store::S3(op) => op,
+            Store::Sftp(s) => {
+                let mut listing = self.block_on(s.list(stop, !opts.dry_run))?;
+                mark_excluded(&mut listing, source, source_root, opts);
+                return Ok(listing);
+            }
+        };
+        let (objects, markers) = self.list_objects(op, stop)?;
         // What the records cannot vouch for is read once.
         let unknown: Vec<&Listed> = {
             let records = self.records();
@@ -59,7 +69,7 @@ impl Remote {
                 })
                 .collect()
         };
-        let read = self.read_metadata(&unknown);
+        let read = self.read_metadata(op, &unknown);
         let mut records = self.records();
         for (o, found) in unknown.iter().zip(read) {
             let (mtime, sha1) = match found {
@@ -132,10 +142,13 @@ impl Remote {
 
     /// Every object below the replica root (not ours), and the folder
     /// markers (without their `/`).
-    fn list_objects(&self, stop: &StopFlag) -> Result<(Vec<Listed>, Vec<String>), String> {
+    fn list_objects(
+        &self,
+        op: &opendal::Operator,
+        stop: &StopFlag,
+    ) -> Result<(Vec<Listed>, Vec<String>), String> {
         self.block_on(async {
-            let mut lister = self
-                .op
+            let mut lister = op
                 .lister_with("")
                 .recursive(true)
                 .await
@@ -169,12 +182,12 @@ impl Remote {
     #[allow(clippy::type_complexity)]
     fn read_metadata(
         &self,
+        op: &opendal::Operator,
         objects: &[&Listed],
     ) -> Vec<Result<(Option<crate::contract::model::Timestamp>, Option<Digest>), String>> {
         if objects.is_empty() {
             return Vec::new();
         }
-        let op = &self.op;
         self.block_on(async {
             futures::stream::iter(objects.iter().map(|o| async move {
                 let meta = op.stat(&o.key).await.map_err(|e| super::describe(&e))?;

@@ -1,5 +1,6 @@
 //! Remote replicas: an S3-compatible bucket (AWS S3, MinIO, Ceph RGW,
-//! Garage, B2, R2) through OpenDAL.
+//! Garage, B2, R2) through OpenDAL, or a folder on an SFTP server
+//! (`sftp.rs`).
 //!
 //! Everything above the plan is the same as for a local replica: the
 //! source is walked as always, and the replica's side of the scan is one
@@ -25,6 +26,7 @@
 pub mod address;
 pub mod listing;
 pub mod ops;
+pub mod sftp;
 pub mod state;
 
 use crate::contract::model::{Digest, Timestamp};
@@ -48,6 +50,8 @@ pub struct RemoteOptions {
     /// `--s3-region`; else `AWS_REGION`, `AWS_DEFAULT_REGION`, the
     /// profile's, or `us-east-1`.
     pub s3_region: Option<String>,
+    /// `--sftp-key`, `--sftp-known-hosts`.
+    pub sftp: sftp::SftpOptionsCli,
 }
 
 /// The user metadata keys of an object (rclone's `mtime`).
@@ -72,7 +76,11 @@ pub struct Remote {
     pub url: ReplicaUrl,
     /// The address as given, for messages and the state folder's name.
     pub address: String,
-    op: Operator,
+    store: Store,
+    /// The S3 client without retries: for removing the lock at the end,
+    /// which must not keep a stopping run waiting on a store that is down
+    /// (a lock left by a run of this host that ended is taken over).
+    bare: Option<Operator>,
     rt: tokio::runtime::Runtime,
     records: Mutex<Records>,
     /// Where the records and the local lock are kept.
@@ -85,6 +93,12 @@ impl fmt::Debug for Remote {
             .field("address", &self.address)
             .finish_non_exhaustive()
     }
+}
+
+/// The client of the store.
+enum Store {
+    S3(Operator),
+    Sftp(sftp::SftpStore),
 }
 
 /// Why a remote replica cannot be used.
@@ -103,12 +117,35 @@ impl Remote {
         opendal::install_default();
         let address = url.to_string();
         let config = |message: String| RemoteError::Config(format!("replica {address}: {message}"));
-        let (op, endpoint) = match &url {
-            ReplicaUrl::S3 { bucket, prefix } => s3_operator(bucket, prefix, opts).map_err(config)?,
-            ReplicaUrl::Sftp { .. } => {
-                return Err(config(
-                    "SFTP replicas are not supported by this build; use an s3:// replica or a local folder".into(),
-                ))
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("treesync-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| config(format!("cannot start the network runtime: {e}")))?;
+        let (store, bare, endpoint) = match &url {
+            ReplicaUrl::S3 { bucket, prefix } => {
+                let (op, bare, endpoint) = s3_operator(bucket, prefix, opts).map_err(config)?;
+                (Store::S3(op), Some(bare), endpoint)
+            }
+            ReplicaUrl::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let connected = rt.block_on(sftp::SftpStore::connect(
+                    user.as_deref(),
+                    host,
+                    *port,
+                    path,
+                    &opts.sftp,
+                ));
+                let store = connected.map_err(|message| RemoteError::Store {
+                    address: address.clone(),
+                    message,
+                })?;
+                (Store::Sftp(store), None, String::new())
             }
         };
         let state_dir = state::state_dir(&address, &endpoint).ok_or_else(|| {
@@ -123,17 +160,12 @@ impl Remote {
                 state_dir.display()
             ))
         })?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("treesync-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| config(format!("cannot start the network runtime: {e}")))?;
         let records = Mutex::new(Records::load(&state_dir));
         Ok(Remote {
             url,
             address,
-            op,
+            store,
+            bare,
             rt,
             records,
             state_dir,
@@ -141,8 +173,24 @@ impl Remote {
     }
 
     /// What an object store keeps: content and mtimes, to the nanosecond
-    /// (in metadata); no permissions, owners, links or attributes.
+    /// (in metadata); no permissions, owners, links or attributes. An SFTP
+    /// server keeps permissions too, and mtimes to the second.
     pub fn caps(&self) -> FsCaps {
+        if let Store::Sftp(_) = self.store {
+            return FsCaps {
+                case_insensitive: false,
+                normalizes_unicode: false,
+                keeps_perms: true,
+                keeps_owners: false,
+                symlinks: false,
+                hard_links: false,
+                xattrs: false,
+                acls: false,
+                granularity_ns: 1_000_000_000,
+                mtime_window_ns: 999_999_999,
+                owners_lost: false,
+            };
+        }
         FsCaps {
             case_insensitive: false,
             normalizes_unicode: false,
@@ -176,8 +224,19 @@ impl Remote {
     /// Whether the replica holds no object (markers aside from our own
     /// state): a replica never synced must be adopted explicitly.
     pub fn is_empty(&self) -> Result<bool, RemoteError> {
+        let op = match &self.store {
+            Store::S3(op) => op,
+            Store::Sftp(s) => {
+                return self
+                    .block_on(s.is_empty())
+                    .map_err(|message| RemoteError::Store {
+                        address: self.address.clone(),
+                        message,
+                    })
+            }
+        };
         let found = self.block_on(async {
-            let mut lister = self.op.lister_with("").recursive(true).limit(8).await?;
+            let mut lister = op.lister_with("").recursive(true).limit(8).await?;
             use futures::TryStreamExt as _;
             while let Some(entry) = lister.try_next().await? {
                 let path = entry.path();
@@ -190,9 +249,14 @@ impl Remote {
         found.map_err(|e| self.store_error(&e))
     }
 
-    /// Whether records of an earlier sync from this machine exist.
-    pub fn has_records(&self) -> bool {
-        !self.records().is_empty()
+    /// Whether treesync synced into this replica before: from this
+    /// machine (its records) for a store, or at all (its `.treesync`
+    /// folder) on an SFTP server.
+    pub fn synced_before(&self) -> bool {
+        match &self.store {
+            Store::S3(_) => !self.records().is_empty(),
+            Store::Sftp(s) => self.block_on(s.has_state()),
+        }
     }
 
     /// The error as said to the user: what went wrong, with a hint for
@@ -204,71 +268,96 @@ impl Remote {
         }
     }
 
-    /// Takes the lock object `.treesync/lock`: created only where none
-    /// exists (a conditional write). One left by a process of this host
-    /// that is gone is taken over.
+    /// Takes the lock object (or file on SFTP) `.treesync/lock`: created
+    /// only where none exists. One left by a process of this host that is
+    /// gone is taken over.
     pub fn lock(self: &Arc<Self>) -> Result<RemoteLock, RemoteError> {
-        let key = format!("{STATE_PREFIX}lock");
         let host = hostname();
         let body = format!("host={host}\npid={}\n", std::process::id());
+        let fail = |message: String| RemoteError::Store {
+            address: self.address.clone(),
+            message,
+        };
         for _ in 0..2 {
-            let put = self.block_on(
-                self.op
-                    .write_with(&key, body.clone().into_bytes())
-                    .if_not_exists(true),
-            );
-            match put {
-                Ok(_) => {
+            let held = match self.try_lock(&body)? {
+                None => {
                     return Ok(RemoteLock {
                         remote: self.clone(),
-                        key,
                     })
                 }
-                Err(e) if e.kind() == ErrorKind::ConditionNotMatch => {
-                    let held = self
-                        .block_on(self.op.read(&key))
-                        .map(|b| String::from_utf8_lossy(&b.to_vec()).into_owned())
-                        .unwrap_or_default();
-                    let field = |name: &str| {
-                        held.lines()
-                            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-                            .unwrap_or("?")
-                            .to_string()
-                    };
-                    let (their_host, pid) = (field("host"), field("pid"));
-                    let gone = their_host == host
-                        && pid
-                            .parse::<u32>()
-                            .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
-                    if !gone {
-                        return Err(RemoteError::Store {
-                            address: self.address.clone(),
-                            message: format!("another treesync (host {their_host}, pid {pid}) is already syncing into it (its lock object {STATE_PREFIX}lock; if none is running there, delete that object)"),
-                        });
-                    }
-                    // Left by a run of ours that ended without removing it.
-                    self.block_on(self.op.delete(&key))
-                        .map_err(|e| self.store_error(&e))?;
-                }
-                Err(e) => return Err(self.store_error(&e)),
+                Some(held) => held,
+            };
+            let field = |name: &str| {
+                held.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            let (their_host, pid) = (field("host"), field("pid"));
+            let gone = their_host == host
+                && pid
+                    .parse::<u32>()
+                    .is_ok_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !gone {
+                return Err(fail(format!("another treesync (host {their_host}, pid {pid}) is already syncing into it (its lock {STATE_PREFIX}lock; if none is running there, delete it)")));
             }
+            // Left by a run of ours that ended without removing it.
+            self.unlock();
         }
-        Err(RemoteError::Store {
-            address: self.address.clone(),
-            message: "cannot take the lock object".into(),
-        })
+        Err(fail("cannot take the lock".into()))
+    }
+
+    /// Creates the lock unless it exists: `Some(its content)` if it does.
+    fn try_lock(&self, body: &str) -> Result<Option<String>, RemoteError> {
+        let key = format!("{STATE_PREFIX}lock");
+        match &self.store {
+            Store::S3(op) => {
+                let put = self.block_on(
+                    op.write_with(&key, body.to_string().into_bytes())
+                        .if_not_exists(true),
+                );
+                match put {
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == ErrorKind::ConditionNotMatch => {
+                        let held = self
+                            .block_on(op.read(&key))
+                            .map(|b| String::from_utf8_lossy(&b.to_vec()).into_owned())
+                            .unwrap_or_default();
+                        Ok(Some(held))
+                    }
+                    Err(e) => Err(self.store_error(&e)),
+                }
+            }
+            Store::Sftp(s) => match self.block_on(s.lock(body)) {
+                Ok(()) => Ok(None),
+                Err((true, held)) => Ok(Some(held)),
+                Err((false, message)) => Err(RemoteError::Store {
+                    address: self.address.clone(),
+                    message: format!("cannot take the lock {STATE_PREFIX}lock: {message}"),
+                }),
+            },
+        }
+    }
+
+    fn unlock(&self) {
+        match &self.store {
+            Store::S3(op) => {
+                let op = self.bare.as_ref().unwrap_or(op);
+                let _ = self.block_on(op.delete(&format!("{STATE_PREFIX}lock")));
+            }
+            Store::Sftp(s) => self.block_on(s.unlock()),
+        }
     }
 }
 
-/// The lock object, removed when dropped.
+/// The lock, removed when dropped.
 pub struct RemoteLock {
     remote: Arc<Remote>,
-    key: String,
 }
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
-        let _ = self.remote.block_on(self.remote.op.delete(&self.key));
+        self.remote.unlock();
     }
 }
 
@@ -283,7 +372,7 @@ fn s3_operator(
     bucket: &str,
     prefix: &str,
     opts: &RemoteOptions,
-) -> Result<(Operator, String), String> {
+) -> Result<(Operator, Operator, String), String> {
     let region = opts
         .s3_region
         .clone()
@@ -306,14 +395,15 @@ fn s3_operator(
         .root(&format!("/{prefix}"))
         .region(&region)
         .endpoint(&endpoint);
-    let op = Operator::new(builder).map_err(|e| describe(&e))?.layer(
+    let bare = Operator::new(builder).map_err(|e| describe(&e))?;
+    let op = bare.clone().layer(
         RetryLayer::new()
             .with_jitter()
             .with_max_times(4)
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5)),
     );
-    Ok((op, endpoint))
+    Ok((op, bare, endpoint))
 }
 
 /// A store's error in a line: the kind in words, the message, and a hint
@@ -330,6 +420,17 @@ pub fn describe(e: &opendal::Error) -> String {
     if message.is_empty() {
         message = e.kind().to_string();
     }
+    // "send http request" says little; the cause below it (a connection
+    // refused, a name not resolved) says what to fix.
+    let mut cause = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(c) = cause {
+        last = Some(c.to_string());
+        cause = c.source();
+    }
+    if let Some(last) = last.filter(|l| !message.contains(l.as_str())) {
+        message = format!("{message}: {last}");
+    }
     // S3 puts its answer in XML (or OpenDAL in its own debug form): its
     // code and message say it best.
     let code =
@@ -339,7 +440,7 @@ pub fn describe(e: &opendal::Error) -> String {
     if let (Some(code), Some(text)) = (code, text) {
         message = format!("{code}: {text}");
     }
-    if e.is_temporary() {
+    if e.is_temporary() || e.is_persistent() {
         format!("{message}{hint} (after retries)")
     } else {
         format!("{message}{hint}")

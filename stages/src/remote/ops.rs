@@ -10,13 +10,14 @@
 //! Nothing is visible in the store until its upload completes.
 
 use super::state::Record;
-use super::{bare_etag, object_metadata, Remote, PART, PARTS_IN_FLIGHT, REQUESTS_IN_FLIGHT};
+use super::{bare_etag, object_metadata, Remote, Store, PART, PARTS_IN_FLIGHT, REQUESTS_IN_FLIGHT};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Digest, Meta, Timestamp};
 use crate::contract::relpath::RelPath;
 use crate::contract::replica::Replica;
 use crate::fs::replica_ops::{Copied, OpError, CHANGED_WHILE_COPIED};
 use crate::fs::root::{meta_of, Root};
+use opendal::Operator;
 use rustix::fs::{Mode, OFlags};
 use sha1::{Digest as _, Sha1};
 use std::collections::HashSet;
@@ -34,16 +35,22 @@ pub struct RemoteOps {
     /// Folders where this tick deleted an object: one left with nothing
     /// below it would vanish from the store, so it gets a marker.
     emptied: Mutex<HashSet<RelPath>>,
+    /// Why the store is taken as down for the rest of the tick.
+    down: Mutex<Option<String>>,
+    /// `--fsync`: each file made durable before it is renamed into place.
+    fsync: bool,
 }
 
 impl RemoteOps {
-    pub fn new(remote: Arc<Remote>, source: Root) -> Self {
+    pub fn new(remote: Arc<Remote>, source: Root, fsync: bool) -> Self {
         RemoteOps {
             remote,
             source,
             made: Mutex::new(HashSet::new()),
             filled: Mutex::new(HashSet::new()),
             emptied: Mutex::new(HashSet::new()),
+            down: Mutex::new(None),
+            fsync,
         }
     }
 
@@ -55,11 +62,39 @@ impl RemoteOps {
         })
     }
 
-    fn fail<'p>(step: &'static str, path: &'p RelPath) -> impl Fn(opendal::Error) -> OpError + 'p {
-        move |e| OpError::Remote {
-            step,
-            path: path.clone(),
-            message: super::describe(&e),
+    /// A failed request as the operation's error. One that failed for a
+    /// reason that may pass (a connection refused, a timeout, a store that
+    /// asks to slow down), after the retries, marks the store down for the
+    /// rest of the tick: the operations after it fail at once rather than
+    /// each waiting out its retries. The next tick tries again.
+    fn fail<'p>(
+        &'p self,
+        step: &'static str,
+        path: &'p RelPath,
+    ) -> impl Fn(opendal::Error) -> OpError + 'p {
+        move |e| {
+            let message = super::describe(&e);
+            // Retried and still failing: persistent (temporary before).
+            if e.is_temporary() || e.is_persistent() {
+                lock(&self.down).get_or_insert_with(|| message.clone());
+            }
+            OpError::Remote {
+                step,
+                path: path.clone(),
+                message,
+            }
+        }
+    }
+
+    /// Fails at once while the store is down (see `fail`).
+    fn check_up(&self, path: &RelPath) -> Result<(), OpError> {
+        match &*lock(&self.down) {
+            None => Ok(()),
+            Some(why) => Err(OpError::Remote {
+                step: "not tried",
+                path: path.clone(),
+                message: format!("the store stopped answering earlier in this sync ({why})"),
+            }),
         }
     }
 
@@ -76,7 +111,7 @@ impl RemoteOps {
 
     /// Uploads the source file at `path`; see the module's comment.
     fn upload(&self, path: &RelPath, meta: &Meta) -> Result<Copied, OpError> {
-        let key = Self::key(path)?;
+        self.check_up(path)?;
         let mut file = match self.open_source(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -96,8 +131,20 @@ impl RemoteOps {
         if !same(&file).map_err(Self::io_fail("read the source file", path))? {
             return Ok(changed());
         }
+        let op = match &self.remote.store {
+            Store::S3(op) => op,
+            Store::Sftp(s) => {
+                let sent = self
+                    .remote
+                    .block_on(s.upload(path, &mut file, meta, &same, self.fsync))?;
+                if let Copied::Written { .. } = sent {
+                    self.note_filled(path);
+                }
+                return Ok(sent);
+            }
+        };
+        let key = Self::key(path)?;
         let read_err = Self::io_fail("read the source file", path);
-        let op = &self.remote.op;
         let written = if meta.size <= PART as u64 {
             let mut buf = Vec::with_capacity(meta.size as usize);
             (&mut file)
@@ -112,7 +159,7 @@ impl RemoteOps {
             let put = self
                 .remote
                 .block_on(op.write_with(key, buf).user_metadata(user))
-                .map_err(Self::fail("upload", path))?;
+                .map_err(self.fail("upload", path))?;
             (bare_etag(put.etag()), sha1)
         } else {
             // The digest goes in the metadata, which comes first: one
@@ -132,7 +179,7 @@ impl RemoteOps {
                     .concurrent(PARTS_IN_FLIGHT)
                     .user_metadata(user)
                     .await
-                    .map_err(|e| Err(Self::fail("start the upload", path)(e)))?;
+                    .map_err(|e| Err(self.fail("start the upload", path)(e)))?;
                 let mut sent = 0u64;
                 loop {
                     let mut part = Vec::with_capacity(PART);
@@ -149,7 +196,7 @@ impl RemoteOps {
                     sent += n as u64;
                     if let Err(e) = w.write(part).await {
                         let _ = w.abort().await;
-                        return Err(Err(Self::fail("upload a part", path)(e)));
+                        return Err(Err(self.fail("upload a part", path)(e)));
                     }
                 }
                 // Changed while read: the parts are dropped, the old
@@ -160,7 +207,7 @@ impl RemoteOps {
                 }
                 w.close()
                     .await
-                    .map_err(|e| Err(Self::fail("complete the upload", path)(e)))
+                    .map_err(|e| Err(self.fail("complete the upload", path)(e)))
             });
             match up {
                 Ok(done) => (bare_etag(done.etag()), sha1),
@@ -207,10 +254,10 @@ impl RemoteOps {
         }
     }
 
-    fn delete_key(&self, key: &str, path: &RelPath) -> Result<(), OpError> {
+    fn delete_key(&self, op: &Operator, key: &str, path: &RelPath) -> Result<(), OpError> {
         self.remote
-            .block_on(self.remote.op.delete(key))
-            .map_err(Self::fail("delete", path))?;
+            .block_on(op.delete(key))
+            .map_err(self.fail("delete", path))?;
         self.remote.records().remove(key);
         if let Some(parent) = path.parent() {
             lock(&self.emptied).insert(parent);
@@ -219,11 +266,11 @@ impl RemoteOps {
     }
 
     /// Whether any object is left below the folder `key/`.
-    fn holds_objects(&self, key: &str, path: &RelPath) -> Result<bool, OpError> {
+    fn holds_objects(&self, op: &Operator, key: &str, path: &RelPath) -> Result<bool, OpError> {
         let prefix = format!("{key}/");
         let found = self.remote.block_on(async {
             use futures::TryStreamExt as _;
-            let mut lister = self.remote.op.lister_with(&prefix).limit(2).await?;
+            let mut lister = op.lister_with(&prefix).limit(2).await?;
             while let Some(entry) = lister.try_next().await? {
                 if entry.path() != prefix {
                     return Ok(true);
@@ -231,7 +278,7 @@ impl RemoteOps {
             }
             Ok(false)
         });
-        found.map_err(Self::fail("list the folder", path))
+        found.map_err(self.fail("list the folder", path))
     }
 
     fn unsupported(path: &RelPath, what: &str) -> OpError {
@@ -240,6 +287,14 @@ impl RemoteOps {
             path: path.clone(),
             message: format!("an object store cannot hold {what}"),
         }
+    }
+}
+
+fn sftp_fail<'p>(step: &'static str, path: &'p RelPath) -> impl Fn(String) -> OpError + 'p {
+    move |message| OpError::Remote {
+        step,
+        path: path.clone(),
+        message,
     }
 }
 
@@ -301,7 +356,14 @@ impl Replica for RemoteOps {
 
     /// A new mtime is new metadata, which an object only gets with its
     /// content: the file is uploaded again.
+    /// On SFTP, the times and permissions are set (`setstat`).
     fn set_meta(&self, path: &RelPath, _link: bool, meta: &Meta) -> Result<(), OpError> {
+        if let Store::Sftp(s) = &self.remote.store {
+            return self
+                .remote
+                .block_on(s.set_meta(path, meta))
+                .map_err(sftp_fail("set the times and permissions", path));
+        }
         match self.upload(path, meta)? {
             Copied::Written { .. } => Ok(()),
             Copied::Skipped { reason } => Err(OpError::Remote {
@@ -321,39 +383,68 @@ impl Replica for RemoteOps {
     }
 
     fn mkdir(&self, path: &RelPath) -> Result<(), OpError> {
+        if let Store::Sftp(s) = &self.remote.store {
+            return self
+                .remote
+                .block_on(s.mkdir(path))
+                .map_err(sftp_fail("create the folder", path));
+        }
         Self::key(path)?;
         lock(&self.made).insert(path.clone());
         Ok(())
     }
 
     /// A folder made by this tick with nothing written below it is kept
-    /// as a marker object; one with objects exists by them.
-    fn finish_dir(&self, path: &RelPath, _: &Meta) -> Result<bool, OpError> {
+    /// as a marker object; one with objects exists by them. On SFTP, the
+    /// folder's times and permissions are set.
+    fn finish_dir(&self, path: &RelPath, meta: &Meta) -> Result<bool, OpError> {
+        self.check_up(path)?;
+        let op = match &self.remote.store {
+            Store::S3(op) => op,
+            Store::Sftp(s) => {
+                self.remote
+                    .block_on(s.set_meta(path, meta))
+                    .map_err(sftp_fail("set the times and permissions", path))?;
+                return Ok(false);
+            }
+        };
         if path.is_root() || lock(&self.filled).contains(path) {
             return Ok(false);
         }
         let key = Self::key(path)?;
         let made = lock(&self.made).contains(path);
         let emptied = lock(&self.emptied).contains(path);
-        if made || (emptied && !self.holds_objects(key, path)?) {
+        if made || (emptied && !self.holds_objects(op, key, path)?) {
             let marker = format!("{key}/");
             self.remote
-                .block_on(self.remote.op.create_dir(&marker))
-                .map_err(Self::fail("create the folder marker", path))?;
+                .block_on(op.create_dir(&marker))
+                .map_err(self.fail("create the folder marker", path))?;
             self.note_filled(path);
         }
         Ok(false)
     }
 
     fn delete(&self, path: &RelPath, _: &mut Vec<LogEvent>) -> Result<(), OpError> {
-        let key = Self::key(path)?;
-        self.delete_key(key, path)
+        self.check_up(path)?;
+        match &self.remote.store {
+            Store::S3(op) => self.delete_key(op, Self::key(path)?, path),
+            Store::Sftp(s) => self
+                .remote
+                .block_on(s.delete(path, false))
+                .map_err(sftp_fail("delete", path)),
+        }
     }
 
     /// The folder's marker, if it has one; its objects are gone already.
     fn rmdir(&self, path: &RelPath) -> Result<(), OpError> {
-        let marker = format!("{}/", Self::key(path)?);
-        self.delete_key(&marker, path)
+        self.check_up(path)?;
+        match &self.remote.store {
+            Store::S3(op) => self.delete_key(op, &format!("{}/", Self::key(path)?), path),
+            Store::Sftp(s) => self
+                .remote
+                .block_on(s.delete(path, true))
+                .map_err(sftp_fail("remove the folder", path)),
+        }
     }
 
     fn remove_stale(&self, _: &RelPath) -> Result<(), OpError> {

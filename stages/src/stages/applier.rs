@@ -365,7 +365,7 @@ fn open_remote(
         tally.errors += 1;
         return Target::Unavailable;
     }
-    Target::Remote(RemoteOps::new(remote.clone(), source))
+    Target::Remote(RemoteOps::new(remote.clone(), source, opts.fsync))
 }
 
 /// What the operations of one thread came to.

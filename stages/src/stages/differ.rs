@@ -98,8 +98,8 @@ pub struct DiffOptions {
     /// group is one of them (and the replica keeps modes), the group is
     /// compared too, and a folder's setgid bit is kept (`rsync -g`).
     pub groups: Groups,
-    /// The replica is an object store: a source link is a `skip` there
-    /// (a store has no links to make), not a failure to retry.
+    /// The replica is remote (a store, an SFTP server): a source link is a
+    /// `skip` there (no links are made), not a failure to retry.
     pub object_store: bool,
 }
 
@@ -841,7 +841,7 @@ impl<'a> Planner<'a> {
         self.report.push(match self.opts.object_store {
             true => Op::Skip {
                 path: s.path.clone(),
-                reason: "a symbolic link: object stores hold none".into(),
+                reason: "a symbolic link: remote replicas hold none".into(),
             },
             false => Op::Refuse {
                 path: s.path.clone(),
