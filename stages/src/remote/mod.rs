@@ -70,6 +70,11 @@ pub const PARTS_IN_FLIGHT: usize = 4;
 /// a store across a network answers each in tens of milliseconds.
 pub const REQUESTS_IN_FLIGHT: usize = 16;
 
+/// The most bytes of file content held in memory by the uploads in
+/// flight together: a small file is read whole before its PUT, a large
+/// one holds up to `PARTS_IN_FLIGHT` parts and the one being read.
+pub const UPLOAD_MEMORY: u64 = 48 << 20;
+
 /// A remote replica, connected: the store's client, the runtime it runs
 /// on, and the records of what was written.
 pub struct Remote {

@@ -35,6 +35,8 @@ pub struct RemoteOps {
     /// Folders where this tick deleted an object: one left with nothing
     /// below it would vanish from the store, so it gets a marker.
     emptied: Mutex<HashSet<RelPath>>,
+    /// The memory the uploads in flight may hold (`UPLOAD_MEMORY`).
+    budget: Budget,
     /// Why the store is taken as down for the rest of the tick.
     down: Mutex<Option<String>>,
     /// `--fsync`: each file made durable before it is renamed into place.
@@ -50,6 +52,7 @@ impl RemoteOps {
             filled: Mutex::new(HashSet::new()),
             emptied: Mutex::new(HashSet::new()),
             down: Mutex::new(None),
+            budget: Budget::new(super::UPLOAD_MEMORY),
             fsync,
         }
     }
@@ -145,6 +148,11 @@ impl RemoteOps {
         };
         let key = Self::key(path)?;
         let read_err = Self::io_fail("read the source file", path);
+        // Many workers, each holding what it sends: the bytes in memory
+        // are bounded together, whatever the files' sizes.
+        let _held = self
+            .budget
+            .take((PART * (PARTS_IN_FLIGHT + 1)) as u64, meta.size);
         let written = if meta.size <= PART as u64 {
             let mut buf = Vec::with_capacity(meta.size as usize);
             (&mut file)
@@ -295,6 +303,52 @@ fn sftp_fail<'p>(step: &'static str, path: &'p RelPath) -> impl Fn(String) -> Op
         step,
         path: path.clone(),
         message,
+    }
+}
+
+/// A count of bytes that uploads take before reading a file and give back
+/// when done: a worker waits while the others hold too much.
+struct Budget {
+    left: Mutex<u64>,
+    freed: std::sync::Condvar,
+    total: u64,
+}
+
+/// Bytes taken from a `Budget`, given back when dropped.
+struct Held<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new(total: u64) -> Budget {
+        Budget {
+            left: Mutex::new(total),
+            freed: std::sync::Condvar::new(),
+            total,
+        }
+    }
+
+    /// Takes `size` bytes, at most `cap` (what an upload of any size
+    /// holds at once) and never more than the whole budget.
+    fn take(&self, cap: u64, size: u64) -> Held<'_> {
+        let bytes = size.min(cap).min(self.total);
+        let mut left = lock(&self.left);
+        while *left < bytes {
+            left = self.freed.wait(left).unwrap_or_else(|p| p.into_inner());
+        }
+        *left -= bytes;
+        Held {
+            budget: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *lock(&self.budget.left) += self.bytes;
+        self.budget.freed.notify_all();
     }
 }
 
@@ -453,6 +507,35 @@ impl Replica for RemoteOps {
 
     fn workers(&self, _jobs: usize) -> usize {
         REQUESTS_IN_FLIGHT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn the_upload_budget_makes_a_worker_wait_until_another_gives_back() {
+        let budget = Budget::new(100);
+        let big = budget.take(1000, 5000);
+        assert_eq!(big.bytes, 100, "never more than the whole budget");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let small = budget.take(1000, 10);
+                assert!(
+                    done.load(Ordering::SeqCst),
+                    "took before the other gave back"
+                );
+                small.bytes
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            done.store(true, Ordering::SeqCst);
+            drop(big);
+            assert_eq!(waiter.join().unwrap(), 10);
+        });
+        assert_eq!(*lock(&budget.left), 100);
     }
 }
 
