@@ -12,10 +12,12 @@
 //! those operations there; a backend that gets one anyway answers with an
 //! error for that operation, never a silent success.
 
+use crate::contract::hooks::HookError;
 use crate::contract::messages::LogEvent;
 use crate::contract::model::Meta;
 use crate::contract::relpath::RelPath;
-use crate::fs::replica_ops::{Copied, OpError};
+use rustix::io::Errno;
+use std::io;
 
 /// The operations of a plan, carried out on one replica. `events`
 /// receives the entries the operation's hooks log before its own.
@@ -77,4 +79,78 @@ pub trait Replica: Sync {
     fn workers(&self, jobs: usize) -> usize {
         jobs
     }
+}
+
+/// Why a copy is skipped when its source changed while it was read.
+pub const CHANGED_WHILE_COPIED: &str = "changed while being copied";
+
+/// Why an operation on the replica failed; the path is the operation's.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A root could not be opened: nothing in that tree can be done.
+    #[error("open the {which} root: {source}")]
+    Root {
+        which: &'static str,
+        source: io::Error,
+    },
+    /// A system call failed; `step` says which part of the operation.
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        path: RelPath,
+        source: io::Error,
+    },
+    /// The replica entry is not of the kind the plan expects.
+    #[error("expected a {expected} in the replica, found a {found}")]
+    Kind {
+        path: RelPath,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A new file's name is taken in the replica though the listing had no
+    /// entry there: the replica's filesystem takes it for another name
+    /// (case or Unicode folding the probe did not foresee), or something
+    /// made it meanwhile. Nothing is overwritten.
+    #[error("the replica already has an entry at this name (its filesystem may take it for another name); nothing was overwritten")]
+    Taken { path: RelPath },
+    /// A hook withheld the operation (`hooks.rs`); the old entry stays.
+    #[error("{source}")]
+    Hook { path: RelPath, source: HookError },
+    /// A request to a remote replica failed (after the retries of
+    /// transient errors); `step` says which part of the operation.
+    #[error("{step}: {message}")]
+    Remote {
+        step: &'static str,
+        path: RelPath,
+        message: String,
+    },
+}
+
+impl OpError {
+    /// True when the whole tick must stop, not only this operation.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, OpError::Root { .. })
+    }
+
+    /// The operating system's error code, when a system call failed.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            OpError::Root { source, .. } | OpError::Io { source, .. } => {
+                Errno::from_io_error(source)
+            }
+            OpError::Hook { source, .. } => source.errno(),
+            OpError::Kind { .. } | OpError::Taken { .. } | OpError::Remote { .. } => None,
+        }
+    }
+}
+
+/// What a copy or update of one file came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// The replica holds the new content under its final name. `racy`:
+    /// the source's stamps fall inside the copy's window, so a write may
+    /// have been in flight during it (`racy.rs`).
+    Written { bytes: u64, racy: bool },
+    /// The source vanished or changed: nothing was written (a `skip`).
+    Skipped { reason: String },
 }

@@ -24,7 +24,7 @@
 //! which the fault tests (`tests/faults.rs`) change the world at the worst
 //! moment; without the `failpoints` feature they compile to nothing.
 
-use crate::contract::hooks::{HookAt, HookCx, HookError, Hooks};
+use crate::contract::hooks::{HookAt, HookCx, Hooks};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{
     run_token, temp_name, temp_token, FileId, Meta, TempTokens, Timestamp,
@@ -32,6 +32,7 @@ use crate::contract::model::{
 use crate::contract::options::{Groups, SyncOptions};
 use crate::contract::plan::RootIds;
 use crate::contract::relpath::RelPath;
+pub use crate::contract::replica::{Copied, OpError, CHANGED_WHILE_COPIED};
 use crate::fs::identity::Roots;
 use crate::fs::racy;
 use crate::fs::replica_fs::{
@@ -76,9 +77,6 @@ const TEMP_FLAGS: OFlags = OFlags::WRONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
-/// Why a copy is skipped when its source changed while it was read.
-pub const CHANGED_WHILE_COPIED: &str = "changed while being copied";
-
 /// Bytes asked of one `copy_file_range` call; the kernel may do fewer.
 const RANGE_CHUNK: usize = 1 << 30;
 
@@ -90,77 +88,6 @@ pub const TEMPS_FILE: &str = "temps";
 
 /// Attempts at finding a free temporary name before giving up.
 const TEMP_ATTEMPTS: u32 = 64;
-
-/// Why an operation on the replica failed; the path is the operation's.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    /// A root could not be opened: nothing in that tree can be done.
-    #[error("open the {which} root: {source}")]
-    Root {
-        which: &'static str,
-        source: io::Error,
-    },
-    /// A system call failed; `step` says which part of the operation.
-    #[error("{step}: {source}")]
-    Io {
-        step: &'static str,
-        path: RelPath,
-        source: io::Error,
-    },
-    /// The replica entry is not of the kind the plan expects.
-    #[error("expected a {expected} in the replica, found a {found}")]
-    Kind {
-        path: RelPath,
-        expected: &'static str,
-        found: &'static str,
-    },
-    /// A new file's name is taken in the replica though the listing had no
-    /// entry there: the replica's filesystem takes it for another name
-    /// (case or Unicode folding the probe did not foresee), or something
-    /// made it meanwhile. Nothing is overwritten.
-    #[error("the replica already has an entry at this name (its filesystem may take it for another name); nothing was overwritten")]
-    Taken { path: RelPath },
-    /// A hook withheld the operation (`hooks.rs`); the old entry stays.
-    #[error("{source}")]
-    Hook { path: RelPath, source: HookError },
-    /// A request to a remote replica failed (after the retries of
-    /// transient errors); `step` says which part of the operation.
-    #[error("{step}: {message}")]
-    Remote {
-        step: &'static str,
-        path: RelPath,
-        message: String,
-    },
-}
-
-impl OpError {
-    /// True when the whole tick must stop, not only this operation.
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, OpError::Root { .. })
-    }
-
-    /// The operating system's error code, when a system call failed.
-    pub fn errno(&self) -> Option<Errno> {
-        match self {
-            OpError::Root { source, .. } | OpError::Io { source, .. } => {
-                Errno::from_io_error(source)
-            }
-            OpError::Hook { source, .. } => source.errno(),
-            OpError::Kind { .. } | OpError::Taken { .. } | OpError::Remote { .. } => None,
-        }
-    }
-}
-
-/// What a copy or update of one file came to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Copied {
-    /// The replica holds the new content under its final name. `racy`:
-    /// the source's stamps fall inside the copy's window, so a write may
-    /// have been in flight during it (`racy.rs`).
-    Written { bytes: u64, racy: bool },
-    /// The source vanished or changed: nothing was written (a `skip`).
-    Skipped { reason: String },
-}
 
 /// Why a copy stopped early: a skip is normal, a failure is an error.
 enum Halt {

@@ -15,7 +15,7 @@ use crate::contract::messages::LogEvent;
 use crate::contract::model::{Digest, Meta, Timestamp};
 use crate::contract::relpath::RelPath;
 use crate::contract::replica::Replica;
-use crate::fs::replica_ops::{Copied, OpError, CHANGED_WHILE_COPIED};
+use crate::contract::replica::{Copied, OpError, CHANGED_WHILE_COPIED};
 use crate::fs::root::{meta_of, Root};
 use opendal::Operator;
 use rustix::fs::{Mode, OFlags};

@@ -17,8 +17,8 @@
 use super::RemoteError;
 use crate::contract::model::{Entry, EntryKind, Listing, Meta, Timestamp};
 use crate::contract::relpath::RelPath;
+use crate::contract::replica::{Copied, OpError, CHANGED_WHILE_COPIED};
 use crate::contract::stop::StopFlag;
-use crate::fs::replica_ops::{Copied, OpError, CHANGED_WHILE_COPIED};
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use openssh::{KnownHosts, SessionBuilder};
 use openssh_sftp_client::metadata::{MetaData, MetaDataBuilder, Permissions, RawPermissions};
