@@ -70,6 +70,13 @@ pub const PARTS_IN_FLIGHT: usize = 4;
 /// a store across a network answers each in tens of milliseconds.
 pub const REQUESTS_IN_FLIGHT: usize = 16;
 
+/// Files in flight at once on an SFTP connection. Each file is five
+/// requests in turn (open, write, set times, close, rename) through
+/// ssh, so the connection idles unless many files overlap: 64 took an
+/// initial sync of 10,000 small files from 5.6 s to 2.6-3.0 s against a
+/// local sshd, where 96 and more gained nothing (bench/sftp.sh).
+pub const SFTP_FILES_IN_FLIGHT: usize = 64;
+
 /// The most bytes of file content held in memory by the uploads in
 /// flight together: a small file is read whole before its PUT, a large
 /// one holds up to `PARTS_IN_FLIGHT` parts and the one being read.
@@ -266,6 +273,14 @@ impl Remote {
 
     /// The error as said to the user: what went wrong, with a hint for
     /// the usual causes; never the credentials.
+    /// How many operations the Applier runs at once on this store.
+    pub fn requests_in_flight(&self) -> usize {
+        match self.store {
+            Store::S3(_) => REQUESTS_IN_FLIGHT,
+            Store::Sftp(_) => SFTP_FILES_IN_FLIGHT,
+        }
+    }
+
     pub fn store_error(&self, e: &opendal::Error) -> RemoteError {
         RemoteError::Store {
             address: self.address.clone(),

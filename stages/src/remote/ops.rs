@@ -10,7 +10,7 @@
 //! Nothing is visible in the store until its upload completes.
 
 use super::state::Record;
-use super::{bare_etag, object_metadata, Remote, Store, PART, PARTS_IN_FLIGHT, REQUESTS_IN_FLIGHT};
+use super::{bare_etag, object_metadata, Remote, Store, PART, PARTS_IN_FLIGHT};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Digest, Meta, Timestamp};
 use crate::contract::relpath::RelPath;
@@ -506,7 +506,7 @@ impl Replica for RemoteOps {
     }
 
     fn workers(&self, _jobs: usize) -> usize {
-        REQUESTS_IN_FLIGHT
+        self.remote.requests_in_flight()
     }
 }
 

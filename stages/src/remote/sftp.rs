@@ -333,7 +333,9 @@ impl SftpStore {
             .open(&temp)
             .await
             .map_err(fail("create the temporary"))?;
-        let mut buf = vec![0u8; WRITE_CHUNK];
+        // Sized to the file (one byte more, to see it end) so that small
+        // files, the many, do not each zero and map a whole chunk.
+        let mut buf = vec![0u8; WRITE_CHUNK.min(meta.size.saturating_add(1) as usize)];
         let mut sent = 0u64;
         let written: Result<bool, OpError> = async {
             loop {
