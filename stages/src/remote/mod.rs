@@ -61,10 +61,25 @@ pub const SHA1_KEY: &str = "sha1";
 /// The folder of treesync's own objects in the replica (the lock).
 pub const STATE_PREFIX: &str = ".treesync/";
 
-/// Parts of a multipart upload: the memory of an upload is about
-/// `PART * PARTS_IN_FLIGHT`, whatever the file's size.
-pub const PART: usize = 8 << 20;
+/// Parts of a multipart upload: S3's smallest part, so that an upload
+/// holds about `PART * (PARTS_IN_FLIGHT + 2)` (the parts in flight, the
+/// one being read, the one the client is cutting), whatever the file's
+/// size up to `PART * MAX_PARTS` (48 GiB); larger files take larger parts
+/// (`part_size`).
+pub const PART: usize = 5 << 20;
 pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// S3's limit on the parts of one upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a file of `size` bytes: `PART`, or for files too
+/// large for `MAX_PARTS` of those, the smallest whole number of MiB that
+/// fits.
+pub fn part_size(size: u64) -> usize {
+    const MIB: u64 = 1 << 20;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    needed.max(PART as u64) as usize
+}
 
 /// Requests in flight at once for uploads, deletions and metadata reads:
 /// a store across a network answers each in tens of milliseconds.
@@ -79,8 +94,9 @@ pub const SFTP_FILES_IN_FLIGHT: usize = 64;
 
 /// The most bytes of file content held in memory by the uploads in
 /// flight together: a small file is read whole before its PUT, a large
-/// one holds up to `PARTS_IN_FLIGHT` parts and the one being read.
-pub const UPLOAD_MEMORY: u64 = 48 << 20;
+/// one holds up to `PARTS_IN_FLIGHT + 2` parts (see `PART`). With the
+/// program's own 20 MiB, a sync stays under 64 MiB.
+pub const UPLOAD_MEMORY: u64 = 40 << 20;
 
 /// A remote replica, connected: the store's client, the runtime it runs
 /// on, and the records of what was written.

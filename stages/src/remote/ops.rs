@@ -10,7 +10,7 @@
 //! Nothing is visible in the store until its upload completes.
 
 use super::state::Record;
-use super::{bare_etag, object_metadata, Remote, Store, PART, PARTS_IN_FLIGHT};
+use super::{bare_etag, object_metadata, part_size, Remote, Store, PART, PARTS_IN_FLIGHT};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Digest, Meta, Timestamp};
 use crate::contract::relpath::RelPath;
@@ -150,9 +150,10 @@ impl RemoteOps {
         let read_err = Self::io_fail("read the source file", path);
         // Many workers, each holding what it sends: the bytes in memory
         // are bounded together, whatever the files' sizes.
+        let part = part_size(meta.size);
         let _held = self
             .budget
-            .take((PART * (PARTS_IN_FLIGHT + 1)) as u64, meta.size);
+            .take((part * (PARTS_IN_FLIGHT + 2)) as u64, meta.size);
         let written = if meta.size <= PART as u64 {
             let mut buf = Vec::with_capacity(meta.size as usize);
             (&mut file)
@@ -183,15 +184,15 @@ impl RemoteOps {
                     .map_err(|e| Err(read_err(e)))?;
                 let mut w = op
                     .writer_with(key)
-                    .chunk(PART)
+                    .chunk(part)
                     .concurrent(PARTS_IN_FLIGHT)
                     .user_metadata(user)
                     .await
                     .map_err(|e| Err(self.fail("start the upload", path)(e)))?;
                 let mut sent = 0u64;
                 loop {
-                    let mut part = Vec::with_capacity(PART);
-                    let n = match (&mut file).take(PART as u64).read_to_end(&mut part) {
+                    let mut chunk = Vec::with_capacity(part);
+                    let n = match (&mut file).take(part as u64).read_to_end(&mut chunk) {
                         Ok(n) => n,
                         Err(e) => {
                             let _ = w.abort().await;
@@ -202,7 +203,7 @@ impl RemoteOps {
                         break;
                     }
                     sent += n as u64;
-                    if let Err(e) = w.write(part).await {
+                    if let Err(e) = w.write(chunk).await {
                         let _ = w.abort().await;
                         return Err(Err(self.fail("upload a part", path)(e)));
                     }
@@ -514,6 +515,30 @@ impl Replica for RemoteOps {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn parts_are_the_smallest_s3_takes_until_a_file_needs_more_than_the_part_limit() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(part_size(0), PART);
+        assert_eq!(part_size(8 * GIB), PART);
+        assert_eq!(part_size(PART as u64 * super::super::MAX_PARTS), PART);
+        for size in [
+            PART as u64 * super::super::MAX_PARTS + 1,
+            100 * GIB,
+            5 << 40,
+        ] {
+            let part = part_size(size) as u64;
+            assert!(
+                size.div_ceil(part) <= super::super::MAX_PARTS,
+                "{size}: {part}"
+            );
+            assert_eq!(part % (1 << 20), 0, "{size}: {part}");
+            assert!(
+                size.div_ceil(part - (1 << 20)) > super::super::MAX_PARTS,
+                "{size}: {part}"
+            );
+        }
+    }
 
     #[test]
     fn the_upload_budget_makes_a_worker_wait_until_another_gives_back() {
