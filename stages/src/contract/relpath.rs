@@ -147,22 +147,23 @@ impl Ord for RelPath {
     fn cmp(&self, other: &Self) -> Ordering {
         let (a, b) = (&self.0, &other.0);
         let common = a.len().min(b.len());
-        let first_diff = a[..common]
-            .chunks(8)
-            .zip(b[..common].chunks(8))
-            .position(|(x, y)| x != y)
-            .map(|chunk| {
-                let start = chunk * 8;
-                start
-                    + a[start..common]
-                        .iter()
-                        .zip(&b[start..common])
-                        .take_while(|(x, y)| x == y)
-                        .count()
-            });
-        match first_diff {
+        // Eight bytes at a time as words (a slice comparison of eight
+        // bytes is a call to `memcmp`), then byte by byte.
+        let mut i = 0;
+        while let (Some(x), Some(y)) = (
+            a[i..common].first_chunk::<8>(),
+            b[i..common].first_chunk::<8>(),
+        ) {
+            let diff = u64::from_le_bytes(*x) ^ u64::from_le_bytes(*y);
+            if diff != 0 {
+                i += (diff.trailing_zeros() / 8) as usize;
+                return rank(a[i]).cmp(&rank(b[i]));
+            }
+            i += 8;
+        }
+        match (i..common).find(|&k| a[k] != b[k]) {
             None => a.len().cmp(&b.len()),
-            Some(i) => rank(a[i]).cmp(&rank(b[i])),
+            Some(k) => rank(a[k]).cmp(&rank(b[k])),
         }
     }
 }
@@ -250,6 +251,26 @@ mod tests {
             for b in &paths {
                 assert_eq!(a.cmp(b), a.components().cmp(b.components()), "{a} vs {b}");
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Paths of names from a few bytes (`.`, `-` and `0` sort below
+        /// `/` as bytes, `\xff` above everything), long enough to differ
+        /// inside and across the eight-byte words compared at once.
+        #[test]
+        fn byte_order_matches_component_order_for_any_paths(
+            a in proptest::collection::vec(proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'b', b'.', b'-', b'0', 0xff]), 1..12), 0..4),
+            b in proptest::collection::vec(proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'b', b'.', b'-', b'0', 0xff]), 1..12), 0..4),
+        ) {
+            let path = |names: &[Vec<u8>]| RelPath::new(&names.join(&b'/'));
+            // `.` and `..` are no names.
+            let (Some(pa), Some(pb)) = (path(&a), path(&b)) else {
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(pa.cmp(&pb), a.cmp(&b), "{} vs {}", pa, pb);
         }
     }
 

@@ -183,13 +183,15 @@ fn apply_at(
         tick_start,
         chronic,
     };
-    // In plan order; each run of consecutive file operations in parallel.
+    // In plan order; each run of consecutive file operations in parallel,
+    // and so each run of removals between two folder removals: the plan
+    // removes a folder's contents before the folder (see `Run::removals`).
     let ops: Vec<&Op> = plan.ops.iter().collect();
     for run_ops in ops.chunk_by(|a, b| a.phase() == b.phase()) {
-        if matches!(run_ops[0].phase(), Phase::Files | Phase::Links) {
-            run.parallel(run_ops, &mut tally);
-        } else {
-            run.serial(run_ops, &mut tally);
+        match run_ops[0].phase() {
+            Phase::Files | Phase::Links => run.parallel(run_ops, &mut tally),
+            Phase::Clean => run.removals(run_ops, &mut tally),
+            _ => run.serial(run_ops, &mut tally),
         }
         if tally.stopped {
             break;
@@ -441,6 +443,24 @@ impl Run<'_> {
                 return;
             }
             self.one(op, tally);
+        }
+    }
+
+    /// The removals of the `Clean` phase. The plan lists a folder's
+    /// contents before the folder itself, so the removals between two
+    /// folder removals touch no folder another of them needs: they run in
+    /// parallel, and each run of folder removals in order, after them.
+    fn removals(&self, ops: &[&Op], tally: &mut Tally) {
+        let is_rmdir = |op: &&Op| matches!(op, Op::Rmdir { .. });
+        for part in ops.chunk_by(|a, b| is_rmdir(a) == is_rmdir(b)) {
+            if is_rmdir(&part[0]) {
+                self.serial(part, tally);
+            } else {
+                self.parallel(part, tally);
+            }
+            if tally.stopped {
+                return;
+            }
         }
     }
 
@@ -1146,6 +1166,40 @@ mod tests {
         assert_eq!(events.len(), 4);
         assert_eq!((out.counts.delete, out.counts.rmdir, out.errors), (3, 1, 0));
         assert!(!t.dst.join("d").exists());
+    }
+
+    #[test]
+    fn removals_run_in_parallel_and_each_folder_goes_after_its_contents() {
+        let t = trees();
+        let mut opts = t.opts.clone();
+        opts.jobs = 4;
+        let mut ops = Vec::new();
+        // Deepest first, as the Differ plans them: a/b's files, a/b,
+        // a's files, a, then c's files and c.
+        for (folder, files) in [("a/b", 30), ("a", 30), ("c", 300)] {
+            fs::create_dir_all(t.dst.join(folder)).unwrap();
+            for i in 0..files {
+                let path = format!("{folder}/f{i}");
+                fs::write(t.dst.join(&path), b"x").unwrap();
+                ops.push(Op::Delete { path: rel(&path) });
+            }
+            ops.push(Op::Rmdir { path: rel(folder) });
+        }
+        let (out, events) = run(&plan(ops), &opts);
+        assert_eq!((out.counts.delete, out.counts.rmdir, out.errors), (360, 3, 0));
+        assert!(fs::read_dir(&t.dst).unwrap().next().is_none());
+        let paths: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.path.as_ref().map(|p| p.to_string()))
+            .collect();
+        for folder in ["a/b", "a", "c"] {
+            let at = paths.iter().position(|p| p == folder).unwrap();
+            let inside = format!("{folder}/");
+            assert!(
+                paths[at..].iter().all(|p| !p.starts_with(&inside)),
+                "{folder} logged before all its contents"
+            );
+        }
     }
 
     #[test]
