@@ -1186,7 +1186,10 @@ mod tests {
             ops.push(Op::Rmdir { path: rel(folder) });
         }
         let (out, events) = run(&plan(ops), &opts);
-        assert_eq!((out.counts.delete, out.counts.rmdir, out.errors), (360, 3, 0));
+        assert_eq!(
+            (out.counts.delete, out.counts.rmdir, out.errors),
+            (360, 3, 0)
+        );
         assert!(fs::read_dir(&t.dst).unwrap().next().is_none());
         let paths: Vec<String> = events
             .iter()
