@@ -215,7 +215,8 @@ pub struct Cli {
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// Terminal: also show what was compared and why.
+    /// Terminal: also show what was compared and why, and the time each
+    /// stage of a sync took.
     #[arg(short, long)]
     pub verbose: bool,
 

@@ -68,7 +68,7 @@ fn settle(sb: &Sandbox) {
 fn assert_idle(run: &Run) {
     run.expect_code(0).no_errors();
     assert!(run.changes().is_empty(), "{}", run.dump());
-    assert!(!run.stderr.contains("compare"), "{}", run.dump());
+    assert!(!run.stderr.contains(" compare, path:"), "{}", run.dump());
     assert_eq!(run.tick().u64("meta").unwrap_or(0), 0);
 }
 

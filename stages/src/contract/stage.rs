@@ -17,7 +17,7 @@
 //! tick, never a lost one; the stop flag reaches the stage through
 //! `TickCx::stop`.
 
-use crate::contract::messages::{Batch, Done, LogEvent, TickCx, TickFinished, TickOutcome};
+use crate::contract::messages::{Batch, Done, LogEvent, TickCx, TickFinished, TickOutcome, Verb};
 use crate::contract::stop::StopFlag;
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient};
 use std::panic::AssertUnwindSafe;
@@ -105,16 +105,19 @@ impl<S: Stage> StageActor<S> {
             },
         };
         let work = actix_rt::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let worked = matches!(input, Input::Batch { .. });
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| match input {
                 Input::Batch { body, last } => (stage.run(body, &mut cx), last),
                 Input::Ended(outcome) => (Flow::End(stage.ended(outcome, &mut cx)), true),
             }));
-            (stage, cx, result)
+            let took = worked.then(|| started.elapsed());
+            (stage, cx, result, took)
         });
         let name = self.name;
         ctx.wait(
             actix::fut::wrap_future(work).map(move |joined, act: &mut Self, ctx| {
-                let (stage, mut cx, result) = match joined {
+                let (stage, mut cx, result, took) = match joined {
                     Ok(done) => done,
                     Err(e) => {
                         act.log.do_send(LogEvent::error(None, name, e));
@@ -123,6 +126,14 @@ impl<S: Stage> StageActor<S> {
                     }
                 };
                 act.stage = Some(stage);
+                // Where a tick's time goes, for `-v` (never in the log file).
+                if let Some(took) = took {
+                    act.log.do_send(
+                        LogEvent::new(Verb::Detail("stage"), None)
+                            .with_str("name", name)
+                            .with_u64("ms", took.as_millis() as u64),
+                    );
+                }
                 let flow = match result {
                     Ok(flow) => flow,
                     Err(panic) => {
@@ -369,7 +380,15 @@ mod tests {
             *seen.lock().unwrap(),
             (1..=12).map(|n| n * 4).collect::<Vec<_>>()
         );
-        assert!(logged.lock().unwrap().is_empty());
+        // Nothing but each stage's time, once a tick and stage, for `-v`.
+        let logged = logged.lock().unwrap();
+        assert!(logged.iter().all(|e| e.verb == Verb::Detail("stage")));
+        let timed: Vec<String> = logged
+            .iter()
+            .map(|e| e.field("name").unwrap().to_string())
+            .collect();
+        assert_eq!(timed.len(), 36, "{timed:?}");
+        assert_eq!(timed.iter().filter(|n| *n == "sink").count(), 12);
     }
 
     #[actix::test]
@@ -383,7 +402,13 @@ mod tests {
         assert_eq!(ended[0].outcome.errors, 1);
         assert!(ended[0].outcome.unapplied);
         assert_eq!((ended[1].cx.seq, ended[1].outcome.errors), (2, 0));
-        let logged = logged.lock().unwrap();
+        let logged: Vec<_> = logged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.verb != Verb::Detail("stage"))
+            .cloned()
+            .collect();
         assert_eq!(logged[0].verb, Verb::Error);
         assert_eq!(logged[0].field("op").unwrap().to_string(), "double");
         assert!(logged[0]
