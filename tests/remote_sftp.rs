@@ -51,6 +51,9 @@ fn a_tree_goes_up_with_its_times_and_modes_and_a_second_sync_does_nothing() {
         (1_600_000_000, 0),
     );
     file_with(&sb.src, "secret", "s", 0o600, (1_500_000_000, 0));
+    // Over one write request: sent in several, its times after them.
+    let big = "0123456789abcdef".repeat(20_000);
+    file_with(&sb.src, "big.bin", &big, 0o640, (1_400_000_000, 0));
     dir(&sb.src, "empty");
     symlink(&sb.src, "ln", "a.txt");
     set_mode(&sb.s("empty"), 0o700);
@@ -59,6 +62,7 @@ fn a_tree_goes_up_with_its_times_and_modes_and_a_second_sync_does_nothing() {
     run.expect_code(0);
     insta::assert_snapshot!(run.ops_text(), @r"
     copy a.txt
+    copy big.bin
     copy bin/run.sh
     copy secret
     mkdir bin
@@ -72,6 +76,7 @@ fn a_tree_goes_up_with_its_times_and_modes_and_a_second_sync_does_nothing() {
         ("a.txt", 0o644, common::FILE_TIME.0),
         ("bin/run.sh", 0o755, 1_600_000_000),
         ("secret", 0o600, 1_500_000_000),
+        ("big.bin", 0o640, 1_400_000_000),
         ("empty", 0o700, common::DIR_TIME.0),
         ("bin", 0o755, common::DIR_TIME.0),
     ] {
@@ -80,6 +85,7 @@ fn a_tree_goes_up_with_its_times_and_modes_and_a_second_sync_does_nothing() {
         assert_eq!(md.mtime(), secs, "{rel}");
     }
     assert_eq!(std::fs::read(sb.d("a.txt")).unwrap(), b"alpha");
+    assert_eq!(std::fs::read(sb.d("big.bin")).unwrap(), big.as_bytes());
 
     let run = sync(&sb, &sshd, &[]);
     run.expect_code(0);

@@ -35,6 +35,12 @@ const TEMP_PREFIX: &str = ".treesync-tmp-";
 /// Bytes sent in one write request (the server's limit may be lower).
 const WRITE_CHUNK: usize = 255 * 1024;
 
+/// Files up to this size are sent in one write request, together with
+/// the request setting their times (`upload`): well under the 32,768
+/// bytes of data every SFTP server takes in one write (OpenSSH's client
+/// limit and the protocol draft's), so the client never splits it.
+const ONE_WRITE: usize = 30 * 1024;
+
 /// Folders listed at once.
 const LISTS_IN_FLIGHT: usize = 16;
 
@@ -337,19 +343,49 @@ impl SftpStore {
         // files, the many, do not each zero and map a whole chunk.
         let mut buf = vec![0u8; WRITE_CHUNK.min(meta.size.saturating_add(1) as usize)];
         let mut sent = 0u64;
+        let read_err = |e| OpError::Io {
+            step: "read the source file",
+            path: path.clone(),
+            source: e,
+        };
+        // A file that one write request holds (most files): read whole
+        // first, then its write and its times go out together, one answer
+        // awaited for both. The client queues a request when its future
+        // is first polled, and the server answers requests in order, so
+        // the times are set after the data is written.
+        let one_request = meta.size <= ONE_WRITE as u64;
         let written: Result<bool, OpError> = async {
+            if one_request {
+                let mut n = 0;
+                while n < buf.len() {
+                    match file.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(read_err(e)),
+                    }
+                }
+                let unchanged = n as u64 == meta.size && same(file).unwrap_or(false);
+                if !unchanged {
+                    return Ok(false);
+                }
+                let mut times = out.clone();
+                let (wrote, set) =
+                    futures::join!(out.write_all(&buf[..n]), times.set_metadata(attrs_of(meta)));
+                drop(times);
+                wrote.map_err(fail("write"))?;
+                set.map_err(fail("set the times and permissions"))?;
+                if fsync && self.sftp.support_fsync() {
+                    out.sync_all().await.map_err(fail("sync"))?;
+                }
+                return Ok(true);
+            }
             loop {
                 let k = match file.read(&mut buf) {
                     Ok(0) => break,
                     Ok(k) => k,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(OpError::Io {
-                            step: "read the source file",
-                            path: path.clone(),
-                            source: e,
-                        })
-                    }
+                    Err(e) => return Err(read_err(e)),
                 };
                 out.write_all(&buf[..k]).await.map_err(fail("write"))?;
                 sent += k as u64;
