@@ -93,8 +93,9 @@ pub enum Op {
 }
 
 /// What kind of work an operation is. The Applier runs a plan in its
-/// order, one operation at a time, except that consecutive `Files`
-/// operations (independent of each other) run in parallel: the Differ
+/// order, one operation at a time, except that consecutive `Files` and
+/// `Links` operations (independent of each other) run in parallel, and
+/// so do the `Clean` removals between two folder removals: the Differ
 /// orders the plan so that each operation finds what it needs done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {

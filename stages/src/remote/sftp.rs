@@ -35,11 +35,12 @@ const TEMP_PREFIX: &str = ".treesync-tmp-";
 /// Bytes sent in one write request (the server's limit may be lower).
 const WRITE_CHUNK: usize = 255 * 1024;
 
-/// Files up to this size are sent in one write request, together with
-/// the request setting their times (`upload`): well under the 32,768
-/// bytes of data every SFTP server takes in one write (OpenSSH's client
-/// limit and the protocol draft's), so the client never splits it.
-const ONE_WRITE: usize = 30 * 1024;
+/// Files up to this size are sent with one write request, together with
+/// the request setting their times (`upload`): what the client sends in
+/// one write to a server that states no limit (OpenSSH's own default;
+/// OpenSSH's server states 255 KiB). A server stating less gets the rest
+/// in more writes, and the times set again after them.
+const ONE_WRITE: usize = 20 * 1024;
 
 /// Folders listed at once.
 const LISTS_IN_FLIGHT: usize = 16;
@@ -369,12 +370,19 @@ impl SftpStore {
                 if !unchanged {
                     return Ok(false);
                 }
+                // `write` sends one request, at most the server's limit.
                 let mut times = out.clone();
                 let (wrote, set) =
-                    futures::join!(out.write_all(&buf[..n]), times.set_metadata(attrs_of(meta)));
+                    futures::join!(out.write(&buf[..n]), times.set_metadata(attrs_of(meta)));
                 drop(times);
-                wrote.map_err(fail("write"))?;
+                let k = wrote.map_err(fail("write"))?;
                 set.map_err(fail("set the times and permissions"))?;
+                if k < n {
+                    out.write_all(&buf[k..n]).await.map_err(fail("write"))?;
+                    out.set_metadata(attrs_of(meta))
+                        .await
+                        .map_err(fail("set the times and permissions"))?;
+                }
                 if fsync && self.sftp.support_fsync() {
                     out.sync_all().await.map_err(fail("sync"))?;
                 }
@@ -402,7 +410,14 @@ impl SftpStore {
             Ok(unchanged)
         }
         .await;
-        let _ = out.close().await;
+        // A server may report a failed write only at close (a full
+        // quota, an I/O error on a network filesystem): such a temporary
+        // is never renamed into place.
+        let closed = out.close().await;
+        let written = match (written, closed) {
+            (Ok(true), Err(e)) => Err(fail("close the temporary")(e)),
+            (written, _) => written,
+        };
         let mut fs = self.sftp.fs();
         match written {
             Ok(true) => {}
