@@ -18,7 +18,8 @@
 # Needs python3, GNU time (/usr/bin/time), rsync (reference figure), cmp.
 # Disk: `million` ~8 GB and 2M inodes (both trees), `huge` 2 x G GiB.
 # Prints one markdown row per measurement; figures are wall time and peak RSS
-# of the whole process, with the 1-minute load average just before the run.
+# of the whole process, with the 1-minute load average just before the run;
+# after each initial sync, the time until its first file was in place.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHARED=${BENCH_HARNESS:-$ROOT/../shared/bench}
@@ -233,10 +234,36 @@ measure() {
   ((rc == 0)) || { echo "# output of the failed command:"; tail -n 20 "$WORK/cmd.out" | sed 's/^/#   /'; }
 }
 
+# first_write CASE LOG T0: a row with the time from T0 (seconds since the
+# epoch, taken just before the sync started) to the first file logged as
+# copied in LOG or its rotated parts (JSON lines; an entry is logged once
+# its file is in place).
+first_write() {
+  local secs
+  secs=$(python3 - "$2" "$3" <<'PY'
+import datetime, json, os, sys
+log, t0 = sys.argv[1], float(sys.argv[2])
+# Oldest first: LOG.5 ... LOG.1, then LOG.
+parts = [p for p in ["%s.%d" % (log, n) for n in range(5, 0, -1)] + [log] if os.path.exists(p)]
+def first_copy():
+    for part in parts:
+        for line in open(part):
+            e = json.loads(line)
+            if e.get("msg") == "copy":
+                ts = datetime.datetime.strptime(e["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                return ts.replace(tzinfo=datetime.timezone.utc).timestamp() - t0
+print("none" if (t := first_copy()) is None else "%.2f" % t)
+PY
+)
+  printf '| %s | first file in place | - | %s s | - | - | - | - |\n' "$1" "$secs" | tee -a "$OUT"
+}
+
 # sync_case CASE SRC DST CHECK...: first sync + check, then the no-change sync.
 sync_case() {
-  local case=$1 src=$2 dst=$3; shift 3
+  local case=$1 src=$2 dst=$3 t0; shift 3
+  t0=$EPOCHREALTIME
   measure "$case" initial "$@" -- "$T" --once -q --log-format json --log-file "$WORK/$case-1.log" "$src" "$dst"
+  first_write "$case" "$WORK/$case-1.log" "$t0"
   measure "$case" no-change python3 "$TOOL" only-ticks "$WORK/$case-2.log" -- \
     "$T" --once -q --log-format json --log-file "$WORK/$case-2.log" "$src" "$dst"
 }
