@@ -85,11 +85,12 @@ pub fn part_size(size: u64) -> usize {
 /// a store across a network answers each in tens of milliseconds.
 pub const REQUESTS_IN_FLIGHT: usize = 16;
 
-/// Files in flight at once on an SFTP connection. Each file is five
-/// requests in turn (open, write, set times, close, rename) through
-/// ssh, so the connection idles unless many files overlap: 64 took an
-/// initial sync of 10,000 small files from 5.6 s to 2.6-3.0 s against a
-/// local sshd, where 96 and more gained nothing (bench/sftp.sh).
+/// Files in flight at once on an SFTP connection. Each file is four or
+/// more requests answered in turn (open, write with set times, close,
+/// rename) through ssh, so the connection idles unless many files
+/// overlap: 64 took an initial sync of 10,000 small files from 5.6 s to
+/// 2.6-3.0 s against a local sshd, where 96 and more gained nothing
+/// (bench/sftp.sh, BENCHMARKS.md run J).
 pub const SFTP_FILES_IN_FLIGHT: usize = 64;
 
 /// The most bytes of file content held in memory by the uploads in
@@ -287,8 +288,6 @@ impl Remote {
         }
     }
 
-    /// The error as said to the user: what went wrong, with a hint for
-    /// the usual causes; never the credentials.
     /// How many operations the Applier runs at once on this store.
     pub fn requests_in_flight(&self) -> usize {
         match self.store {
@@ -297,6 +296,8 @@ impl Remote {
         }
     }
 
+    /// The error as said to the user: what went wrong, with a hint for
+    /// the usual causes; never the credentials.
     pub fn store_error(&self, e: &opendal::Error) -> RemoteError {
         RemoteError::Store {
             address: self.address.clone(),

@@ -10,6 +10,8 @@
 //! Nothing is visible in the store until its upload completes.
 
 use super::state::Record;
+#[cfg(test)]
+use super::MAX_PARTS;
 use super::{bare_etag, object_metadata, part_size, Remote, Store, PART, PARTS_IN_FLIGHT};
 use crate::contract::messages::LogEvent;
 use crate::contract::model::{Digest, Meta, Timestamp};
@@ -514,6 +516,7 @@ impl Replica for RemoteOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::MAX_PARTS;
     use std::sync::atomic::Ordering;
 
     #[test]
@@ -521,20 +524,13 @@ mod tests {
         const GIB: u64 = 1 << 30;
         assert_eq!(part_size(0), PART);
         assert_eq!(part_size(8 * GIB), PART);
-        assert_eq!(part_size(PART as u64 * super::super::MAX_PARTS), PART);
-        for size in [
-            PART as u64 * super::super::MAX_PARTS + 1,
-            100 * GIB,
-            5 << 40,
-        ] {
+        assert_eq!(part_size(PART as u64 * MAX_PARTS), PART);
+        for size in [PART as u64 * MAX_PARTS + 1, 100 * GIB, 5 << 40] {
             let part = part_size(size) as u64;
-            assert!(
-                size.div_ceil(part) <= super::super::MAX_PARTS,
-                "{size}: {part}"
-            );
+            assert!(size.div_ceil(part) <= MAX_PARTS, "{size}: {part}");
             assert_eq!(part % (1 << 20), 0, "{size}: {part}");
             assert!(
-                size.div_ceil(part - (1 << 20)) > super::super::MAX_PARTS,
+                size.div_ceil(part - (1 << 20)) > MAX_PARTS,
                 "{size}: {part}"
             );
         }

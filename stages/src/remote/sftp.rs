@@ -340,74 +340,64 @@ impl SftpStore {
             .open(&temp)
             .await
             .map_err(fail("create the temporary"))?;
-        // Sized to the file (one byte more, to see it end) so that small
-        // files, the many, do not each zero and map a whole chunk.
-        let mut buf = vec![0u8; WRITE_CHUNK.min(meta.size.saturating_add(1) as usize)];
-        let mut sent = 0u64;
         let read_err = |e| OpError::Io {
             step: "read the source file",
             path: path.clone(),
             source: e,
         };
-        // A file that one write request holds (most files): read whole
-        // first, then its write and its times go out together, one answer
-        // awaited for both. The client queues a request when its future
-        // is first polled, and the server answers requests in order, so
-        // the times are set after the data is written.
-        let one_request = meta.size <= ONE_WRITE as u64;
         let written: Result<bool, OpError> = async {
-            if one_request {
-                let mut n = 0;
-                while n < buf.len() {
-                    match file.read(&mut buf[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(read_err(e)),
-                    }
-                }
-                let unchanged = n as u64 == meta.size && same(file).unwrap_or(false);
-                if !unchanged {
+            if meta.size <= ONE_WRITE as u64 {
+                // Read whole first (one byte more, to see it end), then
+                // its write and its times go out together, one answer
+                // awaited for both: the client queues a request when its
+                // future is first polled, and the server answers requests
+                // in order, so the times are set after the data.
+                let mut data = Vec::with_capacity(meta.size as usize + 1);
+                file.by_ref()
+                    .take(meta.size + 1)
+                    .read_to_end(&mut data)
+                    .map_err(read_err)?;
+                if data.len() as u64 != meta.size || !same(file).unwrap_or(false) {
                     return Ok(false);
                 }
                 // `write` sends one request, at most the server's limit.
                 let mut times = out.clone();
                 let (wrote, set) =
-                    futures::join!(out.write(&buf[..n]), times.set_metadata(attrs_of(meta)));
+                    futures::join!(out.write(&data), times.set_metadata(attrs_of(meta)));
                 drop(times);
                 let k = wrote.map_err(fail("write"))?;
                 set.map_err(fail("set the times and permissions"))?;
-                if k < n {
-                    out.write_all(&buf[k..n]).await.map_err(fail("write"))?;
+                if k < data.len() {
+                    out.write_all(&data[k..]).await.map_err(fail("write"))?;
                     out.set_metadata(attrs_of(meta))
                         .await
                         .map_err(fail("set the times and permissions"))?;
                 }
-                if fsync && self.sftp.support_fsync() {
-                    out.sync_all().await.map_err(fail("sync"))?;
+            } else {
+                // No larger than the file (one byte more, to see it end).
+                let mut buf = vec![0u8; WRITE_CHUNK.min(meta.size.saturating_add(1) as usize)];
+                let mut sent = 0u64;
+                loop {
+                    let k = match file.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(read_err(e)),
+                    };
+                    out.write_all(&buf[..k]).await.map_err(fail("write"))?;
+                    sent += k as u64;
                 }
-                return Ok(true);
-            }
-            loop {
-                let k = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(read_err(e)),
-                };
-                out.write_all(&buf[..k]).await.map_err(fail("write"))?;
-                sent += k as u64;
-            }
-            let unchanged = sent == meta.size && same(file).unwrap_or(false);
-            if unchanged {
+                if sent != meta.size || !same(file).unwrap_or(false) {
+                    return Ok(false);
+                }
                 out.set_metadata(attrs_of(meta))
                     .await
                     .map_err(fail("set the times and permissions"))?;
-                if fsync && self.sftp.support_fsync() {
-                    out.sync_all().await.map_err(fail("sync"))?;
-                }
             }
-            Ok(unchanged)
+            if fsync && self.sftp.support_fsync() {
+                out.sync_all().await.map_err(fail("sync"))?;
+            }
+            Ok(true)
         }
         .await;
         // A server may report a failed write only at close (a full
