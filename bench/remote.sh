@@ -91,6 +91,8 @@ export XDG_STATE_HOME=$WORK/state
 
 mkdir -p "$WORK"
 SRC=$WORK/src BIG=$WORK/big LOGS=$WORK/logs RAW=$WORK/raw.tsv TF=$WORK/time.out
+# prewarm, need_tree, TOTAL and phase_of, set_last_verdict.
+source "$ROOT/bench/remote-common.sh"
 mkdir -p "$LOGS"; : >"$RAW"
 MOTO_PID=""
 stop_moto() {
@@ -137,8 +139,6 @@ count_requests() { # from to
     }
     END { printf "%d %d %d %d %d %d %d\n", n["LIST"], n["GET"], n["HEAD"], n["PUT"], n["POST"], n["DELETE"], n["non2xx"] }'
 }
-
-prewarm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
 
 # Runs one command (NAME, a source folder, a bucket/prefix), records a row.
 # The commands: treesync; rclone sync with default flags; with --fast-list;
@@ -194,27 +194,13 @@ verify_last() { # src bucket/prefix
   else
     v="FAIL:$(grep -o '[0-9]* differences found' "$LOGS/check.log" | head -1 | tr ' ' _)"
   fi
-  python3 - "$RAW" "$v" <<'PY'
-import sys
-rows = open(sys.argv[1]).read().splitlines()
-f = rows[-1].split("\t"); f[-1] = sys.argv[2]; rows[-1] = "\t".join(f)
-open(sys.argv[1], "w").write("\n".join(rows) + "\n")
-PY
+  set_last_verdict "$v"
 }
 
 COMMANDS=(treesync rclone)
 ((FASTLIST)) && COMMANDS+=(rclone-fl)
 short() { case $1 in treesync) echo ts;; rclone) echo rc;; rclone-fl) echo rf;; curl-put) echo cu;; esac; }
 
-need_tree() {
-  [[ -f $WORK/src.ok ]] && return 0
-  rm -rf "$SRC"
-  python3 "$HARNESS/gen_tree.py" small "$SRC" --scale "$SCALE"
-  touch "$WORK/src.ok"
-}
-
-TOTAL=$((WARMUP + RUNS))
-phase_of() { ((${1} < WARMUP)) && echo warmup || echo "run$1"; }
 
 scenario_initial() {
   local names=("${COMMANDS[@]}") r n b

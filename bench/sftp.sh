@@ -67,6 +67,8 @@ fi
 
 mkdir -p "$WORK"
 SRC=$WORK/src KEYS=$WORK/keys LOGS=$WORK/logs RAW=$WORK/raw.tsv TF=$WORK/time.out
+# prewarm, need_tree, TOTAL and phase_of, set_last_verdict.
+source "$ROOT/bench/remote-common.sh"
 mkdir -p "$KEYS" "$LOGS" /run/sshd; : >"$RAW"
 export XDG_STATE_HOME=$WORK/state
 SSHD_PID=""
@@ -113,8 +115,6 @@ sshd_ticks() {
   done
   echo "$total"
 }
-
-prewarm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
 
 run_cmd() { # scenario name phase src dst
   local sc=$1 name=$2 phase=$3 src=$4 dst=$5 t0 t1 c0 c1 U S M X verdict
@@ -176,23 +176,10 @@ PY
 verify_last() { # src dst
   [[ $(tail -n 1 "$RAW" | cut -f9) == - ]] || return 0
   local v; v=$(verify "$1" "$2")
-  python3 - "$RAW" "$v" <<'PY'
-import sys
-rows = open(sys.argv[1]).read().splitlines()
-f = rows[-1].split("\t"); f[-1] = sys.argv[2]; rows[-1] = "\t".join(f)
-open(sys.argv[1], "w").write("\n".join(rows) + "\n")
-PY
+  set_last_verdict "$v"
 }
 
 COMMANDS=(treesync rsync)
-need_tree() {
-  [[ -f $WORK/src.ok ]] && return 0
-  rm -rf "$SRC"
-  python3 "$HARNESS/gen_tree.py" small "$SRC" --scale "$SCALE"
-  touch "$WORK/src.ok"
-}
-TOTAL=$((WARMUP + RUNS))
-phase_of() { ((${1} < WARMUP)) && echo warmup || echo "run$1"; }
 
 scenario_initial() {
   local r n d
