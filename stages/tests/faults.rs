@@ -186,6 +186,47 @@ fn a_folder_swapped_for_a_link_before_the_rename_gets_nothing_written_outside() 
 }
 
 #[test]
+fn a_folder_swapped_for_a_link_during_parallel_deletes_keeps_the_outside_files() {
+    let scenario = FailScenario::setup();
+    let t = trees();
+    let mut opts = t.opts.clone();
+    opts.jobs = 4;
+    let mut ops = Vec::new();
+    for folder in ["a", "b"] {
+        fs::create_dir(t.dst.join(folder)).unwrap();
+        for i in 0..10 {
+            fs::write(t.dst.join(format!("{folder}/v{i}")), b"replica copy").unwrap();
+            ops.push(Op::Delete {
+                path: rel(&format!("{folder}/v{i}")),
+            });
+        }
+    }
+    for i in 0..10 {
+        fs::write(t.outside.join(format!("v{i}")), b"keep").unwrap();
+    }
+    // Removals of two folders on several threads; the first unlink, in
+    // either folder, swaps `a` for a link to the outside folder.
+    let (dir, outside) = (t.dst.join("a"), t.outside.clone());
+    once_at("replica_ops::delete::before_unlink", move || {
+        swap_for_link(&dir, &outside)
+    });
+    let (out, events) = run(&plan(ops), &opts);
+    assert!(t.dst.join("a").is_symlink(), "the swap happened");
+    assert_eq!(listing(&t.outside).len(), 10, "{events:?}");
+    for i in 0..10 {
+        assert_eq!(fs::read(t.outside.join(format!("v{i}"))).unwrap(), b"keep");
+    }
+    // b was never swapped: all of it went.
+    assert_eq!(
+        fs::read_dir(t.dst.join("b")).unwrap().count(),
+        0,
+        "{events:?}"
+    );
+    assert!(out.counts.delete >= 10, "{events:?}");
+    scenario.teardown();
+}
+
+#[test]
 fn a_folder_swapped_for_a_link_before_a_delete_keeps_the_outside_file() {
     let scenario = FailScenario::setup();
     let t = trees();
